@@ -1,0 +1,207 @@
+namespace HighlanderPG;
+
+/// <summary>
+/// Options of one HighlanderPG node: the PostgreSQL session that holds the locks of all of this
+/// node's cluster singletons, and the lease that the server enforces on it.
+/// </summary>
+/// <remarks>
+/// The timing options must fit inside each other; they are validated when the host starts:
+/// <c>2 × HeartbeatInterval + StopTimeout + SafetyMargin ≤ LeaseDuration</c>, so that a healthy node
+/// may miss one heartbeat without stopping its children, and a cut-off node has its children stopped
+/// (and escalates) before the server could give the lock to anyone else.
+/// </remarks>
+public sealed class HighlanderOptions
+{
+    /// <summary>
+    /// The PostgreSQL connection string. HighlanderPG builds its own dedicated, non-pooled data source
+    /// from it (<c>Pooling</c> is forced off); <c>Multiplexing=true</c> is refused.
+    /// </summary>
+    /// <value>Required; there is no default.</value>
+    public string? ConnectionString { get; set; }
+
+    /// <summary>
+    /// The namespace that singleton names are hashed in, so that other users of advisory locks in the
+    /// same database (and other applications using HighlanderPG) don't collide with these keys.
+    /// </summary>
+    /// <value>The default is <c>highlander</c>.</value>
+    public string Namespace { get; set; } = "highlander";
+
+    /// <summary>
+    /// This node's identity, shown to other nodes (as part of the session's <c>application_name</c>),
+    /// in status and in logs. At most 40 printable ASCII characters.
+    /// </summary>
+    /// <value>The default is <c>{machine name}:{process id}</c>.</value>
+    public string NodeId { get; set; } = DefaultNodeId();
+
+    /// <summary>
+    /// The lease: the server ends this node's lock session (freeing its locks) after this long without
+    /// hearing from it, through <c>idle_session_timeout</c>. A cut-off leader is replaced after about this long.
+    /// </summary>
+    /// <value>The default is 15 seconds. At least 1 second, in whole milliseconds.</value>
+    public TimeSpan LeaseDuration { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>How often the node renews its lease with a round trip (which also retries the locks it wants).</summary>
+    /// <value>The default is 2 seconds.</value>
+    public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>
+    /// How long a child is given to stop after it is told to (its <see cref="Microsoft.Extensions.Hosting.IHostedService.StopAsync"/>
+    /// token fires then). A child still running after that is escalated (see <see cref="OnEscalation"/>).
+    /// </summary>
+    /// <value>The default is 5 seconds.</value>
+    public TimeSpan StopTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Safety margin subtracted from the lease on the node's own monotonic clock: it covers clock-rate drift,
+    /// scheduling delays and the escalation itself.
+    /// </summary>
+    /// <value>The default is 1 second.</value>
+    public TimeSpan SafetyMargin { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// After a server (re)start, no lock is taken until the server has been up this long, so that holders
+    /// cut off by the restart have stopped their children first (a lock-delay).
+    /// </summary>
+    /// <value>The default (<see langword="null"/>) is <see cref="LeaseDuration"/>.</value>
+    public TimeSpan? LockDelayAfterServerStart { get; set; }
+
+    /// <summary>The first delay before reconnecting after a failed connection; it doubles up to <see cref="ReconnectMaxDelay"/>, with jitter.</summary>
+    /// <value>The default is 250 milliseconds.</value>
+    public TimeSpan ReconnectMinDelay { get; set; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>The longest delay between reconnection attempts.</summary>
+    /// <value>The default is 10 seconds.</value>
+    public TimeSpan ReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// How long a follower's blocking wait for a held lock may last before it is restarted. The wait holds a
+    /// snapshot while blocked; bounding it keeps VACUUM unblocked.
+    /// </summary>
+    /// <value>The default is 5 seconds.</value>
+    public TimeSpan WaitSlice { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>After a programmatic step-down, how long this node leaves the singleton to others before contending again.</summary>
+    /// <value>The default is 5 seconds.</value>
+    public TimeSpan StepDownHoldOff { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Opt-in to a documented weaker mode on servers without <c>idle_session_timeout</c> (PostgreSQL older than 14):
+    /// the node still stops its children at its own deadline, but the server frees a cut-off holder's locks only when
+    /// its TCP keepalive (set per session) gives up, so a replacement can take much longer than the lease.
+    /// </summary>
+    /// <value>The default is <see langword="false"/>: such servers are refused.</value>
+    public bool AllowWithoutServerLease { get; set; }
+
+    /// <summary>
+    /// Confirms that the connection goes through a pooler in <em>session</em> mode (PgBouncer <c>pool_mode=session</c>).
+    /// Without it, a connection whose backend identity differs from the one the server reports is refused,
+    /// since a transaction-mode pooler silently breaks session locks.
+    /// </summary>
+    /// <value>The default is <see langword="false"/>.</value>
+    public bool AllowSessionModePooler { get; set; }
+
+    /// <summary>
+    /// Called when a child cannot be stopped in time: it ignored cancellation past <see cref="StopTimeout"/>, or a
+    /// crash-looping singleton is set to escalate. The handler takes over the responsibility that the child no longer
+    /// runs when the lease ends. When <see langword="null"/>, HighlanderPG logs a critical message and ends the process
+    /// (<see cref="Environment.FailFast(string)"/>), which also ends its PostgreSQL sessions.
+    /// </summary>
+    /// <value>The default is <see langword="null"/>: end the process.</value>
+    public Func<EscalationContext, ValueTask>? OnEscalation { get; set; }
+
+    /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
+    public ClusterSingletonOptions SingletonDefaults { get; } = new();
+
+    internal TimeSpan EffectiveLockDelay => LockDelayAfterServerStart ?? LeaseDuration;
+
+    internal static string DefaultNodeId()
+    {
+        var host = new string(Environment.MachineName.Where(c => c is > ' ' and < (char)127).Take(28).ToArray());
+        return $"{(host.Length == 0 ? "node" : host)}:{Environment.ProcessId}";
+    }
+}
+
+/// <summary>Says what a normal completion of a child means.</summary>
+public enum RestartPolicy
+{
+    /// <summary>Any exit (normal or failure) releases the lock and the singleton is contended for again.</summary>
+    Always,
+
+    /// <summary>A failure is restarted; a normal completion is final: the node keeps the lock (so the work does not run elsewhere) without a child.</summary>
+    OnFailure,
+
+    /// <summary>No exit is restarted: the node keeps the lock without a child until it stops or loses the session.</summary>
+    Never,
+}
+
+/// <summary>What happens when a singleton restarts more often than its restart intensity allows.</summary>
+public enum CrashLoopAction
+{
+    /// <summary>Escalate: log critically and stop the host application (like an OTP supervisor giving up), so its orchestrator can restart it.</summary>
+    StopHost,
+
+    /// <summary>Stop contending for this singleton on this node (state <see cref="SingletonState.Faulted"/>); other nodes may still run it.</summary>
+    GiveUp,
+}
+
+/// <summary>Restart behaviour and identity of one cluster singleton.</summary>
+public sealed class ClusterSingletonOptions
+{
+    /// <summary>What a normal completion of the child means.</summary>
+    /// <value>The default is <see cref="RestartPolicy.Always"/>.</value>
+    public RestartPolicy RestartPolicy { get; set; } = RestartPolicy.Always;
+
+    /// <summary>Restart intensity: at most this many restarts on this node within <see cref="RestartWindow"/>.</summary>
+    /// <value>The default is 5.</value>
+    public int MaxRestarts { get; set; } = 5;
+
+    /// <summary>The window of the restart intensity.</summary>
+    /// <value>The default is 60 seconds.</value>
+    public TimeSpan RestartWindow { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>How long this node waits after its child exited before it contends again (other nodes are told at once).</summary>
+    /// <value>The default is 1 second.</value>
+    public TimeSpan RestartDelay { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>What a crash loop (more than <see cref="MaxRestarts"/> within <see cref="RestartWindow"/>) leads to.</summary>
+    /// <value>The default is <see cref="CrashLoopAction.StopHost"/>.</value>
+    public CrashLoopAction OnCrashLoop { get; set; } = CrashLoopAction.StopHost;
+
+    /// <summary>An explicit 64-bit advisory lock key; when <see langword="null"/>, the key is derived from the namespace and name (see <see cref="SingletonKey"/>).</summary>
+    public long? Key { get; set; }
+
+    internal ClusterSingletonOptions CopyTo(ClusterSingletonOptions target)
+    {
+        target.RestartPolicy = RestartPolicy;
+        target.MaxRestarts = MaxRestarts;
+        target.RestartWindow = RestartWindow;
+        target.RestartDelay = RestartDelay;
+        target.OnCrashLoop = OnCrashLoop;
+        target.Key = Key;
+        return target;
+    }
+}
+
+/// <summary>What an escalation handler is told.</summary>
+public sealed class EscalationContext
+{
+    internal EscalationContext(string singleton, string nodeId, string reason, TimeSpan? remainingLease)
+    {
+        Singleton = singleton;
+        NodeId = nodeId;
+        Reason = reason;
+        RemainingLease = remainingLease;
+    }
+
+    /// <summary>The singleton whose child could not be stopped, or that crash-looped.</summary>
+    public string Singleton { get; }
+
+    /// <summary>This node.</summary>
+    public string NodeId { get; }
+
+    /// <summary>Why HighlanderPG escalates, in words.</summary>
+    public string Reason { get; }
+
+    /// <summary>How long until the server may give the lock to another node, when the lease is the reason; otherwise <see langword="null"/>.</summary>
+    public TimeSpan? RemainingLease { get; }
+}

@@ -1,0 +1,67 @@
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace HighlanderPG.Hosting;
+
+/// <summary>How HighlanderPG turns the user's connection string into its own dedicated data sources.</summary>
+internal static class ConnectionSettings
+{
+    /// <summary>Parses the connection string; throws <see cref="ArgumentException"/> with Npgsql's reason when it is malformed.</summary>
+    public static NpgsqlConnectionStringBuilder Parse(string connectionString) => new(connectionString);
+
+    /// <summary>Returns what is wrong with the connection string for holding locks, or <see langword="null"/>.</summary>
+    public static string? Validate(string? connectionString)
+    {
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} is required: give the PostgreSQL connection string of the database that holds the locks.";
+        }
+
+        NpgsqlConnectionStringBuilder builder;
+        try
+        {
+            builder = Parse(connectionString);
+        }
+        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidCastException)
+        {
+            // Npgsql's message names the offending keyword; it never contains the password's value.
+            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} cannot be parsed: {ex.Message}";
+        }
+
+        if (builder.Multiplexing)
+        {
+            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} has Multiplexing=true: multiplexed connections cannot hold session advisory locks. Remove Multiplexing from the connection string.";
+        }
+
+        if (string.IsNullOrWhiteSpace(builder.Host))
+        {
+            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} names no Host.";
+        }
+
+        return null;
+    }
+
+    /// <summary>The server and database, for logs: never the password, nor the whole connection string.</summary>
+    public static string Describe(NpgsqlConnectionStringBuilder builder) => $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username}";
+
+    /// <summary>
+    /// A dedicated physical connection per open: <c>Pooling=false</c> (a pooled connection's close does not end its backend,
+    /// so it would not free the locks), no Npgsql keepalive (the node's own heartbeats renew the lease and are timed),
+    /// and a command timeout that lets a stuck round trip fail on its own after the node has given up on it.
+    /// </summary>
+    public static NpgsqlDataSource BuildDataSource(NpgsqlConnectionStringBuilder source, string applicationName, HighlanderOptions options, ILoggerFactory loggerFactory)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(source.ConnectionString)
+        {
+            Pooling = false,
+            Multiplexing = false,
+            ApplicationName = applicationName,
+            KeepAlive = 0,
+            CommandTimeout = Math.Max(1, (int)Math.Ceiling(options.LeaseDuration.TotalSeconds)),
+            Enlist = false,
+        };
+        var dataSource = new NpgsqlDataSourceBuilder(builder.ConnectionString);
+        dataSource.UseLoggerFactory(loggerFactory);
+        return dataSource.Build();
+    }
+}

@@ -1,0 +1,196 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Leasing;
+using HighlanderPG.Supervision;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Npgsql;
+
+namespace HighlanderPG.Hosting;
+
+/// <summary>
+/// One HighlanderPG node inside a host: its lock session, its follower waiter and a runner per singleton.
+/// Starting it never waits for the database: with no database, the host starts and no child runs.
+/// </summary>
+internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyncDisposable
+{
+    private readonly HighlanderOptions _options;
+    private readonly IReadOnlyList<SingletonRegistration> _registrations;
+    private readonly IServiceProvider _services;
+    private readonly ILoggerFactory _loggerFactory;
+    private readonly ILogger _logger;
+    private readonly IHostApplicationLifetime? _lifetime;
+    private readonly TimeProvider _time;
+    private readonly Lock _subscribersGate = new();
+    private readonly List<Channel<SingletonStateChanged>> _subscribers = [];
+    private readonly CancellationTokenSource _runnersStopping = new();
+    private readonly CancellationTokenSource _sessionStopping = new();
+    private List<SingletonRunner> _runners = [];
+    private NpgsqlDataSource? _lockDataSource;
+    private NpgsqlDataSource? _waitDataSource;
+    private Task _sessionTask = Task.CompletedTask;
+    private Task _waiterTask = Task.CompletedTask;
+    private Task _runnersTask = Task.CompletedTask;
+    private int _stopped;
+
+    public HighlanderNode(
+        IOptions<HighlanderOptions> options,
+        IEnumerable<SingletonRegistration> registrations,
+        IServiceProvider services,
+        ILoggerFactory loggerFactory,
+        TimeProvider time,
+        IHostApplicationLifetime? lifetime = null)
+    {
+        _options = options.Value;
+        _registrations = registrations.ToList();
+        _services = services;
+        _loggerFactory = loggerFactory;
+        _logger = loggerFactory.CreateLogger("HighlanderPG");
+        _time = time;
+        _lifetime = lifetime;
+    }
+
+    public string NodeId => _options.NodeId;
+
+    public event EventHandler<SingletonStateChanged>? StateChanged;
+
+    internal LockSession? Session { get; private set; }
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        var connection = ConnectionSettings.Parse(_options.ConnectionString!);
+        _lockDataSource = ConnectionSettings.BuildDataSource(connection, HolderQuery.ApplicationNamePrefix + _options.NodeId, _options, _loggerFactory);
+        _waitDataSource = ConnectionSettings.BuildDataSource(connection, HolderQuery.WaiterApplicationNamePrefix + _options.NodeId, _options, _loggerFactory);
+        var dataSourceName = ConnectionSettings.Describe(connection);
+        Log.NodeStarting(_logger, _options.NodeId, _registrations.Count, dataSourceName, _options.LeaseDuration);
+
+        var session = new LockSession(_options, _lockDataSource, dataSourceName, _time, _logger);
+        Session = session;
+        _runners = _registrations.Select(r =>
+        {
+            var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
+            r.Configure?.Invoke(singleton);
+            var key = singleton.Key ?? SingletonKey.Derive(_options.Namespace, r.Name);
+            return new SingletonRunner(r, singleton, key, _options, session, _services, _time, _logger, Publish, () => _lifetime?.StopApplication());
+        }).ToList();
+
+        var waiter = new LockWaiter(_options, _waitDataSource, session, _time, _logger);
+        _sessionTask = Task.Run(() => session.RunAsync(_sessionStopping.Token), CancellationToken.None);
+        _waiterTask = Task.Run(() => waiter.RunAsync(_sessionStopping.Token), CancellationToken.None);
+        _runnersTask = Task.WhenAll(_runners.Select(r => Task.Run(() => r.RunAsync(_runnersStopping.Token), CancellationToken.None)));
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Graceful shutdown: every child is stopped first, then its lock is released and the other nodes are told,
+    /// then the session is closed. It does not give up at the host's shutdown timeout: releasing a lock whose
+    /// child may still run would break the at-most-once promise (escalation bounds the wait).
+    /// </summary>
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) == 1)
+        {
+            return;
+        }
+
+        await _runnersStopping.CancelAsync().ConfigureAwait(false);
+        await _runnersTask.ConfigureAwait(false);
+        await _sessionStopping.CancelAsync().ConfigureAwait(false);
+        await Task.WhenAll(_sessionTask, _waiterTask).ConfigureAwait(false);
+        lock (_subscribersGate)
+        {
+            foreach (var subscriber in _subscribers)
+            {
+                subscriber.Writer.TryComplete();
+            }
+        }
+    }
+
+    public IReadOnlyList<SingletonStatus> GetAll() => _runners.Select(r => r.GetStatus()).ToList();
+
+    public SingletonStatus? Get(string name) => _runners.FirstOrDefault(r => r.Name == name)?.GetStatus();
+
+    public Task StepDownAsync(string name, CancellationToken cancellationToken = default)
+    {
+        var runner = _runners.FirstOrDefault(r => r.Name == name)
+            ?? throw new ArgumentException($"No cluster singleton named '{name}' runs on this node.", nameof(name));
+        return runner.StepDownAsync().WaitAsync(cancellationToken);
+    }
+
+    public IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default)
+    {
+        // Subscribe at the call, not at the first MoveNext, so that nothing between the two is missed. A subscriber that
+        // does not keep up loses the oldest changes rather than growing without bound.
+        var channel = Channel.CreateBounded<SingletonStateChanged>(new BoundedChannelOptions(1024) { SingleReader = true, FullMode = BoundedChannelFullMode.DropOldest });
+        lock (_subscribersGate)
+        {
+            if (_stopped == 1)
+            {
+                channel.Writer.TryComplete();
+            }
+            else
+            {
+                _subscribers.Add(channel);
+            }
+        }
+
+        return ReadAsync(channel, cancellationToken);
+    }
+
+    private async IAsyncEnumerable<SingletonStateChanged> ReadAsync(Channel<SingletonStateChanged> channel, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        try
+        {
+            await foreach (var change in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            {
+                yield return change;
+            }
+        }
+        finally
+        {
+            lock (_subscribersGate)
+            {
+                _subscribers.Remove(channel);
+            }
+        }
+    }
+
+    private void Publish(SingletonStateChanged change)
+    {
+        lock (_subscribersGate)
+        {
+            foreach (var subscriber in _subscribers)
+            {
+                subscriber.Writer.TryWrite(change);
+            }
+        }
+
+        try
+        {
+            StateChanged?.Invoke(this, change);
+        }
+        catch (Exception ex)
+        {
+            _logger.LogError(ex, "A StateChanged handler threw");
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(CancellationToken.None).ConfigureAwait(false);
+        if (_lockDataSource is not null)
+        {
+            await _lockDataSource.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_waitDataSource is not null)
+        {
+            await _waitDataSource.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _runnersStopping.Dispose();
+        _sessionStopping.Dispose();
+    }
+}

@@ -1,0 +1,127 @@
+using HighlanderPG.Supervision;
+using Microsoft.Extensions.Options;
+
+namespace HighlanderPG.Hosting;
+
+/// <summary>Rejects options and singleton registrations that cannot be safe, with messages that name the options.</summary>
+internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistration> registrations) : IValidateOptions<HighlanderOptions>
+{
+    internal const int MaxNameLength = 200;
+    internal const int MaxNodeIdLength = 40;
+
+    public ValidateOptionsResult Validate(string? name, HighlanderOptions options)
+    {
+        var errors = new List<string>();
+        if (ConnectionSettings.Validate(options.ConnectionString) is { } connectionError)
+        {
+            errors.Add(connectionError);
+        }
+
+        if (string.IsNullOrWhiteSpace(options.Namespace))
+        {
+            errors.Add($"{nameof(HighlanderOptions.Namespace)} must not be empty.");
+        }
+
+        if (string.IsNullOrEmpty(options.NodeId) || options.NodeId.Length > MaxNodeIdLength || options.NodeId.Any(c => c is <= ' ' or >= (char)127))
+        {
+            errors.Add($"{nameof(HighlanderOptions.NodeId)} '{options.NodeId}' must be 1 to {MaxNodeIdLength} printable ASCII characters without spaces (it becomes part of the session's application_name, which PostgreSQL cuts at 63 bytes).");
+        }
+
+        var lease = options.LeaseDuration;
+        if (lease < TimeSpan.FromSeconds(1) || lease.Ticks % TimeSpan.TicksPerMillisecond != 0 || lease > TimeSpan.FromDays(1))
+        {
+            errors.Add($"{nameof(HighlanderOptions.LeaseDuration)} is {lease}; it must be between 1 second and 1 day, in whole milliseconds.");
+        }
+
+        Positive(options.HeartbeatInterval, nameof(HighlanderOptions.HeartbeatInterval));
+        Positive(options.StopTimeout, nameof(HighlanderOptions.StopTimeout));
+        Positive(options.SafetyMargin, nameof(HighlanderOptions.SafetyMargin));
+        Positive(options.ReconnectMinDelay, nameof(HighlanderOptions.ReconnectMinDelay));
+        Positive(options.WaitSlice, nameof(HighlanderOptions.WaitSlice));
+        if (options.StepDownHoldOff < TimeSpan.Zero)
+        {
+            errors.Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.");
+        }
+
+        if (options.ReconnectMaxDelay < options.ReconnectMinDelay)
+        {
+            errors.Add($"{nameof(HighlanderOptions.ReconnectMaxDelay)} ({options.ReconnectMaxDelay}) must not be less than {nameof(HighlanderOptions.ReconnectMinDelay)} ({options.ReconnectMinDelay}).");
+        }
+
+        if (options.LockDelayAfterServerStart is { } lockDelay && lockDelay < lease)
+        {
+            errors.Add($"{nameof(HighlanderOptions.LockDelayAfterServerStart)} ({lockDelay}) must be at least {nameof(HighlanderOptions.LeaseDuration)} ({lease}): holders cut off by a restart may run their children that long.");
+        }
+
+        if (options.HeartbeatInterval > TimeSpan.Zero && options.HeartbeatInterval * 3 > lease)
+        {
+            errors.Add($"{nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) must be well below {nameof(HighlanderOptions.LeaseDuration)} ({lease}): at most a third of it.");
+        }
+
+        var budget = (options.HeartbeatInterval * 2) + options.StopTimeout + options.SafetyMargin;
+        if (budget > lease)
+        {
+            errors.Add($"The lease does not fit: 2 × {nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) + {nameof(HighlanderOptions.StopTimeout)} ({options.StopTimeout}) + {nameof(HighlanderOptions.SafetyMargin)} ({options.SafetyMargin}) = {budget} exceeds {nameof(HighlanderOptions.LeaseDuration)} ({lease}). A child must be stopped before the server may free the lock; shorten the stop timeout or lengthen the lease.");
+        }
+
+        ValidateSingleton(options.SingletonDefaults, "SingletonDefaults");
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        var keys = new Dictionary<long, string>();
+        foreach (var registration in registrations)
+        {
+            var singletonName = registration.Name;
+            if (string.IsNullOrWhiteSpace(singletonName) || singletonName.Length > MaxNameLength || singletonName.Any(char.IsControl))
+            {
+                errors.Add($"Cluster singleton name '{singletonName}' ({registration.ServiceType.Name}) must be 1 to {MaxNameLength} characters, not blank, without control characters.");
+                continue;
+            }
+
+            if (!names.Add(singletonName))
+            {
+                errors.Add($"Cluster singleton name '{singletonName}' is registered more than once; give each AddClusterSingleton a distinct name.");
+                continue;
+            }
+
+            var singleton = options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
+            registration.Configure?.Invoke(singleton);
+            ValidateSingleton(singleton, $"Cluster singleton '{singletonName}'");
+            var key = singleton.Key ?? (string.IsNullOrWhiteSpace(options.Namespace) ? 0 : SingletonKey.Derive(options.Namespace, singletonName));
+            if (keys.TryGetValue(key, out var other))
+            {
+                errors.Add($"Cluster singletons '{other}' and '{singletonName}' have the same lock key {key}; give them distinct {nameof(ClusterSingletonOptions.Key)}s.");
+            }
+            else
+            {
+                keys[key] = singletonName;
+            }
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+
+        void Positive(TimeSpan value, string option)
+        {
+            if (value <= TimeSpan.Zero)
+            {
+                errors.Add($"{option} must be positive (it is {value}).");
+            }
+        }
+
+        void ValidateSingleton(ClusterSingletonOptions singleton, string what)
+        {
+            if (singleton.MaxRestarts < 0)
+            {
+                errors.Add($"{what}: {nameof(ClusterSingletonOptions.MaxRestarts)} must not be negative.");
+            }
+
+            if (singleton.RestartWindow <= TimeSpan.Zero)
+            {
+                errors.Add($"{what}: {nameof(ClusterSingletonOptions.RestartWindow)} must be positive.");
+            }
+
+            if (singleton.RestartDelay < TimeSpan.Zero)
+            {
+                errors.Add($"{what}: {nameof(ClusterSingletonOptions.RestartDelay)} must not be negative.");
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+using HighlanderPG;
+using HighlanderPG.Hosting;
+using HighlanderPG.Supervision;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>Registers HighlanderPG and cluster singletons.</summary>
+public static class HighlanderServiceCollectionExtensions
+{
+    /// <summary>
+    /// Adds this node's HighlanderPG engine: one dedicated PostgreSQL session (plus one for waiting) holding the locks of
+    /// every cluster singleton registered with <see cref="AddClusterSingleton{TService}"/>. Options are validated when
+    /// the host starts.
+    /// </summary>
+    /// <param name="services">The services.</param>
+    /// <param name="configure">Sets the options; at least <see cref="HighlanderOptions.ConnectionString"/>.</param>
+    public static IServiceCollection AddHighlander(this IServiceCollection services, Action<HighlanderOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(configure);
+        AddCore(services);
+        services.Configure(configure);
+        return services;
+    }
+
+    /// <summary>
+    /// Runs <typeparamref name="TService"/> (any <see cref="IHostedService"/>, typically a <see cref="BackgroundService"/>)
+    /// on exactly one node of the cluster. A fresh instance is created through DI for each run; it may take
+    /// <see cref="ILeadership"/> in its constructor.
+    /// </summary>
+    /// <typeparam name="TService">The hosted service. Do not also register it with <c>AddHostedService</c>.</typeparam>
+    /// <param name="services">The services.</param>
+    /// <param name="name">The singleton's cluster-wide name; the default is the type's name. Its lock key derives from it.</param>
+    /// <param name="configure">Overrides the restart behaviour or sets an explicit key.</param>
+    public static IServiceCollection AddClusterSingleton<TService>(this IServiceCollection services, string? name = null, Action<ClusterSingletonOptions>? configure = null)
+        where TService : class, IHostedService
+    {
+        AddCore(services);
+        services.AddSingleton(new SingletonRegistration(
+            name ?? typeof(TService).Name,
+            typeof(TService),
+            sp => ActivatorUtilities.CreateInstance<TService>(sp),
+            configure));
+        return services;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="run"/> on exactly one node of the cluster. It gets the leadership, the run's scoped services,
+    /// and a token that fires when it must stop.
+    /// </summary>
+    /// <param name="services">The services.</param>
+    /// <param name="name">The singleton's cluster-wide name.</param>
+    /// <param name="run">The work. Returning ends this run (see <see cref="ClusterSingletonOptions.RestartPolicy"/>).</param>
+    /// <param name="configure">Overrides the restart behaviour or sets an explicit key.</param>
+    public static IServiceCollection AddClusterSingleton(this IServiceCollection services, string name, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, Action<ClusterSingletonOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(run);
+        AddCore(services);
+        services.AddSingleton(new SingletonRegistration(
+            name,
+            typeof(DelegateSingleton),
+            sp => new DelegateSingleton(sp.GetRequiredService<ILeadership>(), sp, run),
+            configure));
+        return services;
+    }
+
+    private static void AddCore(IServiceCollection services)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        if (services.Any(d => d.ServiceType == typeof(HighlanderNode)))
+        {
+            return;
+        }
+
+        services.AddOptions<HighlanderOptions>().ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<HighlanderOptions>, HighlanderOptionsValidator>());
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddSingleton<HighlanderNode>();
+        services.AddSingleton<IClusterSingletons>(sp => sp.GetRequiredService<HighlanderNode>());
+        services.AddHostedService(sp => sp.GetRequiredService<HighlanderNode>());
+        services.TryAddScoped<LeadershipAccessor>();
+        services.TryAddScoped(sp => sp.GetRequiredService<LeadershipAccessor>().Current
+            ?? throw new InvalidOperationException($"{nameof(ILeadership)} is only available to a cluster singleton's child (registered with AddClusterSingleton)."));
+    }
+}

@@ -1,0 +1,38 @@
+using System.Data.Common;
+
+namespace HighlanderPG.Leasing;
+
+/// <summary>
+/// Who holds which advisory key, from <c>pg_locks</c> joined with <c>pg_stat_activity</c>. A bigint advisory key
+/// appears as <c>classid</c> (high 32 bits) and <c>objid</c> (low 32 bits) with <c>objsubid = 1</c>, per database.
+/// https://www.postgresql.org/docs/current/view-pg-locks.html
+/// </summary>
+internal static class HolderQuery
+{
+    /// <summary>Application names of HighlanderPG lock sessions start with this; the node id follows.</summary>
+    public const string ApplicationNamePrefix = "highlander/";
+
+    /// <summary>Application names of HighlanderPG follower wait sessions start with this.</summary>
+    public const string WaiterApplicationNamePrefix = "highlander-wait/";
+
+    /// <summary>One parameter: the keys (bigint[]).</summary>
+    public const string Sql = """
+        SELECT ((l.classid::bigint << 32) | l.objid::bigint) AS key, l.pid, a.application_name, host(a.client_addr), a.backend_start
+        FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND l.mode = 'ExclusiveLock'
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY($1::bigint[])
+        """;
+
+    public static (long Key, LeaderInfo Leader) Read(DbDataReader reader)
+    {
+        var app = reader.IsDBNull(2) ? null : reader.GetString(2);
+        var node = app is not null && app.StartsWith(ApplicationNamePrefix, StringComparison.Ordinal) ? app[ApplicationNamePrefix.Length..] : null;
+        return (reader.GetInt64(0), new LeaderInfo(
+            node,
+            reader.GetInt32(1),
+            app,
+            reader.IsDBNull(3) ? null : reader.GetString(3),
+            reader.IsDBNull(4) ? null : reader.GetFieldValue<DateTimeOffset>(4)));
+    }
+}

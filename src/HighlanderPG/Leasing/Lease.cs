@@ -1,0 +1,49 @@
+namespace HighlanderPG.Leasing;
+
+/// <summary>One acquisition of one singleton's lock by this node's lock session.</summary>
+internal sealed class Lease
+{
+    private readonly CancellationTokenSource _lost = new();
+    private readonly object _gate = new();
+
+    public Lease(long key, int generation, DateTimeOffset acquiredAt)
+    {
+        Key = key;
+        Generation = generation;
+        AcquiredAt = acquiredAt;
+    }
+
+    public long Key { get; }
+
+    /// <summary>The lock session's generation (each reconnect is a new one): a lease of an older generation is gone.</summary>
+    public int Generation { get; }
+
+    public DateTimeOffset AcquiredAt { get; }
+
+    /// <summary>Fires when the session stops vouching for this lock (lease expiring, session broken, node stopping).</summary>
+    public CancellationToken LostToken => _lost.Token;
+
+    public bool IsLost => _lost.IsCancellationRequested;
+
+    /// <summary>Why the lock was lost, once it is.</summary>
+    public string? LossReason { get; private set; }
+
+    /// <summary>Monotonic timestamp by which the child must be gone (escalation point), once lost.</summary>
+    public long EscalateAtTimestamp { get; private set; } = long.MaxValue;
+
+    public void Lose(string reason, long escalateAtTimestamp)
+    {
+        lock (_gate)
+        {
+            if (IsLost)
+            {
+                return;
+            }
+
+            LossReason = reason;
+            EscalateAtTimestamp = escalateAtTimestamp;
+        }
+
+        _lost.Cancel();
+    }
+}

@@ -1,0 +1,126 @@
+namespace HighlanderPG;
+
+/// <summary>The state of one cluster singleton on this node.</summary>
+public enum SingletonState
+{
+    /// <summary>Another node (or nobody yet) holds the lock; this node waits for it.</summary>
+    Following,
+
+    /// <summary>This node holds the lock and is starting its child.</summary>
+    Starting,
+
+    /// <summary>This node holds the lock and its child runs.</summary>
+    Leading,
+
+    /// <summary>This node's child is being stopped (step-down, shutdown, child exit, or lease loss).</summary>
+    Stopping,
+
+    /// <summary>This node has no working database session: no child runs, and it keeps reconnecting.</summary>
+    Disconnected,
+
+    /// <summary>The child completed and its restart policy says not to restart: this node keeps the lock without a child.</summary>
+    Completed,
+
+    /// <summary>The singleton crash-looped and this node gave up on it (<see cref="CrashLoopAction.GiveUp"/>).</summary>
+    Faulted,
+
+    /// <summary>The node has stopped.</summary>
+    Stopped,
+}
+
+/// <summary>The node holding a singleton's lock, as seen in <c>pg_locks</c> and <c>pg_stat_activity</c>.</summary>
+/// <param name="NodeId">The holder's node id, when it is a HighlanderPG node (from its <c>application_name</c>).</param>
+/// <param name="BackendPid">The holder session's backend process id.</param>
+/// <param name="ApplicationName">The holder session's <c>application_name</c>.</param>
+/// <param name="ClientAddress">The holder's client address, when connected over TCP.</param>
+/// <param name="SessionStarted">When the holder's session started (server clock).</param>
+public sealed record LeaderInfo(string? NodeId, int BackendPid, string? ApplicationName, string? ClientAddress, DateTimeOffset? SessionStarted);
+
+/// <summary>A snapshot of one singleton on this node, like OTP's <c>which_children</c>.</summary>
+/// <param name="Name">The singleton's name.</param>
+/// <param name="Key">Its advisory lock key.</param>
+/// <param name="State">Its state on this node.</param>
+/// <param name="Since">When it entered that state.</param>
+/// <param name="Restarts">How many times its child was restarted on this node.</param>
+/// <param name="LastError">The last error (child failure, connection error, lease loss), if any.</param>
+/// <param name="FencingEpoch">Its fencing epoch while this node leads it, when fencing is on.</param>
+/// <param name="Leader">Who holds its lock, when known: this node while it leads, otherwise the last holder seen.</param>
+public sealed record SingletonStatus(
+    string Name,
+    long Key,
+    SingletonState State,
+    DateTimeOffset Since,
+    int Restarts,
+    string? LastError,
+    long? FencingEpoch,
+    LeaderInfo? Leader);
+
+/// <summary>
+/// A change of a singleton on this node: of its state, or (with <see cref="Previous"/> equal to <see cref="Current"/>)
+/// of the leader this node follows.
+/// </summary>
+/// <param name="Name">The singleton.</param>
+/// <param name="Previous">Its state before.</param>
+/// <param name="Current">Its state now.</param>
+/// <param name="At">When it changed.</param>
+/// <param name="Reason">Why, in words.</param>
+/// <param name="NodeId">This node.</param>
+/// <param name="Leader">Who leads the singleton now, when known.</param>
+public sealed record SingletonStateChanged(string Name, SingletonState Previous, SingletonState Current, DateTimeOffset At, string Reason, string NodeId, LeaderInfo? Leader);
+
+/// <summary>
+/// What a singleton's child knows about its leadership. Inject it into the child's constructor; each
+/// incarnation of the child gets its own.
+/// </summary>
+public interface ILeadership
+{
+    /// <summary>The singleton's name.</summary>
+    string Name { get; }
+
+    /// <summary>This node.</summary>
+    string NodeId { get; }
+
+    /// <summary>The singleton's advisory lock key.</summary>
+    long Key { get; }
+
+    /// <summary>When this node took the lock.</summary>
+    DateTimeOffset AcquiredAt { get; }
+
+    /// <summary>The fencing epoch of this acquisition, when fencing is on; otherwise <see langword="null"/>.</summary>
+    long? FencingEpoch { get; }
+
+    /// <summary>
+    /// Fires when this node is about to stop leading: the lease is being lost, the session broke, the node
+    /// steps down or shuts down. Stop writing when it fires.
+    /// </summary>
+    CancellationToken LostToken { get; }
+}
+
+/// <summary>The node's tiny supervisor: ask it about its singletons, watch them, make one step down.</summary>
+public interface IClusterSingletons
+{
+    /// <summary>This node's id.</summary>
+    string NodeId { get; }
+
+    /// <summary>Every singleton on this node (like <c>which_children</c>).</summary>
+    IReadOnlyList<SingletonStatus> GetAll();
+
+    /// <summary>One singleton, or <see langword="null"/> when no singleton has that name.</summary>
+    SingletonStatus? Get(string name);
+
+    /// <summary>Raised on every state change of a singleton on this node. Handlers must not block.</summary>
+    event EventHandler<SingletonStateChanged>? StateChanged;
+
+    /// <summary>
+    /// State and leader changes as they happen, until <paramref name="cancellationToken"/> fires or the node stops.
+    /// The subscription starts when this method is called, so nothing between the call and the first read is missed.
+    /// </summary>
+    IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Makes this node step down from <paramref name="name"/> if it leads it: stop the child, release the lock,
+    /// tell the followers at once, then leave it to others for <see cref="HighlanderOptions.StepDownHoldOff"/>.
+    /// Completes when the lock is released (or at once when this node does not lead it).
+    /// </summary>
+    Task StepDownAsync(string name, CancellationToken cancellationToken = default);
+}

@@ -1,0 +1,34 @@
+namespace HighlanderPG.Supervision;
+
+internal sealed class Leadership(string name, string nodeId, long key, DateTimeOffset acquiredAt, CancellationToken lostToken) : ILeadership
+{
+    public string Name { get; } = name;
+
+    public string NodeId { get; } = nodeId;
+
+    public long Key { get; } = key;
+
+    public DateTimeOffset AcquiredAt { get; } = acquiredAt;
+
+    public long? FencingEpoch => null;
+
+    public CancellationToken LostToken { get; } = lostToken;
+}
+
+/// <summary>Carries the current incarnation's <see cref="ILeadership"/> inside its DI scope.</summary>
+internal sealed class LeadershipAccessor
+{
+    public ILeadership? Current { get; set; }
+}
+
+/// <summary>One registered singleton: its name and how to make a fresh child for each incarnation.</summary>
+internal sealed class SingletonRegistration(string name, Type serviceType, Func<IServiceProvider, Microsoft.Extensions.Hosting.IHostedService> factory, Action<ClusterSingletonOptions>? configure)
+{
+    public string Name { get; } = name;
+
+    public Type ServiceType { get; } = serviceType;
+
+    public Func<IServiceProvider, Microsoft.Extensions.Hosting.IHostedService> Factory { get; } = factory;
+
+    public Action<ClusterSingletonOptions>? Configure { get; } = configure;
+}

@@ -1,0 +1,380 @@
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Leasing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace HighlanderPG.Supervision;
+
+/// <summary>
+/// Supervises one singleton on this node: contend for its lock, run a fresh child while holding it, stop the child
+/// before the lock is released or the lease ends, restart it by its policy, escalate what cannot be stopped.
+/// </summary>
+internal sealed class SingletonRunner
+{
+    private readonly SingletonRegistration _registration;
+    private readonly ClusterSingletonOptions _singleton;
+    private readonly HighlanderOptions _options;
+    private readonly LockSession _session;
+    private readonly IServiceProvider _services;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly Action<SingletonStateChanged> _publish;
+    private readonly Action _stopHost;
+    private readonly Lock _gate = new();
+    private SingletonState _state = SingletonState.Disconnected;
+    private DateTimeOffset _since;
+    private int _restarts;
+    private string? _lastError;
+    private Lease? _lease;
+    private TaskCompletionSource? _stepDownRequested;
+    private TaskCompletionSource? _released;
+
+    public SingletonRunner(
+        SingletonRegistration registration,
+        ClusterSingletonOptions singleton,
+        long key,
+        HighlanderOptions options,
+        LockSession session,
+        IServiceProvider services,
+        TimeProvider time,
+        ILogger logger,
+        Action<SingletonStateChanged> publish,
+        Action stopHost)
+    {
+        _registration = registration;
+        _singleton = singleton;
+        Key = key;
+        _options = options;
+        _session = session;
+        _services = services;
+        _time = time;
+        _logger = logger;
+        _publish = publish;
+        _stopHost = stopHost;
+        _since = time.GetUtcNow();
+        session.ConnectionChanged += OnConnectionChanged;
+        session.HolderChanged += OnHolderChanged;
+    }
+
+    public string Name => _registration.Name;
+
+    public long Key { get; }
+
+    public SingletonStatus GetStatus()
+    {
+        lock (_gate)
+        {
+            var leader = _lease is { IsLost: false } lease
+                ? new LeaderInfo(_options.NodeId, _session.BackendPid, HolderQuery.ApplicationNamePrefix + _options.NodeId, null, lease.AcquiredAt)
+                : _session.GetHolder(Key);
+            return new SingletonStatus(Name, Key, _state, _since, _restarts, _lastError, null, leader);
+        }
+    }
+
+    /// <summary>Asks this runner to step down; completes when the lock is released, or at once when not leading.</summary>
+    public Task StepDownAsync()
+    {
+        lock (_gate)
+        {
+            if (_lease is null || _lease.IsLost || _stepDownRequested is null || _released is null)
+            {
+                return Task.CompletedTask;
+            }
+
+            _stepDownRequested.TrySetResult();
+            return _released.Task;
+        }
+    }
+
+    public async Task RunAsync(CancellationToken stopping)
+    {
+        var intensity = new RestartIntensity(_time, _singleton.MaxRestarts, _singleton.RestartWindow);
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, "contending");
+                Lease lease;
+                try
+                {
+                    lease = await _session.AcquireAsync(Key, stopping).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+                {
+                    break;
+                }
+
+                var outcome = await LeadAsync(lease, stopping).ConfigureAwait(false);
+                TimeSpan holdOff;
+                switch (outcome)
+                {
+                    case Outcome.Restart:
+                        if (!intensity.TryRecord())
+                        {
+                            Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.OnCrashLoop);
+                            SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
+                            if (_singleton.OnCrashLoop == CrashLoopAction.StopHost)
+                            {
+                                _stopHost();
+                            }
+
+                            return;
+                        }
+
+                        lock (_gate)
+                        {
+                            _restarts++;
+                        }
+
+                        holdOff = _singleton.RestartDelay;
+                        break;
+                    case Outcome.SteppedDown:
+                        holdOff = _options.StepDownHoldOff;
+                        break;
+                    default:
+                        holdOff = TimeSpan.Zero;
+                        break;
+                }
+
+                if (holdOff > TimeSpan.Zero && !stopping.IsCancellationRequested)
+                {
+                    SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, $"waiting {holdOff} before contending again");
+                    try
+                    {
+                        await Task.Delay(holdOff, _time, stopping).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            bool faulted;
+            lock (_gate)
+            {
+                faulted = _state == SingletonState.Faulted;
+            }
+
+            if (!faulted)
+            {
+                SetState(SingletonState.Stopped, "the node stopped");
+            }
+
+            _session.ConnectionChanged -= OnConnectionChanged;
+            _session.HolderChanged -= OnHolderChanged;
+        }
+    }
+
+    private async Task<Outcome> LeadAsync(Lease lease, CancellationToken stopping)
+    {
+        Log.Acquired(_logger, Name, Key);
+        Task stepDownTask;
+        lock (_gate)
+        {
+            _lease = lease;
+            _stepDownRequested = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _released = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            stepDownTask = _stepDownRequested.Task;
+        }
+
+        SetState(SingletonState.Starting, "acquired the lock");
+        using var lostCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken);
+        var leadership = new Leadership(Name, _options.NodeId, Key, lease.AcquiredAt, lostCts.Token);
+        var child = await ChildIncarnation.StartAsync(_registration, _services, leadership, lease.LostToken).ConfigureAwait(false);
+        if (child.StartError is null)
+        {
+            Log.ChildStarted(_logger, Name);
+            SetState(SingletonState.Leading, "child started");
+        }
+
+        // Run until the child exits, the lease is lost, the node stops, or a step-down is asked for.
+        using var lostSignal = new CancellationSignal(lease.LostToken);
+        using var stopSignal = new CancellationSignal(stopping);
+        var lost = lostSignal.Task;
+        var stop = stopSignal.Task;
+        var first = child.StartError is not null ? child.Completion : await Task.WhenAny(child.Completion, lost, stop, stepDownTask).ConfigureAwait(false);
+        var reason = first == child.Completion ? child.Describe()
+            : first == lost ? $"lease lost: {lease.LossReason}"
+            : first == stop ? "the node is stopping"
+            : "step-down requested";
+        if (first == lost)
+        {
+            Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+        }
+        else if (first == stepDownTask)
+        {
+            Log.SteppingDown(_logger, Name, reason);
+        }
+
+        SetState(SingletonState.Stopping, reason);
+        await lostCts.CancelAsync().ConfigureAwait(false);
+        var started = _time.GetTimestamp();
+        var stopped = await child.StopAsync(_options.StopTimeout, lease, _time).ConfigureAwait(false);
+        if (!stopped)
+        {
+            await EscalateAsync(lease, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason})").ConfigureAwait(false);
+        }
+        else
+        {
+            Log.ChildStopped(_logger, Name, _time.GetElapsedTime(started));
+        }
+
+        await child.DisposeAsync().ConfigureAwait(false);
+
+        var outcome = Outcome.Contend;
+        if (first == child.Completion)
+        {
+            var failed = child.Error is not null;
+            if (failed)
+            {
+                Log.ChildFailed(_logger, child.Error!, Name);
+                SetError(child.Describe());
+            }
+
+            var restart = _singleton.RestartPolicy == RestartPolicy.Always || (failed && _singleton.RestartPolicy == RestartPolicy.OnFailure);
+            Log.ChildCompleted(_logger, Name, _singleton.RestartPolicy, failed ? "failed" : "completed normally");
+            if (restart)
+            {
+                outcome = Outcome.Restart;
+            }
+            else
+            {
+                // Keep the lock so the work does not run again elsewhere, until the node stops, steps down or loses the session.
+                SetState(SingletonState.Completed, $"child {(failed ? "failed" : "completed")}; restart policy {_singleton.RestartPolicy}");
+                first = await Task.WhenAny(lost, stop, stepDownTask).ConfigureAwait(false);
+                if (first == lost)
+                {
+                    Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+                }
+
+                reason = first == lost ? $"lease lost: {lease.LossReason}" : first == stop ? "the node is stopping" : "step-down requested";
+            }
+        }
+        else if (first == lost)
+        {
+            SetError(reason);
+        }
+
+        if (first == stepDownTask)
+        {
+            outcome = Outcome.SteppedDown;
+        }
+
+        if (!lease.IsLost)
+        {
+            await _session.ReleaseAsync(lease).ConfigureAwait(false);
+            Log.Released(_logger, Name, Key, reason);
+        }
+
+        TaskCompletionSource? waiting;
+        lock (_gate)
+        {
+            _lease = null;
+            waiting = _released;
+            _stepDownRequested = null;
+            _released = null;
+        }
+
+        waiting?.TrySetResult();
+        return outcome;
+    }
+
+    private async Task EscalateAsync(Lease lease, string reason)
+    {
+        Log.Escalating(_logger, Name, reason);
+        var remaining = lease.IsLost && lease.EscalateAtTimestamp != long.MaxValue
+            ? _time.GetElapsedTime(_time.GetTimestamp(), lease.EscalateAtTimestamp) + _options.SafetyMargin
+            : (TimeSpan?)null;
+        var context = new EscalationContext(Name, _options.NodeId, reason, remaining);
+        if (_options.OnEscalation is { } handler)
+        {
+            await handler(context).ConfigureAwait(false);
+            return;
+        }
+
+        Environment.FailFast($"HighlanderPG: escalating singleton '{Name}' on node '{_options.NodeId}': {reason}. Ending the process so that its PostgreSQL session ends and the child cannot outlive the lease.");
+    }
+
+    private void OnConnectionChanged(string? lossReason)
+    {
+        lock (_gate)
+        {
+            if (_state is not (SingletonState.Following or SingletonState.Disconnected))
+            {
+                return;
+            }
+        }
+
+        if (lossReason is not null)
+        {
+            SetError(lossReason);
+        }
+
+        SetState(lossReason is null ? SingletonState.Following : SingletonState.Disconnected, lossReason ?? "connected");
+    }
+
+    private void OnHolderChanged(long key, LeaderInfo? holder)
+    {
+        if (key != Key)
+        {
+            return;
+        }
+
+        SingletonStateChanged change;
+        lock (_gate)
+        {
+            if (_state is not (SingletonState.Following or SingletonState.Disconnected))
+            {
+                return;
+            }
+
+            var leader = holder?.NodeId ?? holder?.ApplicationName ?? (holder is null ? "nobody" : $"backend {holder.BackendPid}");
+            change = new SingletonStateChanged(Name, _state, _state, _time.GetUtcNow(), $"led by {leader}", _options.NodeId, holder);
+        }
+
+        if (holder is not null)
+        {
+            Log.Following(_logger, Name, change.Reason[7..]);
+        }
+
+        _publish(change);
+    }
+
+    private void SetError(string error)
+    {
+        lock (_gate)
+        {
+            _lastError = error;
+        }
+    }
+
+    private void SetState(SingletonState state, string reason)
+    {
+        SingletonStateChanged change;
+        lock (_gate)
+        {
+            if (_state == state)
+            {
+                return;
+            }
+
+            var leader = _lease is { IsLost: false } ? new LeaderInfo(_options.NodeId, _session.BackendPid, HolderQuery.ApplicationNamePrefix + _options.NodeId, null, _lease.AcquiredAt) : _session.GetHolder(Key);
+            change = new SingletonStateChanged(Name, _state, state, _time.GetUtcNow(), reason, _options.NodeId, leader);
+            _state = state;
+            _since = change.At;
+        }
+
+        _publish(change);
+    }
+
+    private enum Outcome
+    {
+        Contend,
+        Restart,
+        SteppedDown,
+    }
+}

@@ -1,0 +1,145 @@
+using HighlanderPG.Testing;
+using HighlanderPG.Tests.Infrastructure;
+
+namespace HighlanderPG.Tests.Hosting;
+
+/// <summary>Real faults against the shared server: a cut-off leader, a killed backend, a child that will not stop.</summary>
+[Collection(SharedServer.Name)]
+public sealed class FaultTests(PostgresFixture pg)
+{
+    [Fact]
+    public async Task A_cut_off_leader_stops_its_child_before_another_node_starts()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        await using var proxy = ProxyTo(pg.ConnectionString);
+        var leader = await cluster.StartNodeAsync("cut", connectionString: proxy.ConnectionString(pg.ConnectionString));
+        await cluster.Recorder.WaitStartedAsync("job", node: "cut");
+        var follower = await cluster.StartNodeAsync("other");
+        await follower.WaitForLeaderAsync("job", "cut");
+
+        var mark = cluster.Recorder.Count;
+        proxy.SetMode(ProxyMode.Blackhole);
+        var stopped = await cluster.Recorder.WaitStoppedAsync("job", "cut", mark);
+        var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
+        Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
+        cluster.Recorder.AssertNoOverlap();
+        Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == 1006); // lease about to expire
+        Assert.NotEqual(SingletonState.Leading, leader.Singletons.Get("job")!.State);
+    }
+
+    [Fact]
+    public async Task A_killed_leader_backend_stops_the_child_and_the_singleton_runs_again()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var a = await cluster.StartNodeAsync("a");
+        await cluster.Recorder.WaitStartedAsync("job", node: "a");
+        var b = await cluster.StartNodeAsync("b");
+        await b.WaitForLeaderAsync("job", "a");
+
+        var key = SingletonKey.Derive(cluster.Namespace, "job");
+        var pid = await Db.HolderPidAsync(pg.ConnectionString, key);
+        Assert.NotNull(pid);
+        var mark = cluster.Recorder.Count;
+        await Db.TerminateAsync(pg.ConnectionString, pid.Value);
+
+        var stopped = await cluster.Recorder.WaitStoppedAsync("job", "a", mark);
+        var next = await cluster.Recorder.WaitStartedAsync("job", mark);
+        Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
+        cluster.Recorder.AssertNoOverlap();
+        Assert.Contains(cluster.Logs.Entries, e => e.Node == "a" && e.EventId.Id == 1003 && e.Message.Contains("57P01"));
+    }
+
+    [Fact]
+    public async Task A_child_that_ignores_cancellation_is_escalated_before_the_lease_can_pass()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        cluster.Behavior.IgnoreCancellation = true;
+        await using var proxy = ProxyTo(pg.ConnectionString);
+        var escalations = new List<EscalationContext>();
+        var leader = await cluster.StartNodeAsync("stuck", connectionString: proxy.ConnectionString(pg.ConnectionString), configure: o => o.OnEscalation = ctx =>
+        {
+            lock (escalations)
+            {
+                escalations.Add(ctx);
+            }
+
+            // What the default (ending the process) does to the child, done to this in-process child only.
+            cluster.Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, ctx.Reason);
+            cluster.Behavior.Kill();
+            return ValueTask.CompletedTask;
+        });
+        await cluster.Recorder.WaitStartedAsync("job", node: "stuck");
+        var follower = await cluster.StartNodeAsync("other");
+        await follower.WaitForLeaderAsync("job", "stuck");
+
+        var mark = cluster.Recorder.Count;
+        proxy.SetMode(ProxyMode.Blackhole);
+        var escalated = await cluster.Recorder.WaitAsync(e => e.Kind == LifeKind.Escalated, mark);
+        var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
+        Assert.True(escalated.Seq < next.Seq, cluster.Recorder.Describe());
+        cluster.Recorder.AssertNoOverlap();
+
+        var context = Assert.Single(escalations);
+        Assert.Equal("job", context.Singleton);
+        Assert.Contains("did not stop", context.Reason);
+        Assert.NotNull(context.RemainingLease);
+        Assert.True(context.RemainingLease > TimeSpan.Zero, $"escalated only {context.RemainingLease} before the server could free the lock");
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == 1300 && e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
+    }
+
+    [Fact]
+    public async Task A_child_that_ignores_cancellation_at_shutdown_is_escalated_before_its_lock_is_released()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        cluster.Behavior.IgnoreCancellation = true;
+        var a = await cluster.StartNodeAsync("stuck", configure: o => o.OnEscalation = ctx =>
+        {
+            cluster.Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, ctx.Reason);
+            cluster.Behavior.Kill();
+            return ValueTask.CompletedTask;
+        });
+        await cluster.Recorder.WaitStartedAsync("job", node: "stuck");
+        var b = await cluster.StartNodeAsync("other");
+        await b.WaitForLeaderAsync("job", "stuck");
+
+        var mark = cluster.Recorder.Count;
+        await a.StopAsync();
+        var escalated = await cluster.Recorder.WaitAsync(e => e.Kind == LifeKind.Escalated, mark);
+        var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
+        Assert.True(escalated.Seq < next.Seq, cluster.Recorder.Describe());
+        cluster.Recorder.AssertNoOverlap();
+    }
+
+    [Fact]
+    public async Task Two_hundred_singletons_on_one_node_share_one_lock_session()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var names = Enumerable.Range(0, 200).Select(i => $"s{i:000}").ToArray();
+        var node = await cluster.StartNodeAsync("many", singletons: names);
+        foreach (var name in names)
+        {
+            await node.WaitForStateAsync(name, SingletonState.Leading);
+        }
+
+        var follower = await cluster.StartNodeAsync("many-2", singletons: names);
+        foreach (var name in names)
+        {
+            await follower.WaitForLeaderAsync(name, "many");
+        }
+
+        Assert.Equal(1L, await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", "highlander/many"));
+        Assert.InRange(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'highlander%/many'"), 1, 2);
+        Assert.InRange(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'highlander%/many-2'"), 1, 2);
+        Assert.Equal(200L, await Db.ScalarAsync<long>(pg.ConnectionString, """
+            SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'highlander/many'
+            """));
+        cluster.Recorder.AssertNoOverlap();
+    }
+
+    internal static FaultProxy ProxyTo(string connectionString)
+    {
+        var builder = new Npgsql.NpgsqlConnectionStringBuilder(connectionString);
+        return FaultProxy.Start(builder.Host!, builder.Port);
+    }
+}

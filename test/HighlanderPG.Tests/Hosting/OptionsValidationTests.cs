@@ -1,0 +1,128 @@
+using HighlanderPG.Tests.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+
+namespace HighlanderPG.Tests.Hosting;
+
+/// <summary>Every configuration that cannot be safe fails the host's start with a message that says what to fix.</summary>
+public sealed class OptionsValidationTests
+{
+    private const string Valid = "Host=127.0.0.1;Port=1;Username=u;Password=s3cret-pw";
+
+    public static TheoryData<string, string> BadOptions() => new()
+    {
+        { "missing connection string", "ConnectionString is required" },
+        { "unparsable connection string", "cannot be parsed" },
+        { "multiplexing", "Multiplexing=true" },
+        { "lease too short", "LeaseDuration" },
+        { "lease with sub-millisecond part", "whole milliseconds" },
+        { "heartbeat not well below the lease", "HeartbeatInterval" },
+        { "stop timeout does not fit in the lease", "The lease does not fit" },
+        { "negative stop timeout", "StopTimeout must be positive" },
+        { "lock delay shorter than the lease", "LockDelayAfterServerStart" },
+        { "node id with a space", "NodeId" },
+        { "empty namespace", "Namespace must not be empty" },
+        { "negative max restarts", "MaxRestarts must not be negative" },
+    };
+
+    private static void Apply(string @case, HighlanderOptions o)
+    {
+        o.ConnectionString = Valid;
+        switch (@case)
+        {
+            case "missing connection string": o.ConnectionString = null; break;
+            case "unparsable connection string": o.ConnectionString = "Host=x;Port=notanumber"; break;
+            case "multiplexing": o.ConnectionString = Valid + ";Multiplexing=true"; break;
+            case "lease too short": o.LeaseDuration = TimeSpan.FromMilliseconds(500); break;
+            case "lease with sub-millisecond part": o.LeaseDuration = TimeSpan.FromTicks(150_000_001); break;
+            case "heartbeat not well below the lease": o.HeartbeatInterval = TimeSpan.FromSeconds(6); break;
+            case "stop timeout does not fit in the lease": o.StopTimeout = TimeSpan.FromSeconds(12); break;
+            case "negative stop timeout": o.StopTimeout = TimeSpan.FromSeconds(-1); break;
+            case "lock delay shorter than the lease": o.LockDelayAfterServerStart = TimeSpan.FromSeconds(1); break;
+            case "node id with a space": o.NodeId = "my node"; break;
+            case "empty namespace": o.Namespace = " "; break;
+            case "negative max restarts": o.SingletonDefaults.MaxRestarts = -1; break;
+            default: throw new ArgumentOutOfRangeException(nameof(@case));
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(BadOptions))]
+    public async Task Bad_options_fail_the_host_start_with_a_message_naming_them(string @case, string expected)
+    {
+        var error = await StartAndFailAsync(services =>
+        {
+            services.AddHighlander(o => Apply(@case, o));
+            services.AddClusterSingleton<RecordingService>("job");
+        });
+        Assert.Contains(expected, error.Message);
+        Assert.DoesNotContain("s3cret-pw", error.Message);
+    }
+
+    [Fact]
+    public async Task Duplicate_names_are_refused()
+    {
+        var error = await StartAndFailAsync(services =>
+        {
+            services.AddHighlander(o => o.ConnectionString = Valid);
+            services.AddClusterSingleton<RecordingService>("job");
+            services.AddClusterSingleton<RecordingService>("job");
+        });
+        Assert.Contains("'job' is registered more than once", error.Message);
+    }
+
+    [Fact]
+    public async Task Duplicate_explicit_keys_are_refused()
+    {
+        var error = await StartAndFailAsync(services =>
+        {
+            services.AddHighlander(o => o.ConnectionString = Valid);
+            services.AddClusterSingleton<RecordingService>("a", o => o.Key = 42);
+            services.AddClusterSingleton<RecordingService>("b", o => o.Key = 42);
+        });
+        Assert.Contains("same lock key 42", error.Message);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("   ")]
+    [InlineData("bad\nname")]
+    public async Task Empty_or_control_character_names_are_refused(string name)
+    {
+        var error = await StartAndFailAsync(services =>
+        {
+            services.AddHighlander(o => o.ConnectionString = Valid);
+            services.AddClusterSingleton<RecordingService>(name);
+        });
+        Assert.Contains("must be 1 to 200 characters", error.Message);
+    }
+
+    [Fact]
+    public async Task Over_long_names_are_refused()
+    {
+        var error = await StartAndFailAsync(services =>
+        {
+            services.AddHighlander(o => o.ConnectionString = Valid);
+            services.AddClusterSingleton<RecordingService>(new string('x', 201));
+        });
+        Assert.Contains("must be 1 to 200 characters", error.Message);
+    }
+
+    [Fact]
+    public async Task A_singleton_without_AddHighlander_still_demands_a_connection_string()
+    {
+        var error = await StartAndFailAsync(services => services.AddClusterSingleton<RecordingService>("job"));
+        Assert.Contains("ConnectionString is required", error.Message);
+    }
+
+    private static async Task<OptionsValidationException> StartAndFailAsync(Action<IServiceCollection> configure)
+    {
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Services.AddSingleton(new LifeRecorder());
+        builder.Services.AddSingleton(new ChildBehavior());
+        configure(builder.Services);
+        using var host = builder.Build();
+        return await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
+    }
+}

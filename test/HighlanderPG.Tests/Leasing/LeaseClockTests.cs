@@ -1,0 +1,67 @@
+using HighlanderPG.Leasing;
+using Microsoft.Extensions.Time.Testing;
+
+namespace HighlanderPG.Tests.Leasing;
+
+public sealed class LeaseClockTests
+{
+    private static readonly TimeSpan Lease = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan Margin = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan Stop = TimeSpan.FromSeconds(3);
+
+    [Fact]
+    public void Without_any_acknowledgement_children_must_stop()
+    {
+        var clock = new LeaseClock(new FakeTimeProvider(), Lease, Margin, Stop);
+        Assert.False(clock.HasAck);
+        Assert.True(clock.MustStop);
+    }
+
+    [Fact]
+    public void Stop_point_is_send_time_plus_lease_minus_margin_minus_stop_timeout()
+    {
+        var time = new FakeTimeProvider();
+        var clock = new LeaseClock(time, Lease, Margin, Stop);
+        var sent = time.GetTimestamp();
+        time.Advance(TimeSpan.FromMilliseconds(700)); // the answer comes later; the send time counts
+        clock.Acknowledge(sent);
+
+        Assert.Equal(TimeSpan.FromSeconds(9) - TimeSpan.FromMilliseconds(700), clock.UntilDeadline);
+        Assert.Equal(TimeSpan.FromSeconds(6) - TimeSpan.FromMilliseconds(700), clock.UntilStop);
+
+        time.Advance(TimeSpan.FromSeconds(6) - TimeSpan.FromMilliseconds(701));
+        Assert.False(clock.MustStop);
+        time.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.True(clock.MustStop);
+    }
+
+    [Fact]
+    public void A_late_acknowledgement_of_an_older_request_never_moves_the_deadline_back()
+    {
+        var time = new FakeTimeProvider();
+        var clock = new LeaseClock(time, Lease, Margin, Stop);
+        var first = time.GetTimestamp();
+        time.Advance(TimeSpan.FromSeconds(2));
+        var second = time.GetTimestamp();
+        clock.Acknowledge(second);
+        var deadline = clock.DeadlineTimestamp;
+        clock.Acknowledge(first);
+        Assert.Equal(deadline, clock.DeadlineTimestamp);
+    }
+
+    [Fact]
+    public void Each_acknowledged_heartbeat_extends_the_deadline_and_reset_forgets_them()
+    {
+        var time = new FakeTimeProvider();
+        var clock = new LeaseClock(time, Lease, Margin, Stop);
+        for (var i = 0; i < 10; i++)
+        {
+            clock.Acknowledge(time.GetTimestamp());
+            time.Advance(TimeSpan.FromSeconds(2));
+            Assert.False(clock.MustStop);
+        }
+
+        clock.Reset();
+        Assert.True(clock.MustStop);
+    }
+}
