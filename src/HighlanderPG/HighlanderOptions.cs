@@ -109,6 +109,26 @@ public sealed class HighlanderOptions
     /// <value>The default is <see langword="null"/>: end the process.</value>
     public Func<EscalationContext, ValueTask>? OnEscalation { get; set; }
 
+    /// <summary>
+    /// Fencing tokens: every acquisition gets an epoch strictly greater than every earlier one for that singleton,
+    /// stored durably in <c>{FencingSchema}.leases</c> (created on first use), and writes can be guarded with
+    /// <see cref="Fencing.FencingGuard"/> or <c>SELECT {FencingSchema}.assert_epoch(name, epoch)</c>. The table also
+    /// publishes each leader's node id, host and <see cref="Endpoint"/> for discovery. With fencing off, no table is created.
+    /// </summary>
+    /// <value>The default is <see langword="false"/>.</value>
+    public bool Fencing { get; set; }
+
+    /// <summary>The schema of the fencing table and function: a lowercase SQL identifier.</summary>
+    /// <value>The default is <c>highlander</c>.</value>
+    public string FencingSchema { get; set; } = "highlander";
+
+    /// <summary>
+    /// What this node publishes about itself while it leads (with <see cref="Fencing"/> on): an address others can reach
+    /// it at, such as a URL. Discovery returns it.
+    /// </summary>
+    /// <value>The default is <see langword="null"/>.</value>
+    public string? Endpoint { get; set; }
+
     /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
     public ClusterSingletonOptions SingletonDefaults { get; } = new();
 

@@ -83,6 +83,12 @@ public interface ILeadership
     /// <summary>The singleton's advisory lock key.</summary>
     long Key { get; }
 
+    /// <summary>The namespace the singleton's name lives in.</summary>
+    string Namespace { get; }
+
+    /// <summary>The schema of the fencing table, for <see cref="Fencing.FencingGuard"/>.</summary>
+    string FencingSchema { get; }
+
     /// <summary>When this node took the lock.</summary>
     DateTimeOffset AcquiredAt { get; }
 

@@ -64,6 +64,11 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             errors.Add($"The lease does not fit: 2 × {nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) + {nameof(HighlanderOptions.StopTimeout)} ({options.StopTimeout}) + {nameof(HighlanderOptions.SafetyMargin)} ({options.SafetyMargin}) = {budget} exceeds {nameof(HighlanderOptions.LeaseDuration)} ({lease}). A child must be stopped before the server may free the lock; shorten the stop timeout or lengthen the lease.");
         }
 
+        if (options.Fencing && !Fencing.FencingSql.IsValidSchema(options.FencingSchema))
+        {
+            errors.Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).");
+        }
+
         ValidateSingleton(options.SingletonDefaults, "SingletonDefaults");
         var names = new HashSet<string>(StringComparer.Ordinal);
         var keys = new Dictionary<long, string>();

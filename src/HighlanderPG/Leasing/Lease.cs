@@ -20,6 +20,9 @@ internal sealed class Lease
 
     public DateTimeOffset AcquiredAt { get; }
 
+    /// <summary>The fencing epoch of this acquisition, when fencing is on (set before the lease is handed to its runner).</summary>
+    public long? Epoch { get; set; }
+
     /// <summary>Fires when the session stops vouching for this lock (lease expiring, session broken, node stopping).</summary>
     public CancellationToken LostToken => _lost.Token;
 

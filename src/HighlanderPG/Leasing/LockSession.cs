@@ -1,5 +1,6 @@
 using System.Globalization;
 using HighlanderPG.Diagnostics;
+using HighlanderPG.Fencing;
 using Microsoft.Extensions.Logging;
 using Npgsql;
 
@@ -30,6 +31,8 @@ internal sealed class LockSession
     private readonly Dictionary<long, Lease> _held = [];
     private readonly Dictionary<long, LeaderInfo> _holders = [];
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _releases = [];
+    private readonly HashSet<long> _unfenced = [];
+    private long _nextFenceAttempt;
     private bool _wantsChanged;
     private bool _poke;
     private bool _wakeRequested;
@@ -64,9 +67,9 @@ internal sealed class LockSession
     public event Action? WantsChanged;
 
     /// <summary>Registers that a runner wants <paramref name="key"/>; completes when this session holds it.</summary>
-    public Task<Lease> AcquireAsync(long key, CancellationToken cancellationToken)
+    public Task<Lease> AcquireAsync(long key, string name, CancellationToken cancellationToken)
     {
-        var want = new Want(key);
+        var want = new Want(key, name);
         lock (_gate)
         {
             if (_wants.ContainsKey(key) || _held.ContainsKey(key))
@@ -128,7 +131,7 @@ internal sealed class LockSession
     {
         lock (_gate)
         {
-            return _wants.Keys.Select(k => (k, _holders.TryGetValue(k, out var h) ? h.BackendPid : (int?)null)).ToList();
+            return _wants.Keys.Where(k => !_held.ContainsKey(k)).Select(k => (k, _holders.TryGetValue(k, out var h) ? h.BackendPid : (int?)null)).ToList();
         }
     }
 
@@ -298,6 +301,11 @@ internal sealed class LockSession
                 await cmd.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
             }
 
+            if (_options.Fencing)
+            {
+                await FencingSql.EnsureCreatedAsync(connection, _options.FencingSchema, stopping).ConfigureAwait(false);
+            }
+
             connection.Notification += (_, e) => OnNotification(e.Payload);
             await using (var cmd = new NpgsqlCommand($"LISTEN {Channel}", connection))
             {
@@ -357,7 +365,7 @@ internal sealed class LockSession
                 var mayTry = releases.Count == 0 && now >= _lockDelayUntil && (heartbeatDue || _poke || _wantsChanged);
                 if (mayTry)
                 {
-                    toTry = [.. _wants.Keys];
+                    toTry = [.. _wants.Keys.Where(k => !_held.ContainsKey(k))]; // never twice: session locks are re-entrant
                     _poke = false;
                     _wantsChanged = false;
                 }
@@ -372,6 +380,12 @@ internal sealed class LockSession
             if (toTry.Length > 0)
             {
                 nextHeartbeat = await TryAcquireAsync(connection, session, toTry).ConfigureAwait(false);
+                continue;
+            }
+
+            if (UnfencedDue(now) is { Length: > 0 } unfenced)
+            {
+                nextHeartbeat = await FenceAsync(connection, session, unfenced).ConfigureAwait(false);
                 continue;
             }
 
@@ -397,6 +411,14 @@ internal sealed class LockSession
         if (anyWants && _lockDelayUntil > _time.GetTimestamp())
         {
             until = Math.Min(until, _lockDelayUntil);
+        }
+
+        lock (_gate)
+        {
+            if (_unfenced.Count > 0)
+            {
+                until = Math.Min(until, _nextFenceAttempt);
+            }
         }
 
         var timeout = _time.GetElapsedTime(_time.GetTimestamp(), until);
@@ -499,7 +521,13 @@ internal sealed class LockSession
                 var lease = new Lease(key, _generation, _time.GetUtcNow());
                 _held[key] = lease;
                 _holders.Remove(key);
-                if (_wants.Remove(key, out var want))
+                if (_options.Fencing)
+                {
+                    // The runner gets the lease once its epoch is bumped (FenceAsync).
+                    _unfenced.Add(key);
+                    _nextFenceAttempt = long.MinValue;
+                }
+                else if (_wants.Remove(key, out var want))
                 {
                     granted.Add((want, lease));
                 }
@@ -539,6 +567,123 @@ internal sealed class LockSession
             HolderChanged?.Invoke(key, holder);
         }
 
+        Grant(granted);
+        if (granted.Count > 0 || keys.Length > 0)
+        {
+            WantsChanged?.Invoke();
+        }
+
+        return sent + ToTimestampDelta(_options.HeartbeatInterval);
+    }
+
+    private long[] UnfencedDue(long now)
+    {
+        lock (_gate)
+        {
+            return _unfenced.Count > 0 && now >= _nextFenceAttempt ? [.. _unfenced] : [];
+        }
+    }
+
+    /// <summary>
+    /// Bumps the fencing epochs of newly acquired keys in one durable transaction, then hands the leases to their runners.
+    /// A guarded transaction of the old leader holds the row <c>FOR SHARE</c>; the bump waits for it, bounded by a short
+    /// <c>lock_timeout</c> so that the session never blocks for long, and is retried.
+    /// </summary>
+    private async Task<long> FenceAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    {
+        var sent = _time.GetTimestamp();
+        string[] names;
+        lock (_gate)
+        {
+            // A key whose runner gave up meanwhile is not bumped, only released (below).
+            keys = [.. keys.Where(_wants.ContainsKey)];
+            names = keys.Select(k => _wants[k].Name).ToArray();
+            foreach (var key in _unfenced.Where(k => !_wants.ContainsKey(k)).ToList())
+            {
+                _unfenced.Remove(key);
+                if (_held.TryGetValue(key, out var orphan))
+                {
+                    _releases.Add((orphan, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                }
+            }
+        }
+
+        if (keys.Length == 0)
+        {
+            return _time.GetTimestamp();
+        }
+
+        var epochs = new Dictionary<long, long>();
+        try
+        {
+            await RoundTripAsync(session, BumpAsync()).ConfigureAwait(false);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.LockNotAvailable)
+        {
+            lock (_gate)
+            {
+                _nextFenceAttempt = _time.GetTimestamp() + ToTimestampDelta(TimeSpan.FromMilliseconds(200));
+            }
+
+            return sent + ToTimestampDelta(_options.HeartbeatInterval);
+        }
+
+        var granted = new List<(Want Want, Lease Lease)>();
+        lock (_gate)
+        {
+            foreach (var key in keys)
+            {
+                _unfenced.Remove(key);
+                if (!_held.TryGetValue(key, out var lease))
+                {
+                    continue;
+                }
+
+                lease.Epoch = epochs.GetValueOrDefault(key);
+                if (_wants.Remove(key, out var want))
+                {
+                    granted.Add((want, lease));
+                }
+                else
+                {
+                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                }
+            }
+        }
+
+        Grant(granted);
+        return sent + ToTimestampDelta(_options.HeartbeatInterval);
+
+        async Task<bool> BumpAsync()
+        {
+            await using var tx = await connection.BeginTransactionAsync().ConfigureAwait(false);
+            await using (var settings = new NpgsqlCommand("SELECT set_config('lock_timeout', '500', true), set_config('synchronous_commit', 'on', true)", connection, tx))
+            {
+                await settings.ExecuteNonQueryAsync().ConfigureAwait(false);
+            }
+
+            await using (var bump = new NpgsqlCommand(FencingSql.Bump(_options.FencingSchema), connection, tx))
+            {
+                bump.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
+                bump.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys.Select(_ => _options.Namespace).ToArray() });
+                bump.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = names });
+                bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NodeId });
+                bump.Parameters.Add(new NpgsqlParameter<string?> { TypedValue = _options.Endpoint, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+                bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
+                await using var reader = await bump.ExecuteReaderAsync().ConfigureAwait(false);
+                while (await reader.ReadAsync().ConfigureAwait(false))
+                {
+                    epochs[reader.GetInt64(0)] = reader.GetInt64(1);
+                }
+            }
+
+            await tx.CommitAsync().ConfigureAwait(false);
+            return true;
+        }
+    }
+
+    private void Grant(List<(Want Want, Lease Lease)> granted)
+    {
         foreach (var (want, lease) in granted)
         {
             want.Registration.Dispose();
@@ -548,15 +693,10 @@ internal sealed class LockSession
                 {
                     _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
                 }
+
+                Wake();
             }
         }
-
-        if (granted.Count > 0 || keys.Length > 0)
-        {
-            WantsChanged?.Invoke();
-        }
-
-        return sent + ToTimestampDelta(_options.HeartbeatInterval);
     }
 
     private async Task<long> ReleaseBatchAsync(NpgsqlConnection connection, SessionIo session, List<(Lease Lease, TaskCompletionSource Done)> releases)
@@ -651,6 +791,7 @@ internal sealed class LockSession
         {
             lost = [.. _held.Values];
             _held.Clear();
+            _unfenced.Clear();
             foreach (var (_, done) in _releases)
             {
                 done.TrySetResult();
@@ -726,9 +867,11 @@ internal sealed class LockSession
         _ => ex.Message,
     };
 
-    private sealed class Want(long key)
+    private sealed class Want(long key, string name)
     {
         public long Key { get; } = key;
+
+        public string Name { get; } = name;
 
         public TaskCompletionSource<Lease> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 

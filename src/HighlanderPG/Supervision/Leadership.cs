@@ -1,7 +1,11 @@
 namespace HighlanderPG.Supervision;
 
-internal sealed class Leadership(string name, string nodeId, long key, DateTimeOffset acquiredAt, CancellationToken lostToken) : ILeadership
+internal sealed class Leadership(string name, string nodeId, long key, DateTimeOffset acquiredAt, long? fencingEpoch, string @namespace, string fencingSchema, CancellationToken lostToken) : ILeadership
 {
+    public string Namespace { get; } = @namespace;
+
+    public string FencingSchema { get; } = fencingSchema;
+
     public string Name { get; } = name;
 
     public string NodeId { get; } = nodeId;
@@ -10,7 +14,7 @@ internal sealed class Leadership(string name, string nodeId, long key, DateTimeO
 
     public DateTimeOffset AcquiredAt { get; } = acquiredAt;
 
-    public long? FencingEpoch => null;
+    public long? FencingEpoch { get; } = fencingEpoch;
 
     public CancellationToken LostToken { get; } = lostToken;
 }

@@ -68,7 +68,7 @@ internal sealed class SingletonRunner
             var leader = _lease is { IsLost: false } lease
                 ? new LeaderInfo(_options.NodeId, _session.BackendPid, HolderQuery.ApplicationNamePrefix + _options.NodeId, null, lease.AcquiredAt)
                 : _session.GetHolder(Key);
-            return new SingletonStatus(Name, Key, _state, _since, _restarts, _lastError, null, leader);
+            return new SingletonStatus(Name, Key, _state, _since, _restarts, _lastError, _lease is { IsLost: false } held ? held.Epoch : null, leader);
         }
     }
 
@@ -98,7 +98,7 @@ internal sealed class SingletonRunner
                 Lease lease;
                 try
                 {
-                    lease = await _session.AcquireAsync(Key, stopping).ConfigureAwait(false);
+                    lease = await _session.AcquireAsync(Key, Name, stopping).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (stopping.IsCancellationRequested)
                 {
@@ -183,7 +183,7 @@ internal sealed class SingletonRunner
 
         SetState(SingletonState.Starting, "acquired the lock");
         using var lostCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken);
-        var leadership = new Leadership(Name, _options.NodeId, Key, lease.AcquiredAt, lostCts.Token);
+        var leadership = new Leadership(Name, _options.NodeId, Key, lease.AcquiredAt, lease.Epoch, _options.Namespace, _options.FencingSchema, lostCts.Token);
         var child = await ChildIncarnation.StartAsync(_registration, _services, leadership, lease.LostToken).ConfigureAwait(false);
         if (child.StartError is null)
         {

@@ -1,0 +1,159 @@
+using HighlanderPG.Fencing;
+using HighlanderPG.Leasing;
+using Npgsql;
+
+namespace HighlanderPG.Discovery;
+
+/// <summary>One singleton held in the database, as any process with database access sees it.</summary>
+/// <param name="Key">The advisory lock key.</param>
+/// <param name="Name">The singleton's name, when known (from the names given, or from the fencing table).</param>
+/// <param name="Namespace">Its namespace, when known.</param>
+/// <param name="Leader">The holding session: node id (from <c>application_name</c>), backend pid, client address, session start.</param>
+/// <param name="Since">When the leader acquired it (from the fencing table); otherwise <see langword="null"/>.</param>
+/// <param name="FencingEpoch">The current fencing epoch (from the fencing table), when fencing is on.</param>
+/// <param name="Endpoint">The endpoint the leader published (<see cref="HighlanderOptions.Endpoint"/>), when fencing is on.</param>
+/// <param name="Host">The leader's host name as it published it, when fencing is on.</param>
+/// <param name="Followers">Followers seen waiting for the lock right now (a follower waits on one held key at a time).</param>
+public sealed record SingletonLeader(
+    long Key,
+    string? Name,
+    string? Namespace,
+    LeaderInfo Leader,
+    DateTimeOffset? Since,
+    long? FencingEpoch,
+    string? Endpoint,
+    string? Host,
+    IReadOnlyList<LeaderInfo> Followers);
+
+/// <summary>
+/// Finds who leads which singleton, from any process with database access, participant or not: "finding your process".
+/// </summary>
+/// <remarks>
+/// Without the fencing table it reads <c>pg_locks</c> joined with <c>pg_stat_activity</c> (HighlanderPG lock sessions are
+/// named <c>highlander/{NodeId}</c>); with it (<see cref="HighlanderOptions.Fencing"/>), it adds name, epoch, since, host
+/// and endpoint — but only from a row whose <c>holder_pid</c> is the session that holds the lock right now, so a stale
+/// row is never reported as the leader.
+/// </remarks>
+public static class LeaderDiscovery
+{
+    /// <summary>Every singleton held by a HighlanderPG node in the database of <paramref name="connectionString"/>.</summary>
+    /// <param name="connectionString">Any connection string to the database.</param>
+    /// <param name="names">Names to recognise (their keys are derived in <paramref name="namespace"/>); optional.</param>
+    /// <param name="namespace">The namespace of <paramref name="names"/>.</param>
+    /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
+    /// <param name="cancellationToken">Cancels the query.</param>
+    public static async Task<IReadOnlyList<SingletonLeader>> ListAsync(
+        string connectionString,
+        IEnumerable<string>? names = null,
+        string @namespace = "highlander",
+        string fencingSchema = "highlander",
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(connectionString);
+        var builder = new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" };
+        await using var connection = new NpgsqlConnection(builder.ConnectionString);
+        await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        return await ListAsync(connection, names, @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Who leads <paramref name="name"/> now, or <see langword="null"/> when nobody does.</summary>
+    /// <param name="connectionString">Any connection string to the database.</param>
+    /// <param name="name">The singleton's name.</param>
+    /// <param name="namespace">Its namespace.</param>
+    /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
+    /// <param name="cancellationToken">Cancels the query.</param>
+    public static async Task<SingletonLeader?> GetLeaderAsync(
+        string connectionString,
+        string name,
+        string @namespace = "highlander",
+        string fencingSchema = "highlander",
+        CancellationToken cancellationToken = default)
+    {
+        var key = SingletonKey.Derive(@namespace, name);
+        var all = await ListAsync(connectionString, [name], @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
+        return all.FirstOrDefault(l => l.Key == key);
+    }
+
+    /// <summary>The same on an open connection of the caller's.</summary>
+    /// <param name="connection">An open connection.</param>
+    /// <param name="names">Names to recognise; optional.</param>
+    /// <param name="namespace">The namespace of <paramref name="names"/>.</param>
+    /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
+    /// <param name="cancellationToken">Cancels the query.</param>
+    public static async Task<IReadOnlyList<SingletonLeader>> ListAsync(
+        NpgsqlConnection connection,
+        IEnumerable<string>? names = null,
+        string @namespace = "highlander",
+        string fencingSchema = "highlander",
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        if (!FencingSql.IsValidSchema(fencingSchema))
+        {
+            throw new ArgumentException($"Fencing schema '{fencingSchema}' must be a lowercase SQL identifier.", nameof(fencingSchema));
+        }
+
+        var known = (names ?? []).Distinct().ToDictionary(n => SingletonKey.Derive(@namespace, n), n => n);
+        var holders = new Dictionary<long, LeaderInfo>();
+        var followers = new Dictionary<long, List<LeaderInfo>>();
+        await using (var cmd = new NpgsqlCommand(
+            """
+            SELECT ((l.classid::bigint << 32) | l.objid::bigint) AS key, l.pid, a.application_name, host(a.client_addr), a.backend_start, l.granted, l.mode
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.objsubid = 1
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND (a.application_name LIKE 'highlander/%' OR a.application_name LIKE 'highlander-wait/%')
+            ORDER BY a.backend_start
+            """,
+            connection))
+        await using (var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false))
+        {
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                var (key, info) = HolderQuery.Read(reader);
+                var granted = reader.GetBoolean(5);
+                var exclusive = reader.GetString(6) == "ExclusiveLock";
+                if (granted && exclusive && info.NodeId is not null)
+                {
+                    holders[key] = info;
+                }
+                else if (!granted && info.ApplicationName?.StartsWith(HolderQuery.WaiterApplicationNamePrefix, StringComparison.Ordinal) == true)
+                {
+                    var node = info.ApplicationName[HolderQuery.WaiterApplicationNamePrefix.Length..];
+                    (followers.TryGetValue(key, out var list) ? list : followers[key] = []).Add(info with { NodeId = node });
+                }
+            }
+        }
+
+        var rows = new Dictionary<long, (string Namespace, string Name, long Epoch, string? Endpoint, string? Host, int Pid, DateTimeOffset Since)>();
+        bool tableExists;
+        await using (var exists = new NpgsqlCommand("SELECT to_regclass(quote_ident($1) || '.leases') IS NOT NULL", connection))
+        {
+            exists.Parameters.Add(new NpgsqlParameter<string> { TypedValue = fencingSchema });
+            tableExists = (bool)(await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+        }
+
+        if (tableExists && holders.Count > 0)
+        {
+            await using var cmd = new NpgsqlCommand($"SELECT key, namespace, name, epoch, endpoint, host, holder_pid, acquired_at FROM {fencingSchema}.leases WHERE key = ANY($1)", connection);
+            cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = [.. holders.Keys] });
+            await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                rows[reader.GetInt64(0)] = (reader.GetString(1), reader.GetString(2), reader.GetInt64(3),
+                    reader.IsDBNull(4) ? null : reader.GetString(4), reader.IsDBNull(5) ? null : reader.GetString(5),
+                    reader.GetInt32(6), reader.GetFieldValue<DateTimeOffset>(7));
+            }
+        }
+
+        return holders.Select(h =>
+        {
+            var row = rows.TryGetValue(h.Key, out var r) && r.Pid == h.Value.BackendPid ? r : ((string Namespace, string Name, long Epoch, string? Endpoint, string? Host, int Pid, DateTimeOffset Since)?)null;
+            var name = row?.Name ?? known.GetValueOrDefault(h.Key);
+            var ns = row?.Namespace ?? (known.ContainsKey(h.Key) ? @namespace : null);
+            return new SingletonLeader(h.Key, name, ns, h.Value, row?.Since, row?.Epoch, row?.Endpoint, row?.Host, followers.GetValueOrDefault(h.Key) ?? []);
+        })
+        .OrderBy(l => l.Name ?? "\uffff").ThenBy(l => l.Key)
+        .ToList();
+    }
+}

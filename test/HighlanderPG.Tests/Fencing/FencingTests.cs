@@ -1,0 +1,285 @@
+using System.Diagnostics;
+using HighlanderPG.Discovery;
+using HighlanderPG.Fencing;
+using HighlanderPG.Testing;
+using HighlanderPG.Tests.Hosting;
+using HighlanderPG.Tests.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+
+namespace HighlanderPG.Tests.Fencing;
+
+[Collection(SharedServer.Name)]
+public sealed class FencingTests(PostgresFixture pg)
+{
+    private static Action<HighlanderOptions> Fenced(string schema, string? endpoint = null) => o =>
+    {
+        o.Fencing = true;
+        o.FencingSchema = schema;
+        o.Endpoint = endpoint;
+    };
+
+    private static string NewSchema() => "f_" + Guid.NewGuid().ToString("N")[..10];
+
+    [Fact]
+    public async Task A_cut_off_leaders_guarded_write_is_rejected_while_its_unguarded_write_would_go_through()
+    {
+        var schema = NewSchema();
+        var table = schema + "_work";
+        await Db.ScalarAsync<object>(pg.ConnectionString, $"CREATE TABLE {table} (writer text, epoch bigint, guarded bool)");
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        await using var proxy = FaultTests.ProxyTo(pg.ConnectionString);
+
+        // The old leader's child keeps a working connection of its own (not through the proxy) and ignores cancellation:
+        // what a paused process, or one whose escalation did not happen, looks like when it wakes up.
+        var oldChild = new TaskCompletionSource<ILeadership>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var writeNow = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var writes = new TaskCompletionSource<(Exception? Guarded, int Unguarded)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await cluster.StartNodeAsync("old", singletons: [], connectionString: proxy.ConnectionString(pg.ConnectionString), configure: o =>
+        {
+            Fenced(schema)(o);
+            o.OnEscalation = _ => ValueTask.CompletedTask; // no escalation: the child lives on, like a paused process
+        }, services: s => s.AddClusterSingleton("job", async (leadership, _, _) =>
+        {
+            oldChild.TrySetResult(leadership);
+            await writeNow.Task;
+            await using var connection = new NpgsqlConnection(pg.ConnectionString);
+            await connection.OpenAsync();
+            Exception? guardedError = null;
+            await using (var tx = await connection.BeginTransactionAsync())
+            {
+                try
+                {
+                    await leadership.AssertCurrentAsync(tx);
+                    await Insert(connection, tx, "old", leadership.FencingEpoch!.Value, guarded: true);
+                    await tx.CommitAsync();
+                }
+                catch (StaleEpochException ex)
+                {
+                    guardedError = ex;
+                }
+            }
+
+            await using (var tx = await connection.BeginTransactionAsync())
+            {
+                await Insert(connection, tx, "old", leadership.FencingEpoch!.Value, guarded: false);
+                await tx.CommitAsync();
+            }
+
+            writes.TrySetResult((guardedError, 1));
+        }));
+
+        var old = await oldChild.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.NotNull(old.FencingEpoch);
+
+        var newChild = new TaskCompletionSource<ILeadership>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await cluster.StartNodeAsync("new", singletons: [], configure: Fenced(schema), services: s => s.AddClusterSingleton("job", async (leadership, _, ct) =>
+        {
+            newChild.TrySetResult(leadership);
+            await using var connection = new NpgsqlConnection(pg.ConnectionString);
+            await connection.OpenAsync(ct);
+            await using var tx = await connection.BeginTransactionAsync(ct);
+            await leadership.AssertCurrentAsync(tx, ct);
+            await Insert(connection, tx, "new", leadership.FencingEpoch!.Value, guarded: true);
+            await tx.CommitAsync(ct);
+            await Task.Delay(Timeout.Infinite, ct);
+        }));
+
+        proxy.SetMode(ProxyMode.Blackhole);
+        var current = await newChild.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.True(current.FencingEpoch > old.FencingEpoch, $"new epoch {current.FencingEpoch} must exceed old {old.FencingEpoch}");
+        await WaitForRowAsync(table, "new");
+
+        writeNow.SetResult();
+        var (guarded, _) = await writes.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        var stale = Assert.IsType<StaleEpochException>(guarded);
+        Assert.Equal(old.FencingEpoch, stale.Epoch);
+        Assert.Equal(FencingSql.StaleEpochSqlState, ((PostgresException)stale.InnerException!).SqlState);
+
+        // The unguarded write landed although its writer had lost the lease: that is what fencing is for.
+        Assert.Equal(0L, await Db.ScalarAsync<long>(pg.ConnectionString, $"SELECT count(*) FROM {table} WHERE writer = 'old' AND guarded"));
+        Assert.Equal(1L, await Db.ScalarAsync<long>(pg.ConnectionString, $"SELECT count(*) FROM {table} WHERE writer = 'old' AND NOT guarded"));
+
+        async Task Insert(NpgsqlConnection connection, NpgsqlTransaction tx, string writer, long epoch, bool guarded)
+        {
+            await using var cmd = new NpgsqlCommand($"INSERT INTO {table} VALUES ($1, $2, $3)", connection, tx);
+            cmd.Parameters.Add(new NpgsqlParameter { Value = writer });
+            cmd.Parameters.Add(new NpgsqlParameter { Value = epoch });
+            cmd.Parameters.Add(new NpgsqlParameter { Value = guarded });
+            await cmd.ExecuteNonQueryAsync();
+        }
+    }
+
+    private async Task WaitForRowAsync(string table, string writer)
+    {
+        var until = Stopwatch.StartNew();
+        while (await Db.ScalarAsync<long>(pg.ConnectionString, $"SELECT count(*) FROM {table} WHERE writer = $1", writer) == 0)
+        {
+            Assert.True(until.Elapsed < TimeSpan.FromSeconds(30), $"no row from {writer}");
+            await Task.Delay(20);
+        }
+    }
+
+    [Fact]
+    public async Task Epochs_strictly_increase_over_many_hand_overs_and_discovery_follows_each_one()
+    {
+        var schema = NewSchema();
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var epochs = new List<(string Node, long Epoch)>();
+        var nodes = new List<TestNode>();
+        foreach (var id in new[] { "e1", "e2" })
+        {
+            nodes.Add(await cluster.StartNodeAsync(id, singletons: [], configure: o =>
+            {
+                Fenced(schema, endpoint: $"http://{id}.example:8080")(o);
+                o.StepDownHoldOff = TimeSpan.FromMilliseconds(300);
+            }, services: s => s.AddClusterSingleton("job", async (leadership, _, ct) =>
+            {
+                lock (epochs)
+                {
+                    epochs.Add((leadership.NodeId, leadership.FencingEpoch!.Value));
+                }
+
+                cluster.Recorder.Record(leadership.NodeId, "job", LifeKind.Started, leadership.FencingEpoch.ToString());
+                try
+                {
+                    await Task.Delay(Timeout.Infinite, ct);
+                }
+                catch (OperationCanceledException)
+                {
+                    cluster.Recorder.Record(leadership.NodeId, "job", LifeKind.Stopped);
+                }
+            })));
+        }
+
+        var started = await cluster.Recorder.WaitAsync(e => e.Kind == LifeKind.Started);
+        for (var i = 0; i < 8; i++)
+        {
+            var leaderId = started.Node;
+
+            // A non-participant finds the leader, its epoch and what it published.
+            var found = await LeaderDiscovery.GetLeaderAsync(pg.ConnectionString, "job", cluster.Namespace, schema);
+            Assert.NotNull(found);
+            Assert.Equal(leaderId, found.Leader.NodeId);
+            Assert.Equal("job", found.Name);
+            Assert.Equal(long.Parse(started.Detail!, System.Globalization.CultureInfo.InvariantCulture), found.FencingEpoch);
+            Assert.Equal($"http://{leaderId}.example:8080", found.Endpoint);
+            Assert.NotNull(found.Since);
+
+            // The other node contends again once its own hold-off after its last step-down is over.
+            var other = nodes.Single(n => n.NodeId != leaderId);
+            await other.WaitForLeaderAsync("job", leaderId);
+
+            var mark = cluster.Recorder.Count;
+            await nodes.Single(n => n.NodeId == leaderId).Singletons.StepDownAsync("job");
+            started = await cluster.Recorder.WaitStartedAsync("job", mark, notNode: leaderId);
+        }
+
+        cluster.Recorder.AssertNoOverlap();
+        var sequence = epochs.Select(e => e.Epoch).ToList();
+        Assert.True(sequence.Count >= 9);
+        Assert.True(sequence.Zip(sequence.Skip(1)).All(p => p.Second > p.First), "epochs: " + string.Join(", ", sequence));
+    }
+
+    [Fact]
+    public async Task The_SQL_guard_works_from_plain_psql()
+    {
+        var schema = NewSchema();
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var node = await cluster.StartNodeAsync("p", configure: Fenced(schema));
+        await node.WaitForStateAsync("job", SingletonState.Leading);
+        var epoch = node.Singletons.Get("job")!.FencingEpoch!.Value;
+
+        var ok = await Psql($"BEGIN; SELECT {schema}.assert_epoch('job', {epoch}, '{cluster.Namespace}'); COMMIT;");
+        Assert.True(ok.ExitCode == 0, ok.Output);
+
+        var stale = await Psql($"BEGIN; SELECT {schema}.assert_epoch('job', {epoch - 1}, '{cluster.Namespace}'); COMMIT;");
+        Assert.NotEqual(0, stale.ExitCode);
+        Assert.Contains("stale fencing epoch", stale.Output);
+        Assert.Contains(FencingSql.StaleEpochSqlState, stale.Output);
+
+        var unknown = await Psql($"SELECT {schema}.assert_epoch('no-such-singleton', 1, '{cluster.Namespace}');");
+        Assert.NotEqual(0, unknown.ExitCode);
+        Assert.Contains("stale fencing epoch", unknown.Output);
+    }
+
+    private async Task<(int ExitCode, string Output)> Psql(string sql)
+    {
+        var b = new NpgsqlConnectionStringBuilder(pg.ConnectionString);
+        var psi = new ProcessStartInfo("psql")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var arg in new[] { "-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-h", b.Host!, "-p", b.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-U", b.Username ?? "postgres", "-d", b.Database ?? "postgres", "-c", sql })
+        {
+            psi.ArgumentList.Add(arg);
+        }
+
+        if (!string.IsNullOrEmpty(b.Password))
+        {
+            psi.Environment["PGPASSWORD"] = b.Password;
+        }
+
+        psi.Environment["PGOPTIONS"] = "-c lc_messages=C";
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        return (process.ExitCode, await stdout + await stderr);
+    }
+
+    [Fact]
+    public async Task Discovery_works_without_the_fencing_table_for_named_singletons()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        await cluster.StartNodeAsync("plain");
+        await cluster.Recorder.WaitStartedAsync("job", node: "plain");
+        var follower = await cluster.StartNodeAsync("watcher");
+        await follower.WaitForLeaderAsync("job", "plain");
+
+        var all = await LeaderDiscovery.ListAsync(pg.ConnectionString, ["job"], cluster.Namespace, fencingSchema: NewSchema());
+        var found = Assert.Single(all, l => l.Key == SingletonKey.Derive(cluster.Namespace, "job"));
+        Assert.Equal("job", found.Name);
+        Assert.Equal("plain", found.Leader.NodeId);
+        Assert.Null(found.FencingEpoch);
+        Assert.Null(found.Endpoint);
+    }
+}
+
+/// <summary>Fencing against a server of its own: durability across a crash restart, and nothing created when off.</summary>
+public sealed class FencingServerTests
+{
+    [Fact]
+    public async Task Epochs_keep_increasing_across_server_restarts()
+    {
+        await using var server = await LocalPostgresServer.StartAsync();
+        await using var cluster = new TestCluster(server.ConnectionString);
+        var node = await cluster.StartNodeAsync("r", configure: o => o.Fencing = true);
+        var epochs = new List<long>();
+        foreach (var mode in new[] { ShutdownMode.Immediate, ShutdownMode.Fast, ShutdownMode.Immediate })
+        {
+            var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
+            epochs.Add(leading.FencingEpoch!.Value);
+            var mark = cluster.Recorder.Count;
+            await server.RestartAsync(mode);
+            await cluster.Recorder.WaitStoppedAsync("job", "r", mark);
+            await cluster.Recorder.WaitStartedAsync("job", mark);
+        }
+
+        epochs.Add((await node.WaitForStateAsync("job", SingletonState.Leading)).FencingEpoch!.Value);
+        Assert.True(epochs.Zip(epochs.Skip(1)).All(p => p.Second > p.First), "epochs: " + string.Join(", ", epochs));
+    }
+
+    [Fact]
+    public async Task With_fencing_off_no_table_is_created()
+    {
+        await using var server = await LocalPostgresServer.StartAsync();
+        await using var cluster = new TestCluster(server.ConnectionString);
+        var node = await cluster.StartNodeAsync("off");
+        var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
+        Assert.Null(leading.FencingEpoch);
+        Assert.Equal(0L, await Db.ScalarAsync<long>(server.ConnectionString, "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'highlander'"));
+        Assert.Equal(0L, await Db.ScalarAsync<long>(server.ConnectionString, "SELECT count(*) FROM pg_class WHERE relname = 'leases'"));
+    }
+}
