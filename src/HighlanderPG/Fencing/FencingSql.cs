@@ -36,7 +36,7 @@ internal static partial class FencingSql
                 UNIQUE (namespace, name)
             );
             CREATE OR REPLACE FUNCTION {{schema}}.assert_epoch(p_name text, p_epoch bigint, p_namespace text DEFAULT 'highlander')
-            RETURNS bigint LANGUAGE plpgsql AS $fn$
+            RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
             DECLARE
                 current_epoch bigint;
             BEGIN
