@@ -209,6 +209,11 @@ internal sealed class LockSession
             var hadLeases = LoseAll(reason);
             if (!stopping.IsCancellationRequested)
             {
+                HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId));
+            }
+
+            if (!stopping.IsCancellationRequested)
+            {
                 LastError = reason;
             }
 
@@ -755,6 +760,11 @@ internal sealed class LockSession
 
         var result = await operation.ConfigureAwait(false);
         _clock.Acknowledge(sent);
+        if (HighlanderMetrics.RoundTrip.Enabled)
+        {
+            HighlanderMetrics.RoundTrip.Record(_time.GetElapsedTime(sent).TotalSeconds, HighlanderMetrics.Tags(_options.NodeId));
+        }
+
         return result;
     }
 

@@ -113,6 +113,7 @@ internal sealed class SingletonRunner
                         if (!intensity.TryRecord())
                         {
                             Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.OnCrashLoop);
+                            HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
                             SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
                             if (_singleton.OnCrashLoop == CrashLoopAction.StopHost)
                             {
@@ -127,6 +128,7 @@ internal sealed class SingletonRunner
                             _restarts++;
                         }
 
+                        HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
                         holdOff = _singleton.RestartDelay;
                         break;
                     case Outcome.SteppedDown:
@@ -172,6 +174,7 @@ internal sealed class SingletonRunner
     private async Task<Outcome> LeadAsync(Lease lease, CancellationToken stopping)
     {
         Log.Acquired(_logger, Name, Key);
+        HighlanderMetrics.Acquisitions.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
         Task stepDownTask;
         lock (_gate)
         {
@@ -204,6 +207,7 @@ internal sealed class SingletonRunner
         if (first == lost)
         {
             Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+            HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
         }
         else if (first == stepDownTask)
         {
@@ -220,7 +224,9 @@ internal sealed class SingletonRunner
         }
         else
         {
-            Log.ChildStopped(_logger, Name, _time.GetElapsedTime(started));
+            var elapsed = _time.GetElapsedTime(started);
+            Log.ChildStopped(_logger, Name, elapsed);
+            HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(_options.NodeId, Name));
         }
 
         await child.DisposeAsync().ConfigureAwait(false);
@@ -286,6 +292,7 @@ internal sealed class SingletonRunner
     private async Task EscalateAsync(Lease lease, string reason)
     {
         Log.Escalating(_logger, Name, reason);
+        HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
         var remaining = lease.IsLost && lease.EscalateAtTimestamp != long.MaxValue
             ? _time.GetElapsedTime(_time.GetTimestamp(), lease.EscalateAtTimestamp) + _options.SafetyMargin
             : (TimeSpan?)null;
