@@ -26,6 +26,27 @@ public static class HighlanderServiceCollectionExtensions
     }
 
     /// <summary>
+    /// Adds this node's HighlanderPG engine with options bound from configuration (e.g. a <c>Highlander</c> section:
+    /// <c>"Highlander": { "ConnectionString": "...", "LeaseDuration": "00:00:10" }</c>, or environment variables like
+    /// <c>Highlander__ConnectionString</c>), then <paramref name="configure"/>.
+    /// </summary>
+    /// <param name="services">The services.</param>
+    /// <param name="configuration">The configuration section to bind.</param>
+    /// <param name="configure">Sets further options after binding; optional.</param>
+    public static IServiceCollection AddHighlander(this IServiceCollection services, Microsoft.Extensions.Configuration.IConfiguration configuration, Action<HighlanderOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        AddCore(services);
+        services.Configure<HighlanderOptions>(configuration);
+        if (configure is not null)
+        {
+            services.Configure(configure);
+        }
+
+        return services;
+    }
+
+    /// <summary>
     /// Runs <typeparamref name="TService"/> (any <see cref="IHostedService"/>, typically a <see cref="BackgroundService"/>)
     /// on exactly one node of the cluster. A fresh instance is created through DI for each run; it may take
     /// <see cref="ILeadership"/> in its constructor.

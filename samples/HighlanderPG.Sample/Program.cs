@@ -1,0 +1,37 @@
+// A cluster singleton in an ordinary .NET host: run this on several machines (or several times on one) against the
+// same database, and the ticker runs on exactly one of them. Configuration comes from the usual places, e.g.
+//   Highlander__ConnectionString="Host=...;Username=...;Password=..." dotnet run --project samples/HighlanderPG.Sample
+// The tests also use it as a separate node process (a node that is SIGKILLed, or whose child will not stop).
+using HighlanderPG;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+var builder = Host.CreateApplicationBuilder(args);
+builder.Services.AddHighlander(builder.Configuration.GetSection("Highlander"));
+builder.Services.AddClusterSingleton<Ticker>("ticker");
+await builder.Build().RunAsync();
+
+/// <summary>The singleton: says when it starts and stops (one line each on standard output), and ticks meanwhile.</summary>
+internal sealed class Ticker(ILeadership leadership, IConfiguration configuration, ILogger<Ticker> logger) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        Console.WriteLine($"STARTED {leadership.NodeId} epoch={leadership.FencingEpoch?.ToString() ?? "-"}");
+        try
+        {
+            // For the escalation test: a child that will not stop when told to.
+            var ignore = configuration.GetValue<bool>("Sample:IgnoreCancellation");
+            while (ignore || !stoppingToken.IsCancellationRequested)
+            {
+                logger.LogInformation("{Singleton} ticking on {Node}", leadership.Name, leadership.NodeId);
+                await Task.Delay(TimeSpan.FromSeconds(1), ignore ? CancellationToken.None : stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
+            }
+        }
+        finally
+        {
+            Console.WriteLine($"STOPPED {leadership.NodeId}");
+        }
+    }
+}
