@@ -73,6 +73,7 @@ public sealed class FencingTests(PostgresFixture pg)
         Assert.NotNull(old.FencingEpoch);
 
         var newChild = new TaskCompletionSource<ILeadership>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var newWrote = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await cluster.StartNodeAsync("new", singletons: [], configure: Fenced(schema), services: s => s.AddClusterSingleton("job", async (leadership, _, ct) =>
         {
             newChild.TrySetResult(leadership);
@@ -82,13 +83,14 @@ public sealed class FencingTests(PostgresFixture pg)
             await leadership.AssertCurrentAsync(tx, ct);
             await Insert(connection, tx, "new", leadership.FencingEpoch!.Value, guarded: true);
             await tx.CommitAsync(ct);
+            newWrote.TrySetResult();
             await Task.Delay(Timeout.Infinite, ct);
         }));
 
         proxy.SetMode(ProxyMode.Blackhole);
         var current = await newChild.Task.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.True(current.FencingEpoch > old.FencingEpoch, $"new epoch {current.FencingEpoch} must exceed old {old.FencingEpoch}");
-        await WaitForRowAsync(table, "new");
+        await newWrote.Task.WaitAsync(TimeSpan.FromSeconds(60));
 
         writeNow.SetResult();
         var (guarded, _) = await writes.Task.WaitAsync(TimeSpan.FromSeconds(60));
@@ -107,16 +109,6 @@ public sealed class FencingTests(PostgresFixture pg)
             cmd.Parameters.Add(new NpgsqlParameter { Value = epoch });
             cmd.Parameters.Add(new NpgsqlParameter { Value = guarded });
             await cmd.ExecuteNonQueryAsync();
-        }
-    }
-
-    private async Task WaitForRowAsync(string table, string writer)
-    {
-        var until = Stopwatch.StartNew();
-        while (await Db.ScalarAsync<long>(pg.ConnectionString, $"SELECT count(*) FROM {table} WHERE writer = $1", writer) == 0)
-        {
-            Assert.True(until.Elapsed < TimeSpan.FromSeconds(30), $"no row from {writer}");
-            await Task.Delay(20);
         }
     }
 
