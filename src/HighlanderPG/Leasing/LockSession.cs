@@ -291,7 +291,9 @@ internal sealed class LockSession
                 {
                     // The server-side lease: the server ends this session, freeing its locks, after this long without a message.
                     // https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-SESSION-TIMEOUT
-                    cmd.CommandText = "SELECT set_config('idle_session_timeout', $1, false)";
+                    // idle_in_transaction_session_timeout too: the fencing bump runs in a short transaction, and a session
+                    // cut off inside it would otherwise not be "idle" for idle_session_timeout.
+                    cmd.CommandText = "SELECT set_config('idle_session_timeout', $1, false), set_config('idle_in_transaction_session_timeout', $1, false)";
                     cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = ((long)_options.LeaseDuration.TotalMilliseconds).ToString(CultureInfo.InvariantCulture) });
                 }
                 else
@@ -470,7 +472,7 @@ internal sealed class LockSession
     {
         var sent = _time.GetTimestamp();
         await using var cmd = new NpgsqlCommand("SELECT pg_backend_pid()", connection);
-        var pid = (int)(await RoundTripAsync(session, cmd.ExecuteScalarAsync()).ConfigureAwait(false))!;
+        var pid = (int)(await RoundTripAsync(session, () => cmd.ExecuteScalarAsync()).ConfigureAwait(false))!;
         CheckPid(pid);
         return sent + ToTimestampDelta(_options.HeartbeatInterval);
     }
@@ -488,7 +490,7 @@ internal sealed class LockSession
             holderQuery.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
             batch.BatchCommands.Add(tryLock);
             batch.BatchCommands.Add(holderQuery);
-            await RoundTripAsync(session, ReadAsync()).ConfigureAwait(false);
+            await RoundTripAsync(session, ReadAsync).ConfigureAwait(false);
 
             async Task<bool> ReadAsync()
             {
@@ -621,7 +623,7 @@ internal sealed class LockSession
         var epochs = new Dictionary<long, long>();
         try
         {
-            await RoundTripAsync(session, BumpAsync()).ConfigureAwait(false);
+            await RoundTripAsync(session, BumpAsync).ConfigureAwait(false);
         }
         catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.LockNotAvailable)
         {
@@ -713,7 +715,7 @@ internal sealed class LockSession
         {
             cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
             cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Channel });
-            await RoundTripAsync(session, cmd.ExecuteNonQueryAsync()).ConfigureAwait(false);
+            await RoundTripAsync(session, () => cmd.ExecuteNonQueryAsync()).ConfigureAwait(false);
         }
 
         lock (_gate)
@@ -740,9 +742,11 @@ internal sealed class LockSession
     /// Awaits one round trip, but never past the point where children must stop: if the server does not answer
     /// by then, the operation is abandoned (left to fail on its own) and the session is given up.
     /// </summary>
-    private async Task<T> RoundTripAsync<T>(SessionIo session, Task<T> operation)
+    private async Task<T> RoundTripAsync<T>(SessionIo session, Func<Task<T>> start)
     {
+        // The send time is taken before anything is sent: the server's idle timer starts no earlier than that.
         var sent = _time.GetTimestamp();
+        var operation = start();
         if (!operation.IsCompleted)
         {
             var limit = _clock.UntilStop;
