@@ -200,6 +200,10 @@ internal sealed class SingletonRunner
         var lost = lostSignal.Task;
         var stop = stopSignal.Task;
         var first = child.StartError is not null ? child.Completion : await Task.WhenAny(child.Completion, lost, stop, stepDownTask).ConfigureAwait(false);
+
+        // The child's stopping token is linked to the lease (BackgroundService links its start token), so a child may
+        // end in the same instant its lease is lost: then the loss (or stop, or step-down) is the cause, not the child.
+        first = lost.IsCompleted ? lost : stop.IsCompleted ? stop : stepDownTask.IsCompleted ? stepDownTask : first;
         var reason = first == child.Completion ? child.Describe()
             : first == lost ? $"lease lost: {lease.LossReason}"
             : first == stop ? "the node is stopping"

@@ -25,6 +25,7 @@ public sealed class FaultTests(PostgresFixture pg)
         cluster.Recorder.AssertNoOverlap();
         Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == 1006); // lease about to expire
         Assert.NotEqual(SingletonState.Leading, leader.Singletons.Get("job")!.State);
+        Assert.Equal(0, leader.Singletons.Get("job")!.Restarts); // losing the lease is not a crash
     }
 
     [Fact]
@@ -47,6 +48,7 @@ public sealed class FaultTests(PostgresFixture pg)
         Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
         cluster.Recorder.AssertNoOverlap();
         Assert.Contains(cluster.Logs.Entries, e => e.Node == "a" && e.EventId.Id == 1003 && e.Message.Contains("57P01"));
+        Assert.Equal(0, a.Singletons.Get("job")!.Restarts); // losing the session is not a crash
     }
 
     [Fact]
