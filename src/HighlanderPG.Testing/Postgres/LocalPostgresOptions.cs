@@ -15,12 +15,43 @@ public sealed class LocalPostgresOptions
     /// <summary>
     /// The server's <c>listen_addresses</c>: a comma-separated list of addresses, or <c>*</c>.
     /// Tests that put clients in network namespaces add the host side of their veth pair here
-    /// (for example <c>"127.0.0.1,10.213.0.1"</c>). <c>127.0.0.1</c> is always added when the
-    /// list has neither it nor a wildcard, because <see cref="LocalPostgresServer.ConnectionString"/>
-    /// connects there.
+    /// (for example <c>"127.0.0.1,10.213.0.1"</c>); tests that put the server in one
+    /// (<see cref="NetworkNamespace"/>) list the namespace side of their links (for example
+    /// <c>"10.213.7.2,10.213.9.6"</c>). <c>127.0.0.1</c> is always added when the list has neither
+    /// it nor a wildcard (in a <see cref="NetworkNamespace"/>, that is the namespace's own loopback,
+    /// which must be up: <see cref="NetworkLab"/> brings it up).
     /// </summary>
     /// <value>The default is <c>"127.0.0.1"</c>.</value>
     public string ListenAddresses { get; set; } = "127.0.0.1";
+
+    /// <summary>
+    /// The network namespace to run the server in (a name from <c>ip netns list</c>, for example
+    /// <see cref="NetworkLab.NamespaceName"/>), or <see langword="null"/> for the current one.
+    /// When set, <c>pg_ctl start</c> runs through <c>ip netns exec {name}</c> (before
+    /// <c>runuser -u postgres --</c> when running as root), so the server and everything it forks live
+    /// in the namespace, and it needs root. Stopping needs no namespace (<c>pg_ctl stop</c> signals the
+    /// server by its process id), so it also works after the namespace was deleted.
+    /// </summary>
+    /// <value>The default is <see langword="null"/>.</value>
+    /// <remarks>
+    /// The server's <c>127.0.0.1</c> is then the namespace's loopback, unreachable from the current
+    /// namespace: <see cref="LocalPostgresServer.ConnectionString"/> and the server's own readiness check
+    /// connect to <see cref="ConnectHost"/> instead, which defaults to the first address of
+    /// <see cref="ListenAddresses"/> that is not a loopback address or wildcard.
+    /// </remarks>
+    public string? NetworkNamespace { get; set; }
+
+    /// <summary>
+    /// The address that <see cref="LocalPostgresServer.ConnectionString"/> (and <see cref="LocalPostgresServer.Host"/>,
+    /// the server's readiness check and <see cref="LocalPostgresServer.CreateDatabaseAsync(string, CancellationToken)"/>)
+    /// connect to. It must be one the server listens on and reachable from the current namespace.
+    /// </summary>
+    /// <value>
+    /// The default is <see langword="null"/>: <c>127.0.0.1</c> without a <see cref="NetworkNamespace"/>;
+    /// with one, the first address of <see cref="ListenAddresses"/> other than <c>127.0.0.1</c>,
+    /// <c>localhost</c>, <c>::1</c>, <c>*</c> and <c>0.0.0.0</c> (there must be one).
+    /// </value>
+    public string? ConnectHost { get; set; }
 
     /// <summary>
     /// Extra <c>postgresql.conf</c> settings (name to value, for example
@@ -43,6 +74,28 @@ public sealed class LocalPostgresOptions
         {
             throw new ArgumentException(
                 $"{nameof(ListenAddresses)} must be a non-empty, comma-separated list of addresses without quotes or line breaks; got '{ListenAddresses}'.",
+                nameof(ListenAddresses));
+        }
+
+        if (NetworkNamespace is not null && !IsNamespaceName(NetworkNamespace))
+        {
+            throw new ArgumentException(
+                $"{nameof(NetworkNamespace)} must be null or a network namespace name (1 to 64 ASCII letters, digits, '_', '-' or '.', not starting with '.'); got '{NetworkNamespace}'.",
+                nameof(NetworkNamespace));
+        }
+
+        if (ConnectHost is not null && (string.IsNullOrWhiteSpace(ConnectHost) || !IsPlainValue(ConnectHost) || ConnectHost.AsSpan().IndexOfAny(", \t") >= 0))
+        {
+            throw new ArgumentException(
+                $"{nameof(ConnectHost)} must be null or one host name or address; got '{ConnectHost}'.",
+                nameof(ConnectHost));
+        }
+
+        if (NetworkNamespace is not null && ConnectHost is null && FirstRoutableListenAddress() is null)
+        {
+            throw new ArgumentException(
+                $"With {nameof(NetworkNamespace)} set, the server's 127.0.0.1 is the namespace's own loopback, unreachable from here: " +
+                $"list an address of the namespace in {nameof(ListenAddresses)} (got '{ListenAddresses}') or set {nameof(ConnectHost)}.",
                 nameof(ListenAddresses));
         }
 
@@ -72,6 +125,20 @@ public sealed class LocalPostgresOptions
         var coversLoopback = parts.Any(p => p is "127.0.0.1" or "*" or "0.0.0.0");
         return string.Join(',', coversLoopback ? parts : parts.Prepend("127.0.0.1"));
     }
+
+    /// <summary>The address clients connect to (see <see cref="ConnectHost"/>); call after <see cref="Validate"/>.</summary>
+    internal string EffectiveConnectHost() =>
+        ConnectHost ?? (NetworkNamespace is null ? "127.0.0.1" : FirstRoutableListenAddress()!);
+
+    private string? FirstRoutableListenAddress() =>
+        ListenAddresses
+            .Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .FirstOrDefault(p => p is not ("127.0.0.1" or "localhost" or "::1" or "*" or "0.0.0.0" or "::"));
+
+    private static bool IsNamespaceName(string name) =>
+        name.Length is > 0 and <= 64
+        && name[0] != '.'
+        && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.');
 
     private static bool IsPlainValue(string value) => value.AsSpan().IndexOfAny("'\"\\\n\r\0") < 0;
 

@@ -23,6 +23,12 @@ namespace HighlanderPG.Testing;
 /// network namespaces can connect. Only use it for throwaway servers on test machines.
 /// </para>
 /// <para>
+/// The server itself can run in a network namespace (<see cref="LocalPostgresOptions.NetworkNamespace"/>,
+/// for example a <see cref="NetworkLab"/>'s), so that clients in the current namespace reach it over links
+/// that can be cut; it then connects to <see cref="LocalPostgresOptions.ConnectHost"/> rather than
+/// <c>127.0.0.1</c>.
+/// </para>
+/// <para>
 /// A server that is never disposed is still stopped and deleted, best effort, when the
 /// process exits normally or through an unhandled exception (not when it is killed).
 /// </para>
@@ -42,14 +48,18 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     private readonly SemaphoreSlim _lifecycle = new(1, 1);
     private readonly string _baseDirectory;
     private readonly string? _runUser;
+    private readonly string? _networkNamespace;
     private readonly EventHandler _processExitHandler;
     private readonly UnhandledExceptionEventHandler _unhandledExceptionHandler;
     private volatile bool _running;
     private int _disposed;
 
-    private LocalPostgresServer(string binDirectory, string baseDirectory, int port, string? runUser)
+    private LocalPostgresServer(
+        string binDirectory, string baseDirectory, int port, string? runUser, string host, string? networkNamespace)
     {
         BinDirectory = binDirectory;
+        Host = host;
+        _networkNamespace = networkNamespace;
         _baseDirectory = baseDirectory;
         DataDirectory = Path.Combine(baseDirectory, "data");
         SocketDirectory = Path.Combine(baseDirectory, "socket");
@@ -80,8 +90,17 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     /// </summary>
     public string ConnectionString { get; }
 
-    /// <summary>The address clients connect to: always <c>127.0.0.1</c>.</summary>
-    public string Host => "127.0.0.1";
+    /// <summary>
+    /// The address clients connect to: <c>127.0.0.1</c> unless <see cref="LocalPostgresOptions.ConnectHost"/>
+    /// or <see cref="LocalPostgresOptions.NetworkNamespace"/> says otherwise (see there).
+    /// </summary>
+    public string Host { get; }
+
+    /// <summary>
+    /// The network namespace the server runs in (<see cref="LocalPostgresOptions.NetworkNamespace"/>), or
+    /// <see langword="null"/> for the creator's.
+    /// </summary>
+    public string? NetworkNamespace => _networkNamespace;
 
     /// <summary>The server's TCP port; it stays the same across restarts.</summary>
     public int Port { get; }
@@ -112,6 +131,7 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     /// <returns>The running server.</returns>
     /// <exception cref="InvalidOperationException">
     /// PostgreSQL is not installed, the <c>postgres</c> user is missing while running as root,
+    /// <see cref="LocalPostgresOptions.NetworkNamespace"/> is set but the process does not run as root,
     /// or a PostgreSQL program failed (the message has the command, its output and the server log).
     /// </exception>
     public static async Task<LocalPostgresServer> StartAsync(LocalPostgresOptions? options = null, CancellationToken cancellationToken = default)
@@ -121,13 +141,21 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
 
         var binDirectory = ResolveBinDirectory(options.BinDirectory);
         var runUser = IsRoot() ? ServiceUser : null;
+        if (options.NetworkNamespace is not null && runUser is null)
+        {
+            throw new InvalidOperationException(
+                $"{nameof(LocalPostgresOptions)}.{nameof(LocalPostgresOptions.NetworkNamespace)} is '{options.NetworkNamespace}': " +
+                "starting a server in a network namespace (`ip netns exec`) needs root.");
+        }
+
         if (runUser is not null)
         {
             await EnsureUserExistsAsync(runUser, cancellationToken).ConfigureAwait(false);
         }
 
         var baseDirectory = CreateBaseDirectory(runUser is not null);
-        var server = new LocalPostgresServer(binDirectory, baseDirectory, FindFreeTcpPort(), runUser);
+        var server = new LocalPostgresServer(
+            binDirectory, baseDirectory, FindFreeTcpPort(), runUser, options.EffectiveConnectHost(), options.NetworkNamespace);
         AppDomain.CurrentDomain.ProcessExit += server._processExitHandler;
         AppDomain.CurrentDomain.UnhandledException += server._unhandledExceptionHandler;
         try
@@ -431,7 +459,9 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
 
     private async Task StartCoreAsync(CancellationToken cancellationToken)
     {
-        var (program, arguments) = PgCtl("start", "-l", LogFile, "-w", "-t", "60");
+        // Only the start needs the namespace: the server inherits it from pg_ctl. pg_ctl's -w watches the
+        // postmaster.pid file, not a connection, so it works from inside the namespace as well.
+        var (program, arguments) = InNetworkNamespace(PgCtl("start", "-l", LogFile, "-w", "-t", "60"));
         await RunCheckedAsync(program, arguments, cancellationToken).ConfigureAwait(false);
         _running = true;
         ServerVersion = await WaitUntilReadyAsync(cancellationToken).ConfigureAwait(false);
@@ -543,6 +573,15 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
 
     private (string Program, IReadOnlyList<string> Arguments) PgCtl(string action, params string[] options) =>
         Tool("pg_ctl", ["-D", DataDirectory, .. options, action]);
+
+    /// <summary>
+    /// The command run through <c>ip netns exec {namespace}</c> when the server has a network namespace
+    /// (as root; <c>runuser</c>, if any, comes after it, so only the program itself runs as the service user).
+    /// </summary>
+    private (string Program, IReadOnlyList<string> Arguments) InNetworkNamespace((string Program, IReadOnlyList<string> Arguments) command) =>
+        _networkNamespace is null
+            ? command
+            : (SystemPrograms.Ip(), ["netns", "exec", _networkNamespace, command.Program, .. command.Arguments]);
 
     /// <summary>A PostgreSQL program invocation, through <c>runuser</c> when running as root.</summary>
     private (string Program, IReadOnlyList<string> Arguments) Tool(string name, params string[] arguments)
@@ -747,7 +786,8 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
         }
     }
 
-    private static bool IsRoot()
+    /// <summary>Whether the process runs as root (effective user id 0).</summary>
+    internal static bool IsRoot()
     {
         if (OperatingSystem.IsWindows())
         {
