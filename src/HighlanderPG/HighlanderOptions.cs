@@ -101,9 +101,9 @@ public sealed class HighlanderOptions
     public bool AllowSessionModePooler { get; set; }
 
     /// <summary>
-    /// Called when a child cannot be stopped in time: it ignored cancellation past <see cref="StopTimeout"/>, or a
-    /// crash-looping singleton is set to escalate. The handler takes over the responsibility that the child no longer
-    /// runs when the lease ends. When <see langword="null"/>, HighlanderPG logs a critical message and ends the process
+    /// Called when a child cannot be stopped in time: it ignored cancellation past <see cref="StopTimeout"/> (or the lease's
+    /// end, whichever comes first). The handler takes over the responsibility that the child no longer runs when the lease
+    /// ends; after it returns, the lock is released only once the child has really ended. When <see langword="null"/>, HighlanderPG logs a critical message and ends the process
     /// (<see cref="Environment.FailFast(string)"/>), which also ends its PostgreSQL sessions.
     /// </summary>
     /// <value>The default is <see langword="null"/>: end the process.</value>

@@ -114,7 +114,10 @@ public interface IClusterSingletons
     /// <summary>One singleton, or <see langword="null"/> when no singleton has that name.</summary>
     SingletonStatus? Get(string name);
 
-    /// <summary>Raised on every state change of a singleton on this node. Handlers must not block.</summary>
+    /// <summary>
+    /// Raised on every state change of a singleton on this node, in order, from a background task of the node's own
+    /// (a slow handler delays later events, never the engine).
+    /// </summary>
     event EventHandler<SingletonStateChanged>? StateChanged;
 
     /// <summary>

@@ -65,6 +65,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 1301, Level = LogLevel.Critical, Message = "Singleton {Singleton} restarted more than {MaxRestarts} times within {Window}: {Action}")]
     public static partial void CrashLoop(ILogger logger, string singleton, int maxRestarts, TimeSpan window, CrashLoopAction action);
 
+    [LoggerMessage(EventId = 1302, Level = LogLevel.Error, Message = "Supervising singleton {Singleton} failed unexpectedly; it contends again after a pause")]
+    public static partial void RunnerError(ILogger logger, Exception exception, string singleton);
+
     [LoggerMessage(EventId = 1400, Level = LogLevel.Debug, Message = "Follower wait connection error; the heartbeat keeps polling meanwhile")]
     public static partial void WaiterError(ILogger logger, Exception exception);
 }

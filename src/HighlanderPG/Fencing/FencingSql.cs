@@ -53,21 +53,36 @@ internal static partial class FencingSql
                 RETURN current_epoch;
             END
             $fn$;
+            -- Only the roles you grant it to may hold a singleton's row (a long FOR SHARE delays the next leader's start).
+            REVOKE EXECUTE ON FUNCTION {{schema}}.assert_epoch(text, bigint, text) FROM PUBLIC;
             """;
     }
 
-    /// <summary>Bumps the epochs of newly acquired keys. Parameters: keys, namespaces, names (arrays), node id, endpoint, host.</summary>
+    /// <summary>
+    /// A name that moved to another key (an explicit key set or changed) takes its epoch along: parameters key,
+    /// namespace, name; returns the moved rows' highest epoch (or null).
+    /// </summary>
+    public static string MoveName(string schema)
+    {
+        EnsureValid(schema);
+        return $"WITH moved AS (DELETE FROM {schema}.leases WHERE namespace = $2 AND name = $3 AND key <> $1 RETURNING epoch) SELECT max(epoch) FROM moved";
+    }
+
+    /// <summary>
+    /// Bumps the epoch of one newly acquired key past every earlier one of its name. Parameters: key, namespace, name,
+    /// node id, endpoint, host, the moved epoch (or null). Returns the new epoch.
+    /// </summary>
     public static string Bump(string schema)
     {
         EnsureValid(schema);
         return $"""
             INSERT INTO {schema}.leases AS l (key, namespace, name, epoch, node_id, endpoint, host, holder_pid, acquired_at)
-            SELECT k, ns, n, 1, $4, $5, $6, pg_backend_pid(), clock_timestamp()
-            FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(k, ns, n)
+            VALUES ($1, $2, $3, coalesce($7::bigint, 0) + 1, $4, $5, $6, pg_backend_pid(), clock_timestamp())
             ON CONFLICT (key) DO UPDATE
-               SET epoch = l.epoch + 1, namespace = excluded.namespace, name = excluded.name, node_id = excluded.node_id,
-                   endpoint = excluded.endpoint, host = excluded.host, holder_pid = excluded.holder_pid, acquired_at = excluded.acquired_at
-            RETURNING key, epoch
+               SET epoch = GREATEST(l.epoch + 1, excluded.epoch), namespace = excluded.namespace, name = excluded.name,
+                   node_id = excluded.node_id, endpoint = excluded.endpoint, host = excluded.host,
+                   holder_pid = excluded.holder_pid, acquired_at = excluded.acquired_at
+            RETURNING epoch
             """;
     }
 

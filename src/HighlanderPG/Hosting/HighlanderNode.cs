@@ -27,6 +27,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     private readonly List<Channel<SingletonStateChanged>> _subscribers = [];
     private readonly CancellationTokenSource _runnersStopping = new();
     private readonly CancellationTokenSource _sessionStopping = new();
+
+    // Changes are handed to subscribers and StateChanged handlers by one task, in order, so that a slow handler never
+    // holds up the session loop or a runner on its way to stopping a child.
+    private readonly Channel<SingletonStateChanged> _changes = Channel.CreateUnbounded<SingletonStateChanged>(new UnboundedChannelOptions { SingleReader = true });
+    private Task _dispatcher = Task.CompletedTask;
     private List<SingletonRunner> _runners = [];
     private NpgsqlDataSource? _lockDataSource;
     private NpgsqlDataSource? _waitDataSource;
@@ -77,6 +82,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }).ToList();
 
         var waiter = new LockWaiter(_options, _waitDataSource, session, _time, _logger);
+        _dispatcher = Task.Run(DispatchAsync, CancellationToken.None);
         _sessionTask = Task.Run(() => session.RunAsync(_sessionStopping.Token), CancellationToken.None);
         _waiterTask = Task.Run(() => waiter.RunAsync(_sessionStopping.Token), CancellationToken.None);
         _runnersTask = Task.WhenAll(_runners.Select(r => Task.Run(() => r.RunAsync(_runnersStopping.Token), CancellationToken.None)));
@@ -96,16 +102,28 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
 
         await _runnersStopping.CancelAsync().ConfigureAwait(false);
-        await _runnersTask.ConfigureAwait(false);
-        await _sessionStopping.CancelAsync().ConfigureAwait(false);
-        await Task.WhenAll(_sessionTask, _waiterTask).ConfigureAwait(false);
-        lock (_subscribersGate)
+        try
         {
-            foreach (var subscriber in _subscribers)
-            {
-                subscriber.Writer.TryComplete();
-            }
+            await _runnersTask.ConfigureAwait(false);
         }
+        catch (Exception ex)
+        {
+            // Runners catch their own errors; whatever still escapes must not keep the session from closing.
+            _logger.LogError(ex, "A singleton runner failed while stopping");
+        }
+
+        await _sessionStopping.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await Task.WhenAll(_sessionTask, _waiterTask).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            _logger.LogError(ex, "The lock session failed while stopping");
+        }
+
+        _changes.Writer.TryComplete();
+        await _dispatcher.ConfigureAwait(false);
     }
 
     public IReadOnlyList<SingletonStatus> GetAll() => _runners.Select(r => r.GetStatus()).ToList();
@@ -157,23 +175,36 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
     }
 
-    private void Publish(SingletonStateChanged change)
+    private void Publish(SingletonStateChanged change) => _changes.Writer.TryWrite(change);
+
+    private async Task DispatchAsync()
     {
+        await foreach (var change in _changes.Reader.ReadAllAsync().ConfigureAwait(false))
+        {
+            lock (_subscribersGate)
+            {
+                foreach (var subscriber in _subscribers)
+                {
+                    subscriber.Writer.TryWrite(change);
+                }
+            }
+
+            try
+            {
+                StateChanged?.Invoke(this, change);
+            }
+            catch (Exception ex)
+            {
+                _logger.LogError(ex, "A StateChanged handler threw");
+            }
+        }
+
         lock (_subscribersGate)
         {
             foreach (var subscriber in _subscribers)
             {
-                subscriber.Writer.TryWrite(change);
+                subscriber.Writer.TryComplete();
             }
-        }
-
-        try
-        {
-            StateChanged?.Invoke(this, change);
-        }
-        catch (Exception ex)
-        {
-            _logger.LogError(ex, "A StateChanged handler threw");
         }
     }
 

@@ -47,6 +47,8 @@ internal sealed class Lease
             EscalateAtTimestamp = escalateAtTimestamp;
         }
 
-        _lost.Cancel();
+        // Never run the children's cancellation callbacks here: this is called on the session loop (or its watchdog),
+        // which must go on to tell the other leases and keep its own deadline whatever a child's callback does.
+        _ = _lost.CancelAsync();
     }
 }

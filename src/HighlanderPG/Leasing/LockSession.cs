@@ -31,8 +31,11 @@ internal sealed class LockSession
     private readonly Dictionary<long, Lease> _held = [];
     private readonly Dictionary<long, LeaderInfo> _holders = [];
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _releases = [];
-    private readonly HashSet<long> _unfenced = [];
-    private long _nextFenceAttempt;
+    private readonly Dictionary<long, long> _unfenced = []; // key -> when to try its epoch bump (next)
+    private readonly List<(Lease Lease, TaskCompletionSource Done)> _inflightReleases = [];
+    private readonly ITimer _watchdog;
+    private volatile bool _expired;
+    private long _crashSeenAt = long.MinValue;
     private bool _wantsChanged;
     private bool _poke;
     private bool _wakeRequested;
@@ -49,6 +52,7 @@ internal sealed class LockSession
         _time = time;
         _logger = logger;
         _clock = new LeaseClock(time, options.LeaseDuration, options.SafetyMargin, options.StopTimeout);
+        _watchdog = time.CreateTimer(_ => OnWatchdog(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
     }
 
     /// <summary>Raised (on the session loop) when the session connects or is lost; the argument is the loss reason, or null when connected.</summary>
@@ -173,12 +177,13 @@ internal sealed class LockSession
             var session = new SessionIo();
             string reason;
             Exception? error = null;
-            var retry = TimeSpan.Zero;
             var refused = false;
+            var byDeadline = false;
+            var connectedAt = long.MinValue;
             try
             {
                 connection = await ConnectAsync(session, stopping).ConfigureAwait(false);
-                backoff.Reset();
+                connectedAt = _time.GetTimestamp();
                 await ServeAsync(connection, session, stopping).ConfigureAwait(false);
                 reason = "the node is stopping";
             }
@@ -190,28 +195,32 @@ internal sealed class LockSession
             {
                 refused = true;
                 reason = ex.Message;
-                retry = _options.ReconnectMaxDelay;
+            }
+            catch (LeaseExpiringException ex)
+            {
+                byDeadline = true;
+                reason = Describe(ex);
             }
             catch (Exception ex) when (connection is null)
             {
                 reason = "cannot connect: " + ex.Message;
                 error = ex;
-                retry = backoff.Next();
             }
             catch (Exception ex)
             {
                 reason = Describe(ex);
                 error = ex;
-                retry = backoff.Next();
+                if (ex is PostgresException { SqlState: PostgresErrorCodes.CrashShutdown })
+                {
+                    // Another backend crashed and the server reinitialised: every lock is gone, but the postmaster's
+                    // start time does not move. Apply the lock-delay from now (holders cut off meanwhile may still run).
+                    _crashSeenAt = _time.GetTimestamp();
+                }
             }
 
             // Children are told first, status second, logs last: whoever sees the log sees the state it describes.
-            var hadLeases = LoseAll(reason);
-            if (!stopping.IsCancellationRequested)
-            {
-                HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId));
-            }
-
+            var sinceAck = _clock.HasAck ? _options.LeaseDuration - _options.SafetyMargin - _clock.UntilDeadline : TimeSpan.Zero;
+            var hadLeases = LoseAll(reason, byDeadline);
             if (!stopping.IsCancellationRequested)
             {
                 LastError = reason;
@@ -219,8 +228,26 @@ internal sealed class LockSession
 
             SetConnected(false, reason);
             Retire(connection, session.Abandoned);
+
+            // A session that broke right after connecting gets no fresh start of the backoff: only one that lasted.
+            if (connectedAt != long.MinValue && _time.GetElapsedTime(connectedAt) >= _options.LeaseDuration)
+            {
+                backoff.Reset();
+            }
+
+            var retry = refused ? _options.ReconnectMaxDelay : backoff.Next();
             if (!stopping.IsCancellationRequested)
             {
+                if (connection is not null)
+                {
+                    HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId));
+                }
+
+                if (byDeadline)
+                {
+                    Log.LeaseExpiring(_logger, sinceAck);
+                }
+
                 if (refused)
                 {
                     Log.Refused(_logger, _dataSourceName, reason, retry);
@@ -246,11 +273,52 @@ internal sealed class LockSession
                 }
             }
         }
+
+        _watchdog.Dispose();
+    }
+
+    /// <summary>
+    /// Enforces the stop point even when the session loop is held up (a slow logger, a starved thread pool): the
+    /// leases are lost at once, and the loop gives the session up when it next runs.
+    /// </summary>
+    private void OnWatchdog()
+    {
+        if (!_clock.HasAck || !_clock.MustStop)
+        {
+            return;
+        }
+
+        _expired = true;
+        List<Lease> held;
+        lock (_gate)
+        {
+            held = [.. _held.Values];
+        }
+
+        foreach (var lease in held)
+        {
+            lease.Lose("the lease is about to expire: the server did not answer in time", _clock.DeadlineTimestamp);
+        }
+
+        Wake();
+    }
+
+    private void Acknowledge(long sent)
+    {
+        if (_expired)
+        {
+            throw new LeaseExpiringException();
+        }
+
+        _clock.Acknowledge(sent);
+        var untilStop = _clock.UntilStop;
+        _watchdog.Change(untilStop > TimeSpan.Zero ? untilStop : TimeSpan.Zero, Timeout.InfiniteTimeSpan);
     }
 
     private async Task<NpgsqlConnection> ConnectAsync(SessionIo session, CancellationToken stopping)
     {
         _clock.Reset();
+        _expired = false;
         var sent = _time.GetTimestamp();
         var connection = await _dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
         try
@@ -262,7 +330,10 @@ internal sealed class LockSession
             string version;
             await using (var cmd = new NpgsqlCommand(
                 "SELECT pg_backend_pid(), pg_is_in_recovery(), current_setting('server_version_num')::int, " +
-                "extract(epoch from clock_timestamp() - pg_postmaster_start_time())::float8, current_setting('server_version')",
+                // The server's (re)start: the postmaster's start, or a later reinitialisation after a backend crash, which
+                // shows as the checkpointer's start (visible with pg_read_all_stats or as superuser; otherwise null).
+                "extract(epoch from clock_timestamp() - GREATEST(pg_postmaster_start_time(), " +
+                "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')))::float8, current_setting('server_version')",
                 connection))
             await using (var reader = await cmd.ExecuteReaderAsync(stopping).ConfigureAwait(false))
             {
@@ -299,10 +370,13 @@ internal sealed class LockSession
                 else
                 {
                     Log.WeakerMode(_logger, version);
-                    var idle = Math.Max(1, (int)(_options.LeaseDuration.TotalSeconds / 3));
-                    cmd.CommandText = "SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', '1', false), set_config('tcp_keepalives_count', $2, false)";
+                    // Whole seconds only: rounded so that the server never drops a client before the lease.
+                    var lease = (int)Math.Ceiling(_options.LeaseDuration.TotalSeconds);
+                    var idle = Math.Max(1, lease / 3);
+                    cmd.CommandText = "SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', '1', false), set_config('tcp_keepalives_count', $2, false), set_config('idle_in_transaction_session_timeout', $3, false)";
                     cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = idle.ToString(CultureInfo.InvariantCulture) });
-                    cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Math.Max(1, (int)_options.LeaseDuration.TotalSeconds - idle).ToString(CultureInfo.InvariantCulture) });
+                    cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Math.Max(1, lease - idle + 1).ToString(CultureInfo.InvariantCulture) });
+                    cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = ((long)_options.LeaseDuration.TotalMilliseconds).ToString(CultureInfo.InvariantCulture) });
                 }
 
                 await cmd.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
@@ -319,10 +393,17 @@ internal sealed class LockSession
                 await cmd.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
             }
 
-            _clock.Acknowledge(sent);
+            Acknowledge(sent);
             Volatile.Write(ref _backendPid, pid);
 
             var lockDelay = _options.EffectiveLockDelay - TimeSpan.FromSeconds(uptimeSeconds);
+            if (_crashSeenAt != long.MinValue)
+            {
+                var sinceCrash = _options.EffectiveLockDelay - _time.GetElapsedTime(_crashSeenAt);
+                lockDelay = sinceCrash > lockDelay ? sinceCrash : lockDelay;
+                _crashSeenAt = long.MinValue;
+            }
+
             _lockDelayUntil = lockDelay > TimeSpan.Zero ? _time.GetTimestamp() + ToTimestampDelta(lockDelay) : long.MinValue;
             if (lockDelay > TimeSpan.Zero)
             {
@@ -352,9 +433,8 @@ internal sealed class LockSession
         var nextHeartbeat = _time.GetTimestamp() + ToTimestampDelta(_options.HeartbeatInterval);
         while (!stopping.IsCancellationRequested)
         {
-            if (_clock.MustStop)
+            if (_expired || _clock.MustStop)
             {
-                Log.LeaseExpiring(_logger, _options.LeaseDuration - _options.SafetyMargin - _clock.UntilDeadline);
                 throw new LeaseExpiringException();
             }
 
@@ -380,7 +460,17 @@ internal sealed class LockSession
 
             if (releases.Count > 0)
             {
+                lock (_gate)
+                {
+                    _inflightReleases.AddRange(releases);
+                }
+
                 nextHeartbeat = await ReleaseBatchAsync(connection, session, releases).ConfigureAwait(false);
+                lock (_gate)
+                {
+                    _inflightReleases.Clear();
+                }
+
                 continue;
             }
 
@@ -424,7 +514,7 @@ internal sealed class LockSession
         {
             if (_unfenced.Count > 0)
             {
-                until = Math.Min(until, _nextFenceAttempt);
+                until = Math.Min(until, _unfenced.Values.Min());
             }
         }
 
@@ -531,8 +621,7 @@ internal sealed class LockSession
                 if (_options.Fencing)
                 {
                     // The runner gets the lease once its epoch is bumped (FenceAsync).
-                    _unfenced.Add(key);
-                    _nextFenceAttempt = long.MinValue;
+                    _unfenced[key] = long.MinValue;
                 }
                 else if (_wants.Remove(key, out var want))
                 {
@@ -587,66 +676,88 @@ internal sealed class LockSession
     {
         lock (_gate)
         {
-            return _unfenced.Count > 0 && now >= _nextFenceAttempt ? [.. _unfenced] : [];
+            return [.. _unfenced.Where(u => u.Value <= now).Select(u => u.Key)];
         }
     }
 
     /// <summary>
-    /// Bumps the fencing epochs of newly acquired keys in one durable transaction, then hands the leases to their runners.
-    /// A guarded transaction of the old leader holds the row <c>FOR SHARE</c>; the bump waits for it, bounded by a short
-    /// <c>lock_timeout</c> so that the session never blocks for long, and is retried.
+    /// Bumps the fencing epoch of one newly acquired key in its own short durable transaction, then hands the lease to
+    /// its runner. A guarded transaction of the old leader holds the row <c>FOR SHARE</c>; the bump waits for it, bounded
+    /// by a short <c>lock_timeout</c> so that the session never blocks for long, and is retried; other keys go on meanwhile.
+    /// An error of the bump itself (e.g. no privilege) fails that acquisition only, not the session.
     /// </summary>
-    private async Task<long> FenceAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    private async Task<long> FenceAsync(NpgsqlConnection connection, SessionIo session, long[] due)
     {
         var sent = _time.GetTimestamp();
-        string[] names;
+        long key = 0;
+        string? name = null;
         lock (_gate)
         {
-            // A key whose runner gave up meanwhile is not bumped, only released (below).
-            keys = [.. keys.Where(_wants.ContainsKey)];
-            names = keys.Select(k => _wants[k].Name).ToArray();
-            foreach (var key in _unfenced.Where(k => !_wants.ContainsKey(k)).ToList())
+            // A key whose runner gave up meanwhile is not bumped, only released.
+            foreach (var orphan in due.Where(k => !_wants.ContainsKey(k)))
             {
-                _unfenced.Remove(key);
-                if (_held.TryGetValue(key, out var orphan))
+                _unfenced.Remove(orphan);
+                if (_held.TryGetValue(orphan, out var lease))
                 {
-                    _releases.Add((orphan, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
                 }
+            }
+
+            foreach (var k in due.Where(_wants.ContainsKey))
+            {
+                key = k;
+                name = _wants[k].Name;
+                break;
             }
         }
 
-        if (keys.Length == 0)
+        if (name is null)
         {
             return _time.GetTimestamp();
         }
 
-        var epochs = new Dictionary<long, long>();
+        long epoch;
         try
         {
-            await RoundTripAsync(session, BumpAsync).ConfigureAwait(false);
+            epoch = await RoundTripAsync(session, BumpAsync).ConfigureAwait(false);
         }
         catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.LockNotAvailable)
         {
             lock (_gate)
             {
-                _nextFenceAttempt = _time.GetTimestamp() + ToTimestampDelta(TimeSpan.FromMilliseconds(200));
+                if (_unfenced.ContainsKey(key))
+                {
+                    _unfenced[key] = _time.GetTimestamp() + ToTimestampDelta(TimeSpan.FromMilliseconds(250));
+                }
             }
 
+            return sent + ToTimestampDelta(_options.HeartbeatInterval);
+        }
+        catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open)
+        {
+            Want? failed;
+            lock (_gate)
+            {
+                _unfenced.Remove(key);
+                _wants.Remove(key, out failed);
+                if (_held.TryGetValue(key, out var lease))
+                {
+                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                }
+            }
+
+            failed?.Registration.Dispose();
+            failed?.Done.TrySetException(new InvalidOperationException($"Cannot bump the fencing epoch of '{name}' in {_options.FencingSchema}.leases: {ex.SqlState}: {ex.MessageText}", ex));
             return sent + ToTimestampDelta(_options.HeartbeatInterval);
         }
 
         var granted = new List<(Want Want, Lease Lease)>();
         lock (_gate)
         {
-            foreach (var key in keys)
+            _unfenced.Remove(key);
+            if (_held.TryGetValue(key, out var lease))
             {
-                _unfenced.Remove(key);
-                if (!_held.TryGetValue(key, out var lease))
-                {
-                    continue;
-                }
-
-                lease.Epoch = epochs.GetValueOrDefault(key);
+                lease.Epoch = epoch;
                 if (_wants.Remove(key, out var want))
                 {
                     granted.Add((want, lease));
@@ -661,31 +772,38 @@ internal sealed class LockSession
         Grant(granted);
         return sent + ToTimestampDelta(_options.HeartbeatInterval);
 
-        async Task<bool> BumpAsync()
+        async Task<long> BumpAsync()
         {
             await using var tx = await connection.BeginTransactionAsync().ConfigureAwait(false);
-            await using (var settings = new NpgsqlCommand("SELECT set_config('lock_timeout', '500', true), set_config('synchronous_commit', 'on', true)", connection, tx))
+            await using (var settings = new NpgsqlCommand("SELECT set_config('lock_timeout', '100', true), set_config('synchronous_commit', 'on', true)", connection, tx))
             {
                 await settings.ExecuteNonQueryAsync().ConfigureAwait(false);
             }
 
+            object? moved;
+            await using (var move = new NpgsqlCommand(FencingSql.MoveName(_options.FencingSchema), connection, tx))
+            {
+                move.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+                move.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.Namespace });
+                move.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+                moved = await move.ExecuteScalarAsync().ConfigureAwait(false);
+            }
+
+            long result;
             await using (var bump = new NpgsqlCommand(FencingSql.Bump(_options.FencingSchema), connection, tx))
             {
-                bump.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
-                bump.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys.Select(_ => _options.Namespace).ToArray() });
-                bump.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = names });
+                bump.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+                bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.Namespace });
+                bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
                 bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NodeId });
                 bump.Parameters.Add(new NpgsqlParameter<string?> { TypedValue = _options.Endpoint, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
                 bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
-                await using var reader = await bump.ExecuteReaderAsync().ConfigureAwait(false);
-                while (await reader.ReadAsync().ConfigureAwait(false))
-                {
-                    epochs[reader.GetInt64(0)] = reader.GetInt64(1);
-                }
+                bump.Parameters.Add(new NpgsqlParameter<long?> { TypedValue = moved is long m ? m : null, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Bigint });
+                result = (long)(await bump.ExecuteScalarAsync().ConfigureAwait(false))!;
             }
 
             await tx.CommitAsync().ConfigureAwait(false);
-            return true;
+            return result;
         }
     }
 
@@ -755,7 +873,6 @@ internal sealed class LockSession
             if (await Task.WhenAny(operation, expired).ConfigureAwait(false) != operation)
             {
                 session.Abandoned = operation;
-                Log.LeaseExpiring(_logger, _time.GetElapsedTime(sent));
                 throw new LeaseExpiringException();
             }
 
@@ -763,7 +880,7 @@ internal sealed class LockSession
         }
 
         var result = await operation.ConfigureAwait(false);
-        _clock.Acknowledge(sent);
+        Acknowledge(sent);
         if (HighlanderMetrics.RoundTrip.Enabled)
         {
             HighlanderMetrics.RoundTrip.Record(_time.GetElapsedTime(sent).TotalSeconds, HighlanderMetrics.Tags(_options.NodeId));
@@ -798,28 +915,33 @@ internal sealed class LockSession
     }
 
     /// <summary>Every held lease is lost with the session. Returns whether there were any.</summary>
-    private bool LoseAll(string reason)
+    private bool LoseAll(string reason, bool byDeadline)
     {
+        _watchdog.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         List<Lease> lost;
         lock (_gate)
         {
             lost = [.. _held.Values];
             _held.Clear();
             _unfenced.Clear();
-            foreach (var (_, done) in _releases)
+            _holders.Clear(); // a holder seen through a lost session is not known to hold any more
+            foreach (var (_, done) in _releases.Concat(_inflightReleases))
             {
-                done.TrySetResult();
+                done.TrySetResult(); // the lock goes with the session
             }
 
             _releases.Clear();
+            _inflightReleases.Clear();
             _wantsChanged = true;
         }
 
-        // When the lease deadline is the reason, children have until the deadline; otherwise the server may already have
-        // freed the locks, so the stop timeout is all they get.
-        var escalateAt = _clock.HasAck && _clock.DeadlineTimestamp > _time.GetTimestamp()
-            ? _clock.DeadlineTimestamp
-            : _time.GetTimestamp() + ToTimestampDelta(_options.StopTimeout);
+        // Lost by the deadline: the children have until the deadline. Lost because the session broke: the server may
+        // already have freed the locks, so no more than the stop timeout (and never past the deadline).
+        var now = _time.GetTimestamp();
+        var byStopTimeout = now + ToTimestampDelta(_options.StopTimeout);
+        var escalateAt = !_clock.HasAck ? byStopTimeout
+            : byDeadline ? _clock.DeadlineTimestamp
+            : Math.Min(_clock.DeadlineTimestamp, byStopTimeout);
         foreach (var lease in lost)
         {
             lease.Lose(reason, escalateAt);

@@ -8,20 +8,37 @@ internal sealed class ChildIncarnation : IAsyncDisposable
 {
     private readonly AsyncServiceScope _scope;
     private readonly IHostedService? _instance;
+    private Task _start = Task.CompletedTask;
     private readonly TaskCompletionSource _never = new();
+    private Task? _stop;
     private bool _stopRequested;
 
-    private ChildIncarnation(AsyncServiceScope scope, IHostedService? instance, Exception? startError)
+    private ChildIncarnation(AsyncServiceScope scope, IHostedService? instance, Exception? error)
     {
         _scope = scope;
         _instance = instance;
-        StartError = startError;
+        StartError = error;
     }
 
-    /// <summary>Completes when the child exits on its own (a <see cref="BackgroundService"/>'s execution); never for other hosted services.</summary>
-    public Task Completion => StartError is not null ? Task.CompletedTask : (_instance as BackgroundService)?.ExecuteTask ?? _never.Task;
+    /// <summary>Completes (never faults) when the child's <c>StartAsync</c> returned or threw.</summary>
+    public Task Started => _start;
 
-    public Exception? StartError { get; }
+    /// <summary>Why the child could not start, once <see cref="Started"/> completed.</summary>
+    public Exception? StartError { get; private set; }
+
+    /// <summary>
+    /// Completes when the child exits on its own (a <see cref="BackgroundService"/>'s execution, or a failed start);
+    /// never for other hosted services, nor before the start completed.
+    /// </summary>
+    public Task Completion => !_start.IsCompleted ? _never.Task
+        : StartError is not null ? Task.CompletedTask
+        : (_instance as BackgroundService)?.ExecuteTask ?? _never.Task;
+
+    /// <summary>Completes when nothing of the child runs any more (start, execution, stop all ended).</summary>
+    public Task Exited => Task.WhenAll(
+        _start,
+        _instance is BackgroundService { ExecuteTask: { } execution } ? execution.ContinueWith(static _ => { }, TaskScheduler.Default) : Task.CompletedTask,
+        _stop?.ContinueWith(static _ => { }, TaskScheduler.Default) ?? (_instance is BackgroundService ? Task.CompletedTask : _never.Task));
 
     /// <summary>The child's failure, if it failed (only meaningful once <see cref="Completion"/> completed).</summary>
     public Exception? Error => StartError ?? Completion switch
@@ -31,20 +48,41 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         _ => null,
     };
 
-    public static async Task<ChildIncarnation> StartAsync(SingletonRegistration registration, IServiceProvider services, ILeadership leadership, CancellationToken cancellationToken)
+    /// <summary>Creates the child in a new scope and starts it; the start runs on (the returned <see cref="Started"/>).</summary>
+    public static ChildIncarnation Start(SingletonRegistration registration, IServiceProvider services, ILeadership leadership, CancellationToken cancellationToken)
     {
         var scope = services.CreateAsyncScope();
-        scope.ServiceProvider.GetRequiredService<LeadershipAccessor>().Current = leadership;
         IHostedService? instance = null;
+        Exception? error = null;
         try
         {
+            scope.ServiceProvider.GetRequiredService<LeadershipAccessor>().Current = leadership;
             instance = registration.Factory(scope.ServiceProvider);
-            await instance.StartAsync(cancellationToken).ConfigureAwait(false);
-            return new ChildIncarnation(scope, instance, null);
         }
         catch (Exception ex)
         {
-            return new ChildIncarnation(scope, instance, ex);
+            error = ex;
+        }
+
+        var child = new ChildIncarnation(scope, instance, error);
+        if (instance is not null)
+        {
+            child._start = child.RunStartAsync(instance, cancellationToken);
+        }
+
+        return child;
+    }
+
+    private async Task RunStartAsync(IHostedService instance, CancellationToken cancellationToken)
+    {
+        await Task.Yield(); // the start runs beside the runner, which bounds it
+        try
+        {
+            await instance.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            StartError = ex;
         }
     }
 
@@ -94,20 +132,39 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         using var rearm = lease.LostToken.Register(Arm);
         using var expiredSignal = new CancellationSignal(expired.Token);
 
-        var stop = _instance.StopAsync(expired.Token);
-        await Task.WhenAny(stop, expiredSignal.Task).ConfigureAwait(false);
-        if (stop.IsCompleted)
+        // A start still running is waited for within the same budget: StopAsync is only called on a started child.
+        await Task.WhenAny(_start, expiredSignal.Task).ConfigureAwait(false);
+        if (!_start.IsCompleted)
         {
-            _ = stop.Exception; // a throwing StopAsync still counts as stopped when its execution ended
+            return false;
         }
 
+        if (StartError is not null && _instance is not BackgroundService)
+        {
+            return true;
+        }
+
+        _stop = StopCoreAsync(_instance, expired.Token);
+        await Task.WhenAny(_stop, expiredSignal.Task).ConfigureAwait(false);
         if (_instance is BackgroundService { ExecuteTask: { } execution })
         {
             await Task.WhenAny(execution, expiredSignal.Task).ConfigureAwait(false);
             return execution.IsCompleted;
         }
 
-        return stop.IsCompletedSuccessfully || (stop.IsFaulted && !expired.IsCancellationRequested);
+        return _stop.IsCompleted && !expired.IsCancellationRequested;
+
+        static async Task StopCoreAsync(IHostedService instance, CancellationToken token)
+        {
+            try
+            {
+                await instance.StopAsync(token).ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                // A throwing StopAsync still counts as stopped when its execution ended; the runner judges by that.
+            }
+        }
     }
 
     public async ValueTask DisposeAsync()
@@ -124,12 +181,17 @@ internal sealed class ChildIncarnation : IAsyncDisposable
                     break;
             }
         }
-        catch (ObjectDisposedException)
+        catch (Exception)
         {
+            // The child's own dispose failing must not keep its lock held or stop the supervision.
         }
-        finally
+
+        try
         {
             await _scope.DisposeAsync().ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
         }
     }
 }

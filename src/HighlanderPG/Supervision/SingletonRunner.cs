@@ -94,49 +94,54 @@ internal sealed class SingletonRunner
         {
             while (!stopping.IsCancellationRequested)
             {
-                SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, "contending");
-                Lease lease;
+                TimeSpan holdOff;
                 try
                 {
-                    lease = await _session.AcquireAsync(Key, Name, stopping).ConfigureAwait(false);
+                    SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, "contending");
+                    var lease = await _session.AcquireAsync(Key, Name, stopping).ConfigureAwait(false);
+                    var outcome = await LeadAsync(lease, stopping).ConfigureAwait(false);
+                    switch (outcome)
+                    {
+                        case Outcome.Restart:
+                            if (!intensity.TryRecord())
+                            {
+                                Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.OnCrashLoop);
+                                HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+                                SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
+                                if (_singleton.OnCrashLoop == CrashLoopAction.StopHost)
+                                {
+                                    _stopHost();
+                                }
+
+                                return;
+                            }
+
+                            lock (_gate)
+                            {
+                                _restarts++;
+                            }
+
+                            HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+                            holdOff = _singleton.RestartDelay;
+                            break;
+                        case Outcome.SteppedDown:
+                            holdOff = _options.StepDownHoldOff;
+                            break;
+                        default:
+                            holdOff = TimeSpan.Zero;
+                            break;
+                    }
                 }
                 catch (OperationCanceledException) when (stopping.IsCancellationRequested)
                 {
                     break;
                 }
-
-                var outcome = await LeadAsync(lease, stopping).ConfigureAwait(false);
-                TimeSpan holdOff;
-                switch (outcome)
+                catch (Exception ex)
                 {
-                    case Outcome.Restart:
-                        if (!intensity.TryRecord())
-                        {
-                            Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.OnCrashLoop);
-                            HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
-                            SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
-                            if (_singleton.OnCrashLoop == CrashLoopAction.StopHost)
-                            {
-                                _stopHost();
-                            }
-
-                            return;
-                        }
-
-                        lock (_gate)
-                        {
-                            _restarts++;
-                        }
-
-                        HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
-                        holdOff = _singleton.RestartDelay;
-                        break;
-                    case Outcome.SteppedDown:
-                        holdOff = _options.StepDownHoldOff;
-                        break;
-                    default:
-                        holdOff = TimeSpan.Zero;
-                        break;
+                    // Never let the runner die: a singleton nobody contends for would run nowhere.
+                    Log.RunnerError(_logger, ex, Name);
+                    SetError($"{ex.GetType().Name}: {ex.Message}");
+                    holdOff = _options.ReconnectMaxDelay;
                 }
 
                 if (holdOff > TimeSpan.Zero && !stopping.IsCancellationRequested)
@@ -184,113 +189,130 @@ internal sealed class SingletonRunner
             stepDownTask = _stepDownRequested.Task;
         }
 
-        SetState(SingletonState.Starting, "acquired the lock");
-        using var lostCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken);
-        var leadership = new Leadership(Name, _options.NodeId, Key, lease.AcquiredAt, lease.Epoch, _options.Namespace, _options.FencingSchema, lostCts.Token);
-        var child = await ChildIncarnation.StartAsync(_registration, _services, leadership, lease.LostToken).ConfigureAwait(false);
-        if (child.StartError is null)
+        var childGone = true;
+        var reason = "released";
+        try
         {
-            Log.ChildStarted(_logger, Name);
-            SetState(SingletonState.Leading, "child started");
-        }
+            SetState(SingletonState.Starting, "acquired the lock");
+            using var lostCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken);
+            using var startCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken, stopping);
+            var leadership = new Leadership(Name, _options.NodeId, Key, lease.AcquiredAt, lease.Epoch, _options.Namespace, _options.FencingSchema, lostCts.Token);
+            await using var child = ChildIncarnation.Start(_registration, _services, leadership, startCts.Token);
+            childGone = false;
+            using var lostSignal = new CancellationSignal(lease.LostToken);
+            using var stopSignal = new CancellationSignal(stopping);
+            var lost = lostSignal.Task;
+            var stop = stopSignal.Task;
 
-        // Run until the child exits, the lease is lost, the node stops, or a step-down is asked for.
-        using var lostSignal = new CancellationSignal(lease.LostToken);
-        using var stopSignal = new CancellationSignal(stopping);
-        var lost = lostSignal.Task;
-        var stop = stopSignal.Task;
-        var first = child.StartError is not null ? child.Completion : await Task.WhenAny(child.Completion, lost, stop, stepDownTask).ConfigureAwait(false);
-
-        // The child's stopping token is linked to the lease (BackgroundService links its start token), so a child may
-        // end in the same instant its lease is lost: then the loss (or stop, or step-down) is the cause, not the child.
-        first = lost.IsCompleted ? lost : stop.IsCompleted ? stop : stepDownTask.IsCompleted ? stepDownTask : first;
-        var reason = first == child.Completion ? child.Describe()
-            : first == lost ? $"lease lost: {lease.LossReason}"
-            : first == stop ? "the node is stopping"
-            : "step-down requested";
-        if (first == lost)
-        {
-            Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
-            HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
-        }
-        else if (first == stepDownTask)
-        {
-            Log.SteppingDown(_logger, Name, reason);
-        }
-
-        SetState(SingletonState.Stopping, reason);
-        await lostCts.CancelAsync().ConfigureAwait(false);
-        var started = _time.GetTimestamp();
-        var stopped = await child.StopAsync(_options.StopTimeout, lease, _time).ConfigureAwait(false);
-        if (!stopped)
-        {
-            await EscalateAsync(lease, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason})").ConfigureAwait(false);
-        }
-        else
-        {
-            var elapsed = _time.GetElapsedTime(started);
-            Log.ChildStopped(_logger, Name, elapsed);
-            HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(_options.NodeId, Name));
-        }
-
-        await child.DisposeAsync().ConfigureAwait(false);
-
-        var outcome = Outcome.Contend;
-        if (first == child.Completion)
-        {
-            var failed = child.Error is not null;
-            if (failed)
+            // Starting is bounded like running: a StartAsync still busy when the lease is lost is stopped (or escalated).
+            var first = await Task.WhenAny(child.Started, lost, stop, stepDownTask).ConfigureAwait(false);
+            var completion = child.Completion;
+            if (first == child.Started)
             {
-                Log.ChildFailed(_logger, child.Error!, Name);
-                SetError(child.Describe());
+                if (child.StartError is null)
+                {
+                    Log.ChildStarted(_logger, Name);
+                    SetState(SingletonState.Leading, "child started");
+                    first = await Task.WhenAny(completion, lost, stop, stepDownTask).ConfigureAwait(false);
+                }
+                else
+                {
+                    first = completion;
+                }
             }
 
-            var restart = _singleton.RestartPolicy == RestartPolicy.Always || (failed && _singleton.RestartPolicy == RestartPolicy.OnFailure);
-            Log.ChildCompleted(_logger, Name, _singleton.RestartPolicy, failed ? "failed" : "completed normally");
-            if (restart)
+            // The child's stopping token is linked to the lease (BackgroundService links its start token), so a child may
+            // end in the same instant its lease is lost: then the loss (or stop, or step-down) is the cause, not the child.
+            first = lost.IsCompleted ? lost : stop.IsCompleted ? stop : stepDownTask.IsCompleted ? stepDownTask : first;
+            reason = first == completion ? child.Describe()
+                : first == lost ? $"lease lost: {lease.LossReason}"
+                : first == stop ? "the node is stopping"
+                : "step-down requested";
+            if (first == lost)
             {
-                outcome = Outcome.Restart;
+                Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+                HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+            }
+            else if (first == stepDownTask)
+            {
+                Log.SteppingDown(_logger, Name, reason);
+            }
+
+            SetState(SingletonState.Stopping, reason);
+            await lostCts.CancelAsync().ConfigureAwait(false);
+            var stopStarted = _time.GetTimestamp();
+            childGone = await child.StopAsync(_options.StopTimeout, lease, _time).ConfigureAwait(false);
+            if (!childGone)
+            {
+                await EscalateAsync(lease, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason})").ConfigureAwait(false);
+
+                // A custom handler returned: the lock stays held until the child is really gone (or the lease is).
+                await Task.WhenAny(child.Exited, lost).ConfigureAwait(false);
+                childGone = child.Exited.IsCompleted;
             }
             else
             {
-                // Keep the lock so the work does not run again elsewhere, until the node stops, steps down or loses the session.
-                SetState(SingletonState.Completed, $"child {(failed ? "failed" : "completed")}; restart policy {_singleton.RestartPolicy}");
-                first = await Task.WhenAny(lost, stop, stepDownTask).ConfigureAwait(false);
-                if (first == lost)
+                var elapsed = _time.GetElapsedTime(stopStarted);
+                Log.ChildStopped(_logger, Name, elapsed);
+                HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(_options.NodeId, Name));
+            }
+
+            var outcome = Outcome.Contend;
+            if (first == completion)
+            {
+                var failed = child.Error is not null;
+                if (failed)
                 {
-                    Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+                    Log.ChildFailed(_logger, child.Error!, Name);
+                    SetError(child.Describe());
                 }
 
-                reason = first == lost ? $"lease lost: {lease.LossReason}" : first == stop ? "the node is stopping" : "step-down requested";
+                var restart = _singleton.RestartPolicy == RestartPolicy.Always || (failed && _singleton.RestartPolicy == RestartPolicy.OnFailure);
+                Log.ChildCompleted(_logger, Name, _singleton.RestartPolicy, failed ? "failed" : "completed normally");
+                if (restart)
+                {
+                    outcome = Outcome.Restart;
+                }
+                else
+                {
+                    // Keep the lock so the work does not run again elsewhere, until the node stops, steps down or loses the session.
+                    SetState(SingletonState.Completed, $"child {(failed ? "failed" : "completed")}; restart policy {_singleton.RestartPolicy}");
+                    first = await Task.WhenAny(lost, stop, stepDownTask).ConfigureAwait(false);
+                    if (first == lost)
+                    {
+                        Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+                    }
+
+                    reason = first == lost ? $"lease lost: {lease.LossReason}" : first == stop ? "the node is stopping" : "step-down requested";
+                }
             }
-        }
-        else if (first == lost)
-        {
-            SetError(reason);
-        }
+            else if (first == lost)
+            {
+                SetError(reason);
+            }
 
-        if (first == stepDownTask)
-        {
-            outcome = Outcome.SteppedDown;
+            return first == stepDownTask ? Outcome.SteppedDown : outcome;
         }
-
-        if (!lease.IsLost)
+        finally
         {
-            await _session.ReleaseAsync(lease).ConfigureAwait(false);
-            Log.Released(_logger, Name, Key, reason);
-        }
+            // Unlock (and tell the others) only once the child is gone; a lost lease went with its session already.
+            if (!lease.IsLost && childGone)
+            {
+                await _session.ReleaseAsync(lease).ConfigureAwait(false);
+                Log.Released(_logger, Name, Key, reason);
+            }
 
-        TaskCompletionSource? waiting;
-        lock (_gate)
-        {
-            _lease = null;
-            waiting = _released;
-            _stepDownRequested = null;
-            _released = null;
-        }
+            TaskCompletionSource? waiting;
+            lock (_gate)
+            {
+                _lease = null;
+                waiting = _released;
+                _stepDownRequested = null;
+                _released = null;
+            }
 
-        waiting?.TrySetResult();
-        return outcome;
+            waiting?.TrySetResult();
+        }
     }
 
     private async Task EscalateAsync(Lease lease, string reason)
@@ -303,7 +325,15 @@ internal sealed class SingletonRunner
         var context = new EscalationContext(Name, _options.NodeId, reason, remaining);
         if (_options.OnEscalation is { } handler)
         {
-            await handler(context).ConfigureAwait(false);
+            try
+            {
+                await handler(context).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                Log.RunnerError(_logger, ex, Name);
+            }
+
             return;
         }
 
