@@ -43,6 +43,11 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             errors.Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.");
         }
 
+        if (options.WaitSlice >= lease)
+        {
+            errors.Add($"{nameof(HighlanderOptions.WaitSlice)} ({options.WaitSlice}) must be shorter than {nameof(HighlanderOptions.LeaseDuration)} ({lease}), which bounds every statement of HighlanderPG's sessions.");
+        }
+
         if (options.ReconnectMaxDelay < options.ReconnectMinDelay)
         {
             errors.Add($"{nameof(HighlanderOptions.ReconnectMaxDelay)} ({options.ReconnectMaxDelay}) must not be less than {nameof(HighlanderOptions.ReconnectMinDelay)} ({options.ReconnectMinDelay}).");

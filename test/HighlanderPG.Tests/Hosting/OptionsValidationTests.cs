@@ -24,6 +24,8 @@ public sealed class OptionsValidationTests
         { "node id with a space", "NodeId" },
         { "empty namespace", "Namespace must not be empty" },
         { "negative max restarts", "MaxRestarts must not be negative" },
+        { "wait slice not shorter than the lease", "WaitSlice" },
+        { "bad fencing schema", "FencingSchema" },
     };
 
     private static void Apply(string @case, HighlanderOptions o)
@@ -43,6 +45,8 @@ public sealed class OptionsValidationTests
             case "node id with a space": o.NodeId = "my node"; break;
             case "empty namespace": o.Namespace = " "; break;
             case "negative max restarts": o.SingletonDefaults.MaxRestarts = -1; break;
+            case "wait slice not shorter than the lease": o.WaitSlice = TimeSpan.FromSeconds(15); break;
+            case "bad fencing schema": o.Fencing = true; o.FencingSchema = "Bad-Schema; DROP"; break;
             default: throw new ArgumentOutOfRangeException(nameof(@case));
         }
     }
