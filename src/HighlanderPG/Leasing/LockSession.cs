@@ -571,20 +571,14 @@ internal sealed class LockSession
     {
         var sent = _time.GetTimestamp();
         var got = new List<long>();
-        var holders = new Dictionary<long, LeaderInfo>();
-        await using (var batch = new NpgsqlBatch(connection))
+        await using (var tryLock = new NpgsqlCommand("SELECT k, pg_try_advisory_lock(k), pg_backend_pid() FROM unnest($1::bigint[]) AS t(k)", connection))
         {
-            var tryLock = new NpgsqlBatchCommand("SELECT k, pg_try_advisory_lock(k), pg_backend_pid() FROM unnest($1::bigint[]) AS t(k)");
             tryLock.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
-            var holderQuery = new NpgsqlBatchCommand(HolderQuery.Sql);
-            holderQuery.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
-            batch.BatchCommands.Add(tryLock);
-            batch.BatchCommands.Add(holderQuery);
-            await RoundTripAsync(session, ReadAsync).ConfigureAwait(false);
+            await RoundTripAsync(session, ReadTriesAsync).ConfigureAwait(false);
 
-            async Task<bool> ReadAsync()
+            async Task<bool> ReadTriesAsync()
             {
-                await using var reader = await batch.ExecuteReaderAsync().ConfigureAwait(false);
+                await using var reader = await tryLock.ExecuteReaderAsync().ConfigureAwait(false);
                 while (await reader.ReadAsync().ConfigureAwait(false))
                 {
                     CheckPid(reader.GetInt32(2));
@@ -594,23 +588,14 @@ internal sealed class LockSession
                     }
                 }
 
-                await reader.NextResultAsync().ConfigureAwait(false);
-                while (await reader.ReadAsync().ConfigureAwait(false))
-                {
-                    var info = HolderQuery.Read(reader);
-                    if (info.Leader.BackendPid != _backendPid)
-                    {
-                        holders[info.Key] = info.Leader;
-                    }
-                }
-
                 return true;
             }
         }
 
+        // Hand the acquired locks over first; who holds the others is asked afterwards, in a round trip of its own
+        // (pg_locks is comparatively costly, and not needed to start a child).
         var granted = new List<(Want Want, Lease Lease)>();
         var unwanted = new List<Lease>();
-        var changedHolders = new List<(long Key, LeaderInfo? Holder)>();
         lock (_gate)
         {
             foreach (var key in got)
@@ -633,6 +618,51 @@ internal sealed class LockSession
                 }
             }
 
+            foreach (var lease in unwanted)
+            {
+                _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+            }
+        }
+
+        Grant(granted);
+        var failed = keys.Except(got).ToArray();
+        if (failed.Length > 0)
+        {
+            await UpdateHoldersAsync(connection, session, failed).ConfigureAwait(false);
+        }
+
+        WantsChanged?.Invoke();
+        return sent + ToTimestampDelta(_options.HeartbeatInterval);
+    }
+
+    /// <summary>Learns who holds the keys this node could not take (for status, events and the follower waiter).</summary>
+    private async Task UpdateHoldersAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    {
+        var holders = new Dictionary<long, LeaderInfo>();
+        await using (var cmd = new NpgsqlCommand(HolderQuery.Sql, connection))
+        {
+            cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
+            await RoundTripAsync(session, ReadAsync).ConfigureAwait(false);
+
+            async Task<bool> ReadAsync()
+            {
+                await using var reader = await cmd.ExecuteReaderAsync().ConfigureAwait(false);
+                while (await reader.ReadAsync().ConfigureAwait(false))
+                {
+                    var info = HolderQuery.Read(reader);
+                    if (info.Leader.BackendPid != _backendPid)
+                    {
+                        holders[info.Key] = info.Leader;
+                    }
+                }
+
+                return true;
+            }
+        }
+
+        var changedHolders = new List<(long Key, LeaderInfo? Holder)>();
+        lock (_gate)
+        {
             foreach (var key in keys)
             {
                 var before = _holders.GetValueOrDefault(key);
@@ -651,25 +681,12 @@ internal sealed class LockSession
                     changedHolders.Add((key, after));
                 }
             }
-
-            foreach (var lease in unwanted)
-            {
-                _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
-            }
         }
 
         foreach (var (key, holder) in changedHolders)
         {
             HolderChanged?.Invoke(key, holder);
         }
-
-        Grant(granted);
-        if (granted.Count > 0 || keys.Length > 0)
-        {
-            WantsChanged?.Invoke();
-        }
-
-        return sent + ToTimestampDelta(_options.HeartbeatInterval);
     }
 
     private long[] UnfencedDue(long now)
