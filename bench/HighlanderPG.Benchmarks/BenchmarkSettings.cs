@@ -1,0 +1,152 @@
+using System.Globalization;
+
+namespace HighlanderPG.Benchmarks;
+
+/// <summary>The benchmark's command line.</summary>
+internal sealed class BenchmarkSettings
+{
+    public const string ConnectionVariable = "HIGHLANDER_BENCH_CONNECTION";
+
+    public const string Usage = """
+        Usage: dotnet run -c Release --project bench/HighlanderPG.Benchmarks -- [options]
+
+          --iterations N        measured iterations per case (default 30)
+          --slow-iterations N   iterations of the slow DistributedLock crash case with HandleLostToken watched, run at once (default 5)
+          --warmup N            unmeasured iterations before each case (default 1)
+          --cap SECONDS         give up waiting for a hand-over after this long and report "> cap" (default 70)
+          --connection CS       use this PostgreSQL instead of a throwaway local server
+                                (or set HIGHLANDER_BENCH_CONNECTION); the role needs no special rights
+          --out PATH            where to write the Markdown report
+                                (default bench/results/handover-YYYY-MM-DD.md under the repository root)
+          --cases A,B,...       only these cases (ids: floor-graceful, floor-crash, dl-graceful, dl-graceful-unwatched,
+                                dl-crash, dl-crash-unwatched, hl-graceful, hl-crash, hl-cutoff)
+          --seed N              seed of the random dwell before each fault (default: random, printed in the report)
+          --verbose             log HighlanderPG's messages (Information and up) to standard error
+        """;
+
+    public int Iterations { get; private set; } = 30;
+
+    public int SlowIterations { get; private set; } = 5;
+
+    public int Warmup { get; private set; } = 1;
+
+    public TimeSpan Cap { get; private set; } = TimeSpan.FromSeconds(70);
+
+    public string? Connection { get; private set; } = NullIfEmpty(Environment.GetEnvironmentVariable(ConnectionVariable));
+
+    public string? OutPath { get; private set; }
+
+    public IReadOnlySet<string>? Cases { get; private set; }
+
+    public int Seed { get; private set; } = Random.Shared.Next();
+
+    public bool Verbose { get; private set; }
+
+    /// <summary>The arguments as given, for the report (a connection string is replaced by a placeholder).</summary>
+    public string CommandLine { get; private set; } = string.Empty;
+
+    public static BenchmarkSettings Parse(IReadOnlyList<string> args, out string? error)
+    {
+        var settings = new BenchmarkSettings();
+        var shown = new List<string>();
+        error = null;
+        for (var i = 0; i < args.Count; i++)
+        {
+            var name = args[i];
+            string Value()
+            {
+                if (i + 1 >= args.Count)
+                {
+                    throw new FormatException($"{name} needs a value.");
+                }
+
+                return args[++i];
+            }
+
+            try
+            {
+                switch (name)
+                {
+                    case "--iterations":
+                        settings.Iterations = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.Iterations}");
+                        break;
+                    case "--slow-iterations":
+                        settings.SlowIterations = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.SlowIterations}");
+                        break;
+                    case "--warmup":
+                        settings.Warmup = int.Parse(Value(), NumberStyles.None, CultureInfo.InvariantCulture);
+                        shown.Add($"{name} {settings.Warmup}");
+                        break;
+                    case "--cap":
+                        settings.Cap = TimeSpan.FromSeconds(PositiveInt(name, Value()));
+                        shown.Add($"{name} {settings.Cap.TotalSeconds}");
+                        break;
+                    case "--connection":
+                        settings.Connection = NullIfEmpty(Value());
+                        shown.Add($"{name} <connection string>");
+                        break;
+                    case "--out":
+                        settings.OutPath = Value();
+                        shown.Add($"{name} {settings.OutPath}");
+                        break;
+                    case "--cases":
+                        var cases = Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet(StringComparer.Ordinal);
+                        var unknown = cases.Except(CaseIds).ToList();
+                        if (unknown.Count > 0)
+                        {
+                            throw new FormatException($"Unknown case(s): {string.Join(", ", unknown)}.");
+                        }
+
+                        settings.Cases = cases;
+                        shown.Add($"{name} {string.Join(',', cases)}");
+                        break;
+                    case "--seed":
+                        settings.Seed = int.Parse(Value(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture);
+                        shown.Add($"{name} {settings.Seed}");
+                        break;
+                    case "--verbose":
+                        settings.Verbose = true;
+                        shown.Add(name);
+                        break;
+                    case "-h" or "--help":
+                        error = string.Empty;
+                        return settings;
+                    default:
+                        throw new FormatException($"Unknown option '{name}'.");
+                }
+            }
+            catch (FormatException ex)
+            {
+                error = ex.Message;
+                return settings;
+            }
+            catch (OverflowException)
+            {
+                error = $"{name}: the value is out of range.";
+                return settings;
+            }
+        }
+
+        settings.CommandLine = "dotnet run -c Release --project bench/HighlanderPG.Benchmarks" + (shown.Count > 0 ? " -- " + string.Join(' ', shown) : string.Empty);
+        return settings;
+    }
+
+    public static readonly string[] CaseIds =
+    [
+        "floor-graceful", "floor-crash",
+        "dl-graceful", "dl-graceful-unwatched", "dl-crash", "dl-crash-unwatched",
+        "hl-graceful", "hl-crash", "hl-cutoff",
+    ];
+
+    public bool Runs(string caseId) => Cases is null || Cases.Contains(caseId);
+
+    private static int PositiveInt(string name, string value)
+    {
+        var parsed = int.Parse(value, NumberStyles.None, CultureInfo.InvariantCulture);
+        return parsed > 0 ? parsed : throw new FormatException($"{name} must be positive.");
+    }
+
+    private static string? NullIfEmpty(string? value) => string.IsNullOrWhiteSpace(value) ? null : value;
+}

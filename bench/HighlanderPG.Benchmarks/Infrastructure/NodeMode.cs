@@ -1,0 +1,132 @@
+using System.Globalization;
+using Medallion.Threading.Postgres;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace HighlanderPG.Benchmarks.Infrastructure;
+
+/// <summary>
+/// The hidden <c>node</c> verb: a holder process that takes the lock (or leads), prints <see cref="ReadyLine"/> and waits
+/// to be killed. Kinds: <c>raw</c> (<c>pg_advisory_lock</c> on its own connection), <c>distributedlock</c>
+/// (<see cref="PostgresDistributedLock"/>, optionally watching <c>HandleLostToken</c>) and <c>highlander</c> (a
+/// HighlanderPG node with default options whose child prints READY).
+/// </summary>
+internal static class NodeMode
+{
+    public const string Verb = "node";
+    public const string ConnectionVariable = "HIGHLANDER_BENCH_NODE_CONNECTION";
+    public const string ReadyLine = "READY";
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        string? kind = null, name = null, @namespace = null;
+        long key = 0;
+        bool watchLost = false, verbose = false;
+        for (var i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--kind": kind = args[++i]; break;
+                case "--key": key = long.Parse(args[++i], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture); break;
+                case "--name": name = args[++i]; break;
+                case "--namespace": @namespace = args[++i]; break;
+                case "--watch-lost": watchLost = true; break;
+                case "--verbose": verbose = true; break;
+                default:
+                    await Console.Error.WriteLineAsync($"node: unknown argument '{args[i]}'");
+                    return 2;
+            }
+        }
+
+        var connectionString = Environment.GetEnvironmentVariable(ConnectionVariable);
+        if (string.IsNullOrEmpty(connectionString))
+        {
+            await Console.Error.WriteLineAsync($"node: {ConnectionVariable} is not set");
+            return 2;
+        }
+
+        // The benchmark holds our standard input open; when it goes away (even killed), so do we.
+        var parentGone = Task.Run(() =>
+        {
+            while (Console.In.ReadLine() is not null)
+            {
+            }
+        });
+
+        switch (kind)
+        {
+            case "raw":
+                await RawAsync(connectionString, key, parentGone);
+                return 0;
+            case "distributedlock":
+                await DistributedLockAsync(connectionString, key, watchLost, parentGone);
+                return 0;
+            case "highlander" when name is not null && @namespace is not null:
+                await HighlanderAsync(connectionString, @namespace, name, verbose, parentGone);
+                return 0;
+            default:
+                await Console.Error.WriteLineAsync("node: --kind raw|distributedlock --key K, or --kind highlander --namespace NS --name N");
+                return 2;
+        }
+    }
+
+    private static void Ready()
+    {
+        Console.Out.WriteLine(ReadyLine);
+        Console.Out.Flush();
+    }
+
+    private static async Task RawAsync(string connectionString, long key, Task parentGone)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "bench-raw-holder" };
+        await using var connection = new NpgsqlConnection(builder.ConnectionString);
+        await connection.OpenAsync();
+        await using (var cmd = new NpgsqlCommand("SELECT pg_advisory_lock($1)", connection))
+        {
+            cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+            await cmd.ExecuteNonQueryAsync();
+        }
+
+        Ready();
+        await parentGone;
+    }
+
+    private static async Task DistributedLockAsync(string connectionString, long key, bool watchLost, Task parentGone)
+    {
+        // DistributedLock's defaults (multiplexing on, keepalive off), as a user would write it.
+        var builder = new NpgsqlConnectionStringBuilder(connectionString) { ApplicationName = Cases.DistributedLockCases.HolderName(Environment.ProcessId) };
+        var distributedLock = new PostgresDistributedLock(new PostgresAdvisoryLockKey(key), builder.ConnectionString);
+        await using var handle = await distributedLock.AcquireAsync();
+        if (watchLost)
+        {
+            // What a singleton runner does with DistributedLock: watch for the loss of the lock (this starts its monitor).
+            handle.HandleLostToken.Register(() => Console.Error.WriteLine("lock lost"));
+        }
+
+        Ready();
+        await parentGone;
+    }
+
+    private static async Task HighlanderAsync(string connectionString, string @namespace, string name, bool verbose, Task parentGone)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning);
+        builder.Services.AddHighlander(o =>
+        {
+            o.ConnectionString = connectionString;
+            o.Namespace = @namespace;
+            o.NodeId = $"bench-proc-{Environment.ProcessId}";
+        });
+        builder.Services.AddClusterSingleton(name, async (_, _, stoppingToken) =>
+        {
+            Ready();
+            await Task.Delay(Timeout.Infinite, stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
+        });
+        using var host = builder.Build();
+        await host.StartAsync();
+        await parentGone;
+        await host.StopAsync();
+    }
+}
