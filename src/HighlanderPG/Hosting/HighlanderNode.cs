@@ -115,7 +115,14 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         await _sessionStopping.CancelAsync().ConfigureAwait(false);
         try
         {
-            await Task.WhenAll(_sessionTask, _waiterTask).ConfigureAwait(false);
+            // Every lock is released by now. A session stuck connecting to a silent server holds nothing: don't wait for
+            // its connect timeout; it ends on its own.
+            var sessions = Task.WhenAll(_sessionTask, _waiterTask);
+            await Task.WhenAny(sessions, Task.Delay(TimeSpan.FromSeconds(2), _time, CancellationToken.None)).ConfigureAwait(false);
+            if (sessions.IsCompleted)
+            {
+                await sessions.ConfigureAwait(false);
+            }
         }
         catch (Exception ex)
         {

@@ -76,6 +76,13 @@ internal sealed class LockSession
         var want = new Want(key, name);
         lock (_gate)
         {
+            if (_held.TryGetValue(key, out var stale) && stale.IsLost)
+            {
+                // Lost by the watchdog while the loop is still giving the session up: it is gone with that session.
+                _held.Remove(key);
+                _unfenced.Remove(key);
+            }
+
             if (_wants.ContainsKey(key) || _held.ContainsKey(key))
             {
                 throw new InvalidOperationException($"Key {key} is already wanted or held by this node.");

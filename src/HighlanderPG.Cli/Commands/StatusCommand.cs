@@ -1,0 +1,200 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using HighlanderPG.Cli.Diagnostics;
+using HighlanderPG.Discovery;
+using Npgsql;
+using Spectre.Console;
+
+namespace HighlanderPG.Cli.Commands;
+
+/// <summary><c>highlander status</c>: every singleton held in the database, with its holder and followers.</summary>
+internal static class StatusCommand
+{
+    public static Command Create()
+    {
+        var json = new Option<bool>("--json") { Description = "Print JSON (an array, one object per held singleton) instead of a table." };
+        var connection = CliOptions.Connection();
+        var ns = CliOptions.Namespace();
+        var names = new Option<string[]>("--name")
+        {
+            Description = "A name to recognise (repeatable): without the fencing table, names are known only for the names given.",
+            HelpName = "NAME",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var fencingSchema = new Option<string?>("--fencing-schema") { Description = "Schema of the fencing table, read if it exists (default highlander).", HelpName = "SCHEMA" };
+        var command = new Command("status", "Show every singleton currently held in the database: name (where known), holding node, since when, backend pid, client address, epoch, followers.")
+        {
+            json, connection, ns, names, fencingSchema,
+        };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            var resolved = RunCommand.ResolveConnection(parse.GetValue(connection), "status");
+            if (resolved is null)
+            {
+                return ExitCodes.Usage;
+            }
+
+            IReadOnlyList<SingletonLeader> leaders;
+            try
+            {
+                leaders = await LeaderDiscovery.ListAsync(
+                    resolved.ConnectionString,
+                    parse.GetValue(names) ?? [],
+                    parse.GetValue(ns) ?? "highlander",
+                    parse.GetValue(fencingSchema) ?? "highlander",
+                    cancellationToken).ConfigureAwait(false);
+            }
+            catch (ArgumentException ex)
+            {
+                Say.Error("status", ex.Message);
+                return ExitCodes.Usage;
+            }
+            catch (Exception ex) when (ex is NpgsqlException or System.Net.Sockets.SocketException or TimeoutException or IOException)
+            {
+                Say.Error("status", $"cannot query {resolved.Display}: {ex.Message}");
+                return ExitCodes.CannotConnect;
+            }
+
+            if (parse.GetValue(json))
+            {
+                WriteJson(leaders, Console.OpenStandardOutput());
+            }
+            else
+            {
+                WriteTable(leaders, resolved.Display);
+            }
+
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    /// <summary>The JSON shape (stable: scripts parse it): documented in docs/cli.md.</summary>
+    internal static void WriteJson(IReadOnlyList<SingletonLeader> leaders, Stream output)
+    {
+        using var writer = new Utf8JsonWriter(output, new JsonWriterOptions { Indented = true });
+        writer.WriteStartArray();
+        foreach (var leader in leaders)
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber("key", leader.Key);
+            WriteStringOrNull(writer, "name", leader.Name);
+            WriteStringOrNull(writer, "namespace", leader.Namespace);
+            writer.WritePropertyName("leader");
+            WriteSession(writer, leader.Leader);
+            WriteTimeOrNull(writer, "since", leader.Since);
+            if (leader.FencingEpoch is { } epoch)
+            {
+                writer.WriteNumber("epoch", epoch);
+            }
+            else
+            {
+                writer.WriteNull("epoch");
+            }
+
+            WriteStringOrNull(writer, "endpoint", leader.Endpoint);
+            WriteStringOrNull(writer, "host", leader.Host);
+            writer.WriteStartArray("followers");
+            foreach (var follower in leader.Followers)
+            {
+                WriteSession(writer, follower);
+            }
+
+            writer.WriteEndArray();
+            writer.WriteEndObject();
+        }
+
+        writer.WriteEndArray();
+        writer.Flush();
+        output.Write("\n"u8);
+        output.Flush();
+    }
+
+    private static void WriteTable(IReadOnlyList<SingletonLeader> leaders, string database)
+    {
+        if (leaders.Count == 0)
+        {
+            Console.Out.WriteLine($"No singleton is held in {database}.");
+            return;
+        }
+
+        string[] headers = ["NAME", "NODE", "SINCE", "BACKEND PID", "CLIENT", "EPOCH", "ENDPOINT", "FOLLOWERS"];
+        var rows = leaders.Select(leader =>
+        {
+            var since = leader.Since ?? leader.Leader.SessionStarted;
+            return new[]
+            {
+                leader.Name ?? $"(key {leader.Key})",
+                leader.Leader.NodeId ?? leader.Leader.ApplicationName ?? "?",
+                since is null ? "-" : FormatTime(since.Value) + (leader.Since is null ? " (session)" : ""),
+                leader.Leader.BackendPid.ToString(CultureInfo.InvariantCulture),
+                leader.Leader.ClientAddress ?? "local",
+                leader.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "-",
+                leader.Endpoint ?? "-",
+                leader.Followers.Count == 0 ? "-" : string.Join(",", leader.Followers.Select(f => f.NodeId ?? f.ApplicationName ?? "?")),
+            };
+        }).ToList();
+
+        if (!Console.IsOutputRedirected)
+        {
+            var table = new Table().Border(TableBorder.Rounded).Title($"Singletons held in {Markup.Escape(database)}");
+            foreach (var header in headers)
+            {
+                table.AddColumn(new TableColumn(header.ToLowerInvariant()).NoWrap());
+            }
+
+            foreach (var row in rows)
+            {
+                table.AddRow(row.Select(Markup.Escape).ToArray());
+            }
+
+            AnsiConsole.Write(table);
+            return;
+        }
+
+        // Not a terminal: plain aligned columns that scripts can cut (and --json for anything more).
+        var widths = headers.Select((h, i) => Math.Max(h.Length, rows.Max(r => r[i].Length))).ToArray();
+        foreach (var line in rows.Prepend(headers))
+        {
+            Console.Out.WriteLine(string.Join("  ", line.Select((cell, i) => i == line.Length - 1 ? cell : cell.PadRight(widths[i]))).TrimEnd());
+        }
+    }
+
+    private static string FormatTime(DateTimeOffset time) => time.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
+
+    private static void WriteSession(Utf8JsonWriter writer, LeaderInfo session)
+    {
+        writer.WriteStartObject();
+        WriteStringOrNull(writer, "node", session.NodeId);
+        writer.WriteNumber("backendPid", session.BackendPid);
+        WriteStringOrNull(writer, "applicationName", session.ApplicationName);
+        WriteStringOrNull(writer, "clientAddress", session.ClientAddress);
+        WriteTimeOrNull(writer, "sessionStarted", session.SessionStarted);
+        writer.WriteEndObject();
+    }
+
+    private static void WriteStringOrNull(Utf8JsonWriter writer, string name, string? value)
+    {
+        if (value is null)
+        {
+            writer.WriteNull(name);
+        }
+        else
+        {
+            writer.WriteString(name, value);
+        }
+    }
+
+    private static void WriteTimeOrNull(Utf8JsonWriter writer, string name, DateTimeOffset? value)
+    {
+        if (value is null)
+        {
+            writer.WriteNull(name);
+        }
+        else
+        {
+            writer.WriteString(name, value.Value);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+using System.Runtime.InteropServices;
+
+namespace HighlanderPG.Cli.Processes;
+
+/// <summary>The few libc calls .NET has no API for: signalling a whole process group.</summary>
+internal static partial class Native
+{
+    public const int SigKill = 9;
+    public const int SigTerm = 15;
+    private const int Esrch = 3;
+
+    /// <summary>Sends <paramref name="signal"/> to every process in group <paramref name="processGroup"/>; false when the group is empty.</summary>
+    public static bool SignalGroup(int processGroup, int signal)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(processGroup, 1);
+        return Kill(-processGroup, signal) == 0;
+    }
+
+    /// <summary>Sends <paramref name="signal"/> to one process; false when it does not exist.</summary>
+    public static bool SignalProcess(int pid, int signal)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(pid, 1);
+        return Kill(pid, signal) == 0;
+    }
+
+    /// <summary>
+    /// Whether a live process is left in group <paramref name="processGroup"/>. Zombies do not count: a killed grandchild is
+    /// reaped by whoever adopts it (PID 1 or a subreaper), maybe late, and a zombie runs nothing. Signal 0 answers "nobody at
+    /// all" cheaply; otherwise the members are looked up in /proc.
+    /// </summary>
+    public static bool GroupExists(int processGroup)
+    {
+        if (Kill(-processGroup, 0) != 0 && Marshal.GetLastPInvokeError() == Esrch)
+        {
+            return false;
+        }
+
+        foreach (var directory in Directory.EnumerateDirectories("/proc"))
+        {
+            var name = Path.GetFileName(directory);
+            if (name.Length == 0 || !char.IsAsciiDigit(name[0]))
+            {
+                continue;
+            }
+
+            if (ReadStat(directory) is { } stat && stat.Group == processGroup && stat.State is not ('Z' or 'X'))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Whether process <paramref name="pid"/> exists and is not a zombie.</summary>
+    public static bool ProcessAlive(int pid) => ReadStat($"/proc/{pid}") is { State: not ('Z' or 'X') };
+
+    /// <summary>
+    /// When process <paramref name="pid"/> started (clock ticks since boot, field 22 of <c>/proc/PID/stat</c>): with the pid,
+    /// it identifies a process across pid reuse. <see langword="null"/> when it is gone.
+    /// </summary>
+    public static long? StartTime(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return fields.Length > 19 && long.TryParse(fields[19], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ticks) ? ticks : null;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>The state and process group of a process, from <c>/proc/PID/stat</c>; <see langword="null"/> when it is gone.</summary>
+    private static (char State, int Group)? ReadStat(string processDirectory)
+    {
+        try
+        {
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so read after the last ')'.
+            var stat = File.ReadAllText(Path.Combine(processDirectory, "stat"));
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ', 4);
+            return fields.Length >= 3 && int.TryParse(fields[2], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var group)
+                ? (fields[0][0], group)
+                : null;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+}

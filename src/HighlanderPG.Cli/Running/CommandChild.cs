@@ -1,0 +1,253 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using System.Globalization;
+using HighlanderPG.Cli.Processes;
+using Microsoft.Extensions.Logging;
+
+namespace HighlanderPG.Cli.Running;
+
+/// <summary>How one run of the command ended.</summary>
+/// <param name="ExitCode">Its exit code (128 + signal number when a signal ended it).</param>
+/// <param name="StoppedByUs">Whether highlander told it to stop (lease lost, step-down, shutdown) before it exited.</param>
+internal sealed record CommandOutcome(int ExitCode, bool StoppedByUs);
+
+/// <summary>The command exited on its own with a non-zero code: a failure, for the restart policy and intensity.</summary>
+internal sealed class CommandFailedException(string command, int exitCode)
+    : Exception($"{command} exited with code {exitCode.ToString(CultureInfo.InvariantCulture)}")
+{
+    public int ExitCode { get; } = exitCode;
+}
+
+/// <summary>
+/// The cluster singleton's child under the CLI: runs the command as an OS process while this node leads.
+/// </summary>
+/// <remarks>
+/// Told to stop (the token fires: lease being lost, step-down, shutdown), it sends SIGTERM to the command's process
+/// group, then SIGKILL shortly before the library's stop timeout ends, and returns only once the command has exited
+/// and nothing is left in its group: the library releases the lock after this returns, so nothing of the command may
+/// still run then. When the command exits by itself, whatever it left in its group is stopped the same way.
+/// </remarks>
+internal sealed partial class CommandChild(IReadOnlyList<string> command, string program, ProcessLauncher launcher)
+{
+    /// <summary>The shell's code for a command that could not be executed.</summary>
+    public const int CannotExecute = 126;
+
+    private readonly Lock _gate = new();
+    private Process? _current;
+
+    /// <summary>Where to log (set once the host's logging is built).</summary>
+    public ILogger Logger { get; set; } = Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+
+    /// <summary>Asked before each start; returning false skips the run (cron mode: run once, or gave up).</summary>
+    public Func<bool>? BeforeStart { get; init; }
+
+    /// <summary>Told how each run ended, before the delegate returns.</summary>
+    public Action<CommandOutcome>? AfterExit { get; init; }
+
+    /// <summary>
+    /// The command for logs: the program's file name, and its first argument's when that is a script file. Other arguments
+    /// are not logged: they may carry secrets (a URL with a password, a token).
+    /// </summary>
+    private string Display
+    {
+        get
+        {
+            var text = Path.GetFileName(command[0]);
+            if (command.Count > 1 && !command[1].StartsWith('-') && File.Exists(command[1]))
+            {
+                text += " " + Path.GetFileName(command[1]);
+                return command.Count > 2 ? text + " …" : text;
+            }
+
+            return command.Count > 1 ? text + " …" : text;
+        }
+    }
+
+    /// <summary>The singleton's delegate: one run of the command.</summary>
+    public async Task RunAsync(ILeadership leadership, TimeSpan stopTimeout, CancellationToken stopping)
+    {
+        ArgumentNullException.ThrowIfNull(leadership);
+        // Told to stop already (the lease was lost as it was granted): not a run, so cron mode's one run is not used up.
+        if (stopping.IsCancellationRequested || BeforeStart?.Invoke() == false)
+        {
+            return;
+        }
+
+        var environment = new Dictionary<string, string?>
+        {
+            ["HIGHLANDER_NAME"] = leadership.Name,
+            ["HIGHLANDER_NODE"] = leadership.NodeId,
+            ["HIGHLANDER_NAMESPACE"] = leadership.Namespace,
+            // Never an inherited token: only this acquisition's, when fencing is on.
+            ["HIGHLANDER_FENCING_TOKEN"] = leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture),
+        };
+
+        Process process;
+        try
+        {
+            process = await launcher.StartAsync(new LaunchSpec(program, command.Skip(1).ToList()) { Environment = environment }).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is Win32Exception or InvalidOperationException)
+        {
+            AfterExit?.Invoke(new CommandOutcome(CannotExecute, StoppedByUs: false));
+            throw new InvalidOperationException($"could not start {command[0]}: {ex.Message}", ex);
+        }
+
+        var group = process.Id;
+        lock (_gate)
+        {
+            _current = process;
+        }
+
+        LogStarted(Logger, Display, process.Id, leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "none");
+        int exitCode;
+        bool stopped;
+        try
+        {
+            var exited = process.WaitForExitAsync(CancellationToken.None);
+            var stopRequested = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            using (stopping.Register(() => stopRequested.TrySetResult()))
+            {
+                // Whether it was told to stop before it exited: that decides what its exit code means.
+                stopped = await Task.WhenAny(exited, stopRequested.Task).ConfigureAwait(false) != exited;
+                if (stopped)
+                {
+                    await StopAsync(group, exited, KillAfter(stopTimeout)).ConfigureAwait(false);
+                }
+            }
+
+            await exited.ConfigureAwait(false);
+            exitCode = process.ExitCode;
+            await ClearGroupAsync(group, gently: !stopped, KillAfter(stopTimeout)).ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _current = null;
+            }
+
+            launcher.Forget(group);
+            process.Dispose();
+        }
+
+        LogExited(Logger, Display, group, exitCode, stopped ? "after it was told to stop" : "by itself");
+        AfterExit?.Invoke(new CommandOutcome(exitCode, stopped));
+        if (!stopped && exitCode != 0)
+        {
+            throw new CommandFailedException(command[0], exitCode);
+        }
+    }
+
+    /// <summary>
+    /// The library's escalation (the command did not stop within its budget, or the lease is about to pass):
+    /// SIGKILL the whole group now and wait briefly for it, instead of ending highlander.
+    /// </summary>
+    public async ValueTask KillNowAsync(EscalationContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        Process? process;
+        lock (_gate)
+        {
+            process = _current;
+        }
+
+        if (process is null)
+        {
+            return;
+        }
+
+        LogEscalation(Logger, Display, context.Reason);
+        int group;
+        try
+        {
+            group = process.Id;
+        }
+        catch (InvalidOperationException)
+        {
+            return; // disposed meanwhile: it has exited
+        }
+
+        Native.SignalGroup(group, Native.SigKill);
+        try
+        {
+            await process.WaitForExitAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is TimeoutException or InvalidOperationException or ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>SIGKILL comes a little before the library's stop budget ends, so a stubborn command is a kill, not an escalation.</summary>
+    private static TimeSpan KillAfter(TimeSpan stopTimeout) => stopTimeout - TimeSpan.FromTicks(Math.Min(TimeSpan.FromMilliseconds(250).Ticks, stopTimeout.Ticks / 4));
+
+    private async Task StopAsync(int group, Task exited, TimeSpan killAfter)
+    {
+        LogStopping(Logger, Display, group, killAfter);
+        Native.SignalGroup(group, Native.SigTerm);
+        if (await Task.WhenAny(exited, Task.Delay(killAfter)).ConfigureAwait(false) != exited)
+        {
+            LogKilling(Logger, Display, group, killAfter);
+            Native.SignalGroup(group, Native.SigKill);
+        }
+    }
+
+    /// <summary>Ends whatever the command left in its process group: SIGTERM (when it exited by itself), then SIGKILL.</summary>
+    private async Task ClearGroupAsync(int group, bool gently, TimeSpan killAfter)
+    {
+        if (!Native.GroupExists(group))
+        {
+            return;
+        }
+
+        LogLeftovers(Logger, Display, group);
+        if (gently)
+        {
+            Native.SignalGroup(group, Native.SigTerm);
+            if (await GroupGoneAsync(group, killAfter).ConfigureAwait(false))
+            {
+                return;
+            }
+        }
+
+        Native.SignalGroup(group, Native.SigKill);
+        // SIGKILLed processes die at once (only a process in uninterruptible sleep lingers, and it can run nothing more):
+        // a short wait, so that the library's stop budget is not spent here.
+        await GroupGoneAsync(group, TimeSpan.FromMilliseconds(200)).ConfigureAwait(false);
+    }
+
+    private static async Task<bool> GroupGoneAsync(int group, TimeSpan within)
+    {
+        // No notification exists for "a process group became empty" (its members are not our children): poll briefly.
+        var until = Stopwatch.GetTimestamp() + (long)(within.TotalSeconds * Stopwatch.Frequency);
+        while (Native.GroupExists(group))
+        {
+            if (Stopwatch.GetTimestamp() >= until)
+            {
+                return false;
+            }
+
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+
+        return true;
+    }
+
+    [LoggerMessage(EventId = 2000, Level = LogLevel.Information, Message = "Started {Command} (pid {Pid}, fencing token {Token})")]
+    private static partial void LogStarted(ILogger logger, string command, int pid, string token);
+
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "{Command} (pid {Pid}) exited with code {ExitCode} {How}")]
+    private static partial void LogExited(ILogger logger, string command, int pid, int exitCode, string how);
+
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Information, Message = "Stopping {Command}: SIGTERM to process group {Group}, SIGKILL after {KillAfter}")]
+    private static partial void LogStopping(ILogger logger, string command, int group, TimeSpan killAfter);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Warning, Message = "{Command} (process group {Group}) did not stop within {KillAfter} of SIGTERM: SIGKILL")]
+    private static partial void LogKilling(ILogger logger, string command, int group, TimeSpan killAfter);
+
+    [LoggerMessage(EventId = 2004, Level = LogLevel.Warning, Message = "{Command} left processes running in its process group {Group}: stopping them")]
+    private static partial void LogLeftovers(ILogger logger, string command, int group);
+
+    [LoggerMessage(EventId = 2005, Level = LogLevel.Critical, Message = "Escalation for {Command}: SIGKILL to its process group now ({Reason})")]
+    private static partial void LogEscalation(ILogger logger, string command, string reason);
+}

@@ -1,0 +1,302 @@
+using System.Diagnostics;
+using HighlanderPG.Cli.Configuration;
+using HighlanderPG.Cli.Diagnostics;
+using HighlanderPG.Cli.Processes;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace HighlanderPG.Cli.Running;
+
+/// <summary>
+/// <c>highlander run</c>: a generic host with the HighlanderPG engine and one cluster singleton whose child is the command.
+/// </summary>
+internal static partial class RunHost
+{
+    /// <summary>The library's option names in its validation messages, and the flags that set them.</summary>
+    private static readonly (string Option, string Flag)[] OptionFlags =
+    [
+        (nameof(HighlanderOptions.LeaseDuration), "--lease"),
+        (nameof(HighlanderOptions.HeartbeatInterval), "--heartbeat"),
+        (nameof(HighlanderOptions.StopTimeout), "--stop-timeout"),
+        (nameof(HighlanderOptions.SafetyMargin), "--safety-margin"),
+        (nameof(HighlanderOptions.LockDelayAfterServerStart), "--lock-delay"),
+        (nameof(HighlanderOptions.WaitSlice), "--wait-slice"),
+        (nameof(HighlanderOptions.NodeId), "--node-id"),
+        (nameof(HighlanderOptions.Namespace), "--namespace"),
+        (nameof(HighlanderOptions.ConnectionString), "--connection"),
+        (nameof(HighlanderOptions.FencingSchema), "--fencing-schema"),
+        (nameof(ClusterSingletonOptions.MaxRestarts), "--max-restarts"),
+        (nameof(ClusterSingletonOptions.RestartWindow), "--restart-window"),
+        (nameof(ClusterSingletonOptions.RestartDelay), "--restart-delay"),
+    ];
+
+    public static async Task<int> RunAsync(RunSettings settings, ResolvedConnection connection, CancellationToken cancellationToken)
+    {
+        if (ProcessLauncher.MissingPrerequisite() is { } missing)
+        {
+            Say.Error("run", missing);
+            return ExitCodes.Usage;
+        }
+
+        var program = ProcessLauncher.FindProgram(settings.Command[0]);
+        if (program is null)
+        {
+            Say.Error("run", $"command not found: {settings.Command[0]} (not an executable file{(settings.Command[0].Contains('/', StringComparison.Ordinal) ? "" : " on PATH")})");
+            return ExitCodes.Usage;
+        }
+
+        await ProcessLauncher.Shared.WarmUpAsync().ConfigureAwait(false);
+        using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
+        builder.Logging.ClearProviders();
+        builder.Logging.AddProvider(loggerProvider);
+        builder.Logging.SetMinimumLevel(settings.LogLevel);
+        builder.Logging.AddFilter("Npgsql", LogLevel.Warning);
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+
+        var once = settings.Once ? new OnceGate() : null;
+        var child = new CommandChild(settings.Command, program, ProcessLauncher.Shared)
+        {
+            BeforeStart = once is null ? null : once.TryStart,
+            AfterExit = once is null ? null : once.Finish,
+        };
+        builder.Services.AddHighlander(o =>
+        {
+            settings.Apply(o);
+            // A command that outlives its stop budget is SIGKILLed with its group, instead of the library's default of ending
+            // highlander (which the parent-death signal and the watchdog would turn into the same kill, less gracefully).
+            o.OnEscalation = child.KillNowAsync;
+        });
+        builder.Services.AddClusterSingleton(
+            settings.Name,
+            (leadership, services, ct) => child.RunAsync(leadership, services.GetRequiredService<IOptions<HighlanderOptions>>().Value.StopTimeout, ct),
+            settings.Apply);
+
+        using var host = builder.Build();
+        var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("highlander");
+        child.Logger = logger;
+        IClusterSingletons singletons;
+        HighlanderOptions options;
+        IAsyncEnumerator<SingletonStateChanged> changes;
+        try
+        {
+            options = host.Services.GetRequiredService<IOptions<HighlanderOptions>>().Value;
+            singletons = host.Services.GetRequiredService<IClusterSingletons>();
+            changes = singletons.WatchAsync(cancellationToken).GetAsyncEnumerator(cancellationToken); // subscribed before the start: nothing is missed
+            await host.StartAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ValidationFailures(ex) is { } failures)
+        {
+            Say.Error("run", "invalid configuration:\n" + string.Join("\n", failures.Select(f => "  - " + f)) + FlagHint(failures));
+            return ExitCodes.Usage;
+        }
+
+        await using (changes.ConfigureAwait(false))
+        {
+            LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : "service");
+            return once is null
+                ? await ServeAsync(host, singletons, settings, logger).ConfigureAwait(false)
+                : await RunOnceAsync(host, singletons, options, settings, once, changes, connection, logger).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Service mode: until SIGTERM/SIGINT (graceful step-down, exit 0) or a crash loop (exit 1).</summary>
+    private static async Task<int> ServeAsync(IHost host, IClusterSingletons singletons, RunSettings settings, ILogger logger)
+    {
+        await host.WaitForShutdownAsync(CancellationToken.None).ConfigureAwait(false);
+        var status = singletons.Get(settings.Name);
+        if (status?.State == SingletonState.Faulted)
+        {
+            Say.Error("run", $"'{settings.Name}': the command crash-looped ({status.LastError}); giving up");
+            return ExitCodes.Failure;
+        }
+
+        LogStopped(logger, settings.Name);
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>
+    /// Cron mode: wait (up to --wait) until this node leads (run the command once, release, exit with its code), or another
+    /// node is seen holding the name (exit 3), or no session could be had (exit 4).
+    /// </summary>
+    private static async Task<int> RunOnceAsync(
+        IHost host,
+        IClusterSingletons singletons,
+        HighlanderOptions options,
+        RunSettings settings,
+        OnceGate gate,
+        IAsyncEnumerator<SingletonStateChanged> changes,
+        ResolvedConnection connection,
+        ILogger logger)
+    {
+        var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+        var stoppingTask = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
+        var deadline = Stopwatch.GetTimestamp() + (long)(settings.Wait.TotalSeconds * Stopwatch.Frequency);
+        var nextChange = changes.MoveNextAsync().AsTask();
+        LeaderInfo? heldBy = null;
+        int? result = null;
+        while (result is null && !gate.Started.Task.IsCompleted)
+        {
+            if (nextChange.IsCompleted)
+            {
+                if (nextChange.IsCompletedSuccessfully && nextChange.Result)
+                {
+                    var change = changes.Current;
+                    if (change.Leader is { } leader && leader.NodeId != options.NodeId && change.Current is SingletonState.Following or SingletonState.Disconnected)
+                    {
+                        heldBy = leader;
+                    }
+
+                    nextChange = changes.MoveNextAsync().AsTask();
+                }
+                else
+                {
+                    nextChange = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => false, TaskScheduler.Default);
+                }
+            }
+
+            var status = singletons.Get(settings.Name);
+            if (status?.Leader is { } seen && seen.NodeId != options.NodeId && status.State is SingletonState.Following or SingletonState.Disconnected)
+            {
+                heldBy = seen;
+            }
+
+            var timeUp = Stopwatch.GetTimestamp() >= deadline;
+            if (stopping.IsCancellationRequested && gate.TryGiveUp())
+            {
+                Say.Error("run", $"interrupted before '{settings.Name}' could be taken; the command did not run");
+                result = ExitCodes.Interrupted;
+            }
+            else if (timeUp && status is { State: SingletonState.Disconnected, LastError: { } error } && gate.TryGiveUp())
+            {
+                Say.Error("run", $"cannot connect to {connection.Display} within {Durations.Format(settings.Wait)}: {error}; the command did not run");
+                result = ExitCodes.CannotConnect;
+            }
+            else if (timeUp && heldBy is not null && gate.TryGiveUp())
+            {
+                var holder = heldBy.NodeId is { } node ? $"node {node}" : $"a session that is not a highlander node ({heldBy.ApplicationName})";
+                Say.Error("run", $"'{settings.Name}' is held by {holder} (backend pid {heldBy.BackendPid}{(heldBy.ClientAddress is { } address ? ", client " + address : "")}); the command did not run");
+                result = ExitCodes.HeldElsewhere;
+            }
+            else
+            {
+                // Changes wake this at once; the short tick notices connection errors (which change no state) and the deadline.
+                await Task.WhenAny(nextChange, gate.Started.Task, stoppingTask, Task.Delay(100)).ConfigureAwait(false);
+            }
+        }
+
+        if (result is null)
+        {
+            // This node leads and the command runs: until it exits, or highlander is told to stop (then the host stops it).
+            await Task.WhenAny(gate.Finished.Task, stoppingTask).ConfigureAwait(false);
+        }
+
+        var lastError = singletons.Get(settings.Name)?.LastError;
+        await host.StopAsync(CancellationToken.None).ConfigureAwait(false);
+        if (result is not null)
+        {
+            return result.Value;
+        }
+
+        // The host has stopped, so the command's run has ended and reported how; anything else is an interruption.
+        var outcome = gate.Finished.Task.IsCompletedSuccessfully ? gate.Finished.Task.Result : new CommandOutcome(ExitCodes.Interrupted, StoppedByUs: true);
+        if (outcome.StoppedByUs)
+        {
+            var why = stopping.IsCancellationRequested ? "highlander was told to stop" : $"this node lost '{settings.Name}' ({lastError ?? "lease lost"})";
+            Say.Error("run", $"interrupted: {why}; the command was stopped before it finished (its exit code was {outcome.ExitCode})");
+            return ExitCodes.Interrupted;
+        }
+
+        LogOnceDone(logger, settings.Name, outcome.ExitCode);
+        return outcome.ExitCode;
+    }
+
+    private static IReadOnlyList<string>? ValidationFailures(Exception ex) => ex switch
+    {
+        OptionsValidationException validation => validation.Failures.ToList(),
+        AggregateException aggregate when aggregate.InnerExceptions.All(e => e is OptionsValidationException) =>
+            aggregate.InnerExceptions.Cast<OptionsValidationException>().SelectMany(e => e.Failures).ToList(),
+        _ => null,
+    };
+
+    private static string FlagHint(IReadOnlyList<string> failures)
+    {
+        var named = OptionFlags.Where(f => failures.Any(m => m.Contains(f.Option, StringComparison.Ordinal))).Select(f => $"{f.Option} is {f.Flag}").ToList();
+        return named.Count == 0 ? "" : $"\n  ({string.Join(", ", named)})";
+    }
+
+    [LoggerMessage(EventId = 2100, Level = LogLevel.Information, Message = "Node {NodeId} contends for '{Name}' on {DataSource} (lease {Lease}, {Mode} mode)")]
+    private static partial void LogStarting(ILogger logger, string nodeId, string name, string dataSource, string lease, string mode);
+
+    [LoggerMessage(EventId = 2101, Level = LogLevel.Information, Message = "Stepped down from '{Name}' and stopped")]
+    private static partial void LogStopped(ILogger logger, string name);
+
+    [LoggerMessage(EventId = 2102, Level = LogLevel.Information, Message = "Ran '{Name}' once; the command exited with code {ExitCode}; released")]
+    private static partial void LogOnceDone(ILogger logger, string name, int exitCode);
+}
+
+/// <summary>
+/// Cron mode's one decision, taken under a lock: either the command starts (once), or highlander gives up; never both.
+/// </summary>
+internal sealed class OnceGate
+{
+    private readonly Lock _gate = new();
+    private Phase _phase;
+
+    private enum Phase
+    {
+        Waiting,
+        Running,
+        Done,
+        GaveUp,
+    }
+
+    public TaskCompletionSource Started { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public TaskCompletionSource<CommandOutcome> Finished { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Whether the command may start now: only the first time, and only if highlander has not given up.</summary>
+    public bool TryStart()
+    {
+        lock (_gate)
+        {
+            if (_phase != Phase.Waiting)
+            {
+                return false;
+            }
+
+            _phase = Phase.Running;
+        }
+
+        Started.TrySetResult();
+        return true;
+    }
+
+    /// <summary>Whether highlander may give up now: only if the command has not started.</summary>
+    public bool TryGiveUp()
+    {
+        lock (_gate)
+        {
+            if (_phase != Phase.Waiting)
+            {
+                return false;
+            }
+
+            _phase = Phase.GaveUp;
+            return true;
+        }
+    }
+
+    public void Finish(CommandOutcome outcome)
+    {
+        lock (_gate)
+        {
+            _phase = Phase.Done;
+        }
+
+        Finished.TrySetResult(outcome);
+    }
+}

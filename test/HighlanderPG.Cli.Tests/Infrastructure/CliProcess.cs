@@ -1,0 +1,162 @@
+using System.Diagnostics;
+using System.Text;
+using HighlanderPG.Cli.Processes;
+
+namespace HighlanderPG.Cli.Tests.Infrastructure;
+
+/// <summary>
+/// The real, built <c>highlander</c> started as a process (<c>dotnet highlander.dll ...</c> from this test's output, where
+/// the referenced CLI project is copied), its output captured. Disposing stops it: SIGTERM, then SIGKILL.
+/// </summary>
+public sealed class CliProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _stdout = new();
+    private readonly StringBuilder _stderr = new();
+
+    private CliProcess(Process process)
+    {
+        _process = process;
+    }
+
+    public int Pid => _process.Id;
+
+    public bool HasExited => _process.HasExited;
+
+    public string Stdout
+    {
+        get
+        {
+            lock (_stdout)
+            {
+                return _stdout.ToString();
+            }
+        }
+    }
+
+    public string Stderr
+    {
+        get
+        {
+            lock (_stderr)
+            {
+                return _stderr.ToString();
+            }
+        }
+    }
+
+    public string Output => $"--- stdout ---\n{Stdout}\n--- stderr ---\n{Stderr}";
+
+    /// <summary>Starts <c>highlander</c> with <paramref name="args"/>; the environment has no HIGHLANDER_/PG* variables but those given.</summary>
+    public static CliProcess Start(IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment = null)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "highlander.dll");
+        var startInfo = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        startInfo.ArgumentList.Add(dll);
+        foreach (var arg in args)
+        {
+            startInfo.ArgumentList.Add(arg);
+        }
+
+        foreach (var name in startInfo.Environment.Keys.Where(k => k.StartsWith("PG", StringComparison.Ordinal) || k.StartsWith("HIGHLANDER_", StringComparison.Ordinal)).ToList())
+        {
+            startInfo.Environment.Remove(name);
+        }
+
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            startInfo.Environment[name] = value;
+        }
+
+        var process = new Process { StartInfo = startInfo };
+        var cli = new CliProcess(process);
+        process.OutputDataReceived += (_, e) => Append(cli._stdout, e.Data);
+        process.ErrorDataReceived += (_, e) => Append(cli._stderr, e.Data);
+        process.Start();
+        process.StandardInput.Close();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return cli;
+    }
+
+    /// <summary>Runs <c>highlander</c> to completion.</summary>
+    public static async Task<(int ExitCode, CliProcess Process)> RunAsync(IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment = null, TimeSpan? timeout = null)
+    {
+        var cli = Start(args, environment);
+        var code = await cli.WaitForExitAsync(timeout ?? TimeSpan.FromSeconds(60));
+        return (code, cli);
+    }
+
+    public async Task<int> WaitForExitAsync(TimeSpan timeout)
+    {
+        try
+        {
+            await _process.WaitForExitAsync().WaitAsync(timeout);
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"highlander (pid {Pid}) did not exit within {timeout}.\n{Output}");
+        }
+
+        _process.WaitForExit(); // drains the output handlers
+        return _process.ExitCode;
+    }
+
+    /// <summary>Waits until standard error has a line containing <paramref name="text"/> (polling the captured output).</summary>
+    public async Task WaitForStderrAsync(string text, TimeSpan? timeout = null)
+    {
+        var limit = timeout ?? TimeSpan.FromSeconds(30);
+        var watch = Stopwatch.StartNew();
+        while (!Stderr.Contains(text, StringComparison.Ordinal))
+        {
+            if (watch.Elapsed > limit)
+            {
+                throw new TimeoutException($"No '{text}' on highlander's stderr within {limit}.\n{Output}");
+            }
+
+            if (HasExited)
+            {
+                throw new InvalidOperationException($"highlander exited ({_process.ExitCode}) before writing '{text}'.\n{Output}");
+            }
+
+            await Task.Delay(50);
+        }
+    }
+
+    public void Signal(int signal) => Native.SignalProcess(Pid, signal);
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            Signal(Native.SigTerm);
+            if (!_process.WaitForExit(TimeSpan.FromSeconds(15)))
+            {
+                _process.Kill();
+                _process.WaitForExit();
+            }
+        }
+
+        await Task.CompletedTask;
+        _process.Dispose();
+    }
+
+    private static void Append(StringBuilder builder, string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (builder)
+        {
+            builder.Append(line).Append('\n');
+        }
+    }
+}

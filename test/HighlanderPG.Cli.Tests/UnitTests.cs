@@ -1,0 +1,72 @@
+using System.Collections;
+using HighlanderPG.Cli.Configuration;
+
+namespace HighlanderPG.Cli.Tests;
+
+/// <summary>The CLI's own parsing, in process.</summary>
+public sealed class UnitTests
+{
+    [Theory]
+    [InlineData("500ms", 500)]
+    [InlineData("4s", 4_000)]
+    [InlineData("2m", 120_000)]
+    [InlineData("1h", 3_600_000)]
+    [InlineData("1m30s", 90_000)]
+    [InlineData("1h2m3s4ms", 3_723_004)]
+    [InlineData("0s", 0)]
+    public void Durations_parse(string text, long milliseconds)
+    {
+        Assert.True(Durations.TryParse(text, out var value, out var error), error);
+        Assert.Equal(TimeSpan.FromMilliseconds(milliseconds), value);
+    }
+
+    [Theory]
+    [InlineData("", "required")]
+    [InlineData("10", "no unit")]
+    [InlineData("1.5s", "whole numbers only")]
+    [InlineData("-1s", "expected a whole number")]
+    [InlineData("5 s", "unexpected ' '")]
+    [InlineData("3d", "unknown unit 'd'")]
+    [InlineData("3S", "unexpected 'S'")]
+    [InlineData("30s1m", "largest to smallest")]
+    [InlineData("1s1s", "largest to smallest")]
+    [InlineData("99999999999999999999h", "too long")]
+    [InlineData("9999999999999h", "too long")]
+    public void Bad_durations_are_refused_with_a_reason(string text, string reason)
+    {
+        Assert.False(Durations.TryParse(text, out _, out var error));
+        Assert.Contains(reason, error);
+    }
+
+    [Theory]
+    [InlineData(500, "500ms")]
+    [InlineData(90_000, "1m30s")]
+    [InlineData(0, "0s")]
+    public void Durations_format_as_written(long milliseconds, string text) =>
+        Assert.Equal(text, Durations.Format(TimeSpan.FromMilliseconds(milliseconds)));
+
+    [Fact]
+    public void The_connection_option_wins_then_HIGHLANDER_CONNECTION_then_PG_variables()
+    {
+        var environment = new Hashtable { ["HIGHLANDER_CONNECTION"] = "Host=env", ["PGHOST"] = "pghost" };
+        Assert.Equal("--connection", ConnectionResolver.Resolve("Host=opt", environment)!.Source);
+        Assert.Equal("Host=env", ConnectionResolver.Resolve(null, environment)!.ConnectionString);
+        environment.Remove("HIGHLANDER_CONNECTION");
+        Assert.Contains("pghost", ConnectionResolver.Resolve(null, environment)!.ConnectionString);
+        Assert.Null(ConnectionResolver.Resolve(null, environment, usePgVariables: false));
+        Assert.Null(ConnectionResolver.Resolve(null, new Hashtable()));
+    }
+
+    [Fact]
+    public void PG_variables_build_a_connection_string_and_the_password_is_never_displayed()
+    {
+        var resolved = ConnectionResolver.Resolve(null, new Hashtable
+        {
+            ["PGHOST"] = "db.internal", ["PGPORT"] = "6543", ["PGUSER"] = "app", ["PGPASSWORD"] = "sekret", ["PGDATABASE"] = "jobs",
+        })!;
+        var builder = new Npgsql.NpgsqlConnectionStringBuilder(resolved.ConnectionString);
+        Assert.Equal(("db.internal", 6543, "app", "sekret", "jobs"), (builder.Host, builder.Port, builder.Username, builder.Password, builder.Database));
+        Assert.Equal("db.internal:6543/jobs", resolved.Display);
+        Assert.Throws<FormatException>(() => ConnectionResolver.Resolve(null, new Hashtable { ["PGHOST"] = "h", ["PGPORT"] = "http" }));
+    }
+}
