@@ -8,22 +8,11 @@ namespace HighlanderPG.Cli.Tests.Infrastructure;
 /// </summary>
 public sealed class ServerFixture : IAsyncLifetime
 {
-    private LocalPostgresServer? _server;
+    private ConfiguredOrLocalServer? _server;
 
-    public string ConnectionString { get; private set; } = "";
+    public string ConnectionString => _server?.ConnectionString ?? throw new InvalidOperationException("The fixture has not started.");
 
-    public async Task InitializeAsync()
-    {
-        var configured = Environment.GetEnvironmentVariable("HIGHLANDER_TEST_CONNECTION");
-        if (!string.IsNullOrWhiteSpace(configured))
-        {
-            ConnectionString = configured;
-            return;
-        }
-
-        _server = await LocalPostgresServer.StartAsync();
-        ConnectionString = _server.ConnectionString;
-    }
+    public async Task InitializeAsync() => _server = await ConfiguredOrLocalServer.StartAsync();
 
     public async Task DisposeAsync()
     {

@@ -8,24 +8,11 @@ namespace HighlanderPG.Tests.Infrastructure;
 /// </summary>
 public sealed class PostgresFixture : IAsyncLifetime
 {
-    public const string EnvironmentVariable = "HIGHLANDER_TEST_CONNECTION";
+    private ConfiguredOrLocalServer? _server;
 
-    private LocalPostgresServer? _server;
+    public string ConnectionString => _server?.ConnectionString ?? throw new InvalidOperationException("The fixture has not started.");
 
-    public string ConnectionString { get; private set; } = "";
-
-    public async Task InitializeAsync()
-    {
-        var configured = Environment.GetEnvironmentVariable(EnvironmentVariable);
-        if (!string.IsNullOrWhiteSpace(configured))
-        {
-            ConnectionString = configured;
-            return;
-        }
-
-        _server = await LocalPostgresServer.StartAsync();
-        ConnectionString = _server.ConnectionString;
-    }
+    public async Task InitializeAsync() => _server = await ConfiguredOrLocalServer.StartAsync();
 
     public async Task DisposeAsync()
     {
