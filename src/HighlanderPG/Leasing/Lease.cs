@@ -47,7 +47,7 @@ internal sealed class Lease
             EscalateAtTimestamp = escalateAtTimestamp;
         }
 
-        // Never run the children's cancellation callbacks here: this is called on the session loop (or its watchdog),
+        // Never run the children's cancellation callbacks here: this is called on the session loop (or the lease guard's thread),
         // which must go on to tell the other leases and keep its own deadline whatever a child's callback does.
         _ = _lost.CancelAsync();
     }

@@ -33,7 +33,7 @@ internal sealed class LockSession
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _releases = [];
     private readonly Dictionary<long, long> _unfenced = []; // key -> when to try its epoch bump (next)
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _inflightReleases = [];
-    private readonly ITimer _watchdog;
+    private readonly LeaseGuard _guard;
     private volatile bool _expired;
     private long _crashSeenAt = long.MinValue;
     private bool _wantsChanged;
@@ -52,7 +52,7 @@ internal sealed class LockSession
         _time = time;
         _logger = logger;
         _clock = new LeaseClock(time, options.LeaseDuration, options.SafetyMargin, options.StopTimeout);
-        _watchdog = time.CreateTimer(_ => OnWatchdog(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _guard = new LeaseGuard(time, options.NodeId, OnStopPoint);
     }
 
     /// <summary>Raised (on the session loop) when the session connects or is lost; the argument is the loss reason, or null when connected.</summary>
@@ -63,6 +63,9 @@ internal sealed class LockSession
     public string? LastError { get; private set; }
 
     public int BackendPid => Volatile.Read(ref _backendPid);
+
+    /// <summary>The node's lease guard: runners watch their children with it while those may run.</summary>
+    public LeaseGuard Guard => _guard;
 
     /// <summary>Raised when another node's hold on a wanted key is first seen, changes, or ends.</summary>
     public event Action<long, LeaderInfo?>? HolderChanged;
@@ -78,7 +81,7 @@ internal sealed class LockSession
         {
             if (_held.TryGetValue(key, out var stale) && stale.IsLost)
             {
-                // Lost by the watchdog while the loop is still giving the session up: it is gone with that session.
+                // Lost at the stop point (by the lease guard) while the loop is still giving the session up: it is gone with that session.
                 _held.Remove(key);
                 _unfenced.Remove(key);
             }
@@ -281,14 +284,14 @@ internal sealed class LockSession
             }
         }
 
-        _watchdog.Dispose();
+        _guard.Dispose();
     }
 
     /// <summary>
-    /// Enforces the stop point even when the session loop is held up (a slow logger, a starved thread pool): the
-    /// leases are lost at once, and the loop gives the session up when it next runs.
+    /// Enforces the stop point even when the session loop is held up (a slow logger, a starved thread pool): on the
+    /// guard's own thread, the leases are lost at once, and the loop gives the session up when it next runs.
     /// </summary>
-    private void OnWatchdog()
+    private void OnStopPoint()
     {
         if (!_clock.HasAck || !_clock.MustStop)
         {
@@ -307,7 +310,8 @@ internal sealed class LockSession
             lease.Lose("the lease is about to expire: the server did not answer in time", _clock.DeadlineTimestamp);
         }
 
-        Wake();
+        // Waking the loop cancels its wait, whose callbacks (Npgsql's) must not run on the guard's thread.
+        ThreadPool.UnsafeQueueUserWorkItem(static session => session.Wake(), this, preferLocal: false);
     }
 
     private void Acknowledge(long sent)
@@ -318,8 +322,7 @@ internal sealed class LockSession
         }
 
         _clock.Acknowledge(sent);
-        var untilStop = _clock.UntilStop;
-        _watchdog.Change(untilStop > TimeSpan.Zero ? untilStop : TimeSpan.Zero, Timeout.InfiniteTimeSpan);
+        _guard.SetStopPoint(_clock.StopTimestamp);
     }
 
     private async Task<NpgsqlConnection> ConnectAsync(SessionIo session, CancellationToken stopping)
@@ -941,7 +944,7 @@ internal sealed class LockSession
     /// <summary>Every held lease is lost with the session. Returns whether there were any.</summary>
     private bool LoseAll(string reason, bool byDeadline)
     {
-        _watchdog.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _guard.ClearStopPoint();
         List<Lease> lost;
         lock (_gate)
         {
@@ -970,6 +973,8 @@ internal sealed class LockSession
         {
             lease.Lose(reason, escalateAt);
         }
+
+        _guard.Poke();
 
         Volatile.Write(ref _backendPid, 0);
         return lost.Count > 0;

@@ -12,6 +12,7 @@ internal sealed class ChildIncarnation : IAsyncDisposable
     private readonly TaskCompletionSource _never = new();
     private Task? _stop;
     private bool _stopRequested;
+    private bool _begun;
 
     private ChildIncarnation(AsyncServiceScope scope, IHostedService? instance, Exception? error)
     {
@@ -48,8 +49,35 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         _ => null,
     };
 
-    /// <summary>Creates the child in a new scope and starts it; the start runs on (the returned <see cref="Started"/>).</summary>
-    public static ChildIncarnation Start(SingletonRegistration registration, IServiceProvider services, ILeadership leadership, CancellationToken cancellationToken)
+    /// <summary>
+    /// Whether any of the child may still be running (its start, its execution, or, for a plain hosted service, until its
+    /// stop completed), judged from the tasks' states alone so that it can be asked from any thread without waiting.
+    /// </summary>
+    public bool IsRunning
+    {
+        get
+        {
+            if (!Volatile.Read(ref _begun) || _instance is null)
+            {
+                return false;
+            }
+
+            if (!Volatile.Read(ref _start).IsCompleted)
+            {
+                return true;
+            }
+
+            if (_instance is BackgroundService background)
+            {
+                return background.ExecuteTask is { IsCompleted: false };
+            }
+
+            return StartError is null && Volatile.Read(ref _stop) is not { IsCompleted: true };
+        }
+    }
+
+    /// <summary>Creates the child in a new scope; <see cref="Begin"/> starts it.</summary>
+    public static ChildIncarnation Create(SingletonRegistration registration, IServiceProvider services, ILeadership leadership)
     {
         var scope = services.CreateAsyncScope();
         IHostedService? instance = null;
@@ -64,13 +92,18 @@ internal sealed class ChildIncarnation : IAsyncDisposable
             error = ex;
         }
 
-        var child = new ChildIncarnation(scope, instance, error);
-        if (instance is not null)
+        return new ChildIncarnation(scope, instance, error);
+    }
+
+    /// <summary>Starts the child; the start runs beside the caller (see <see cref="Started"/>).</summary>
+    public void Begin(CancellationToken cancellationToken)
+    {
+        if (_instance is not null)
         {
-            child._start = child.RunStartAsync(instance, cancellationToken);
+            Volatile.Write(ref _start, RunStartAsync(_instance, cancellationToken));
         }
 
-        return child;
+        Volatile.Write(ref _begun, true);
     }
 
     private async Task RunStartAsync(IHostedService instance, CancellationToken cancellationToken)
@@ -107,7 +140,11 @@ internal sealed class ChildIncarnation : IAsyncDisposable
 
         var start = time.GetTimestamp();
         var budgetEnd = start + (long)(budget.Ticks * (time.TimestampFrequency / (double)TimeSpan.TicksPerSecond));
-        using var expired = new CancellationTokenSource(Timeout.InfiniteTimeSpan, time);
+        using var expired = new CancellationTokenSource();
+
+        // Timers have millisecond granularity and may fire a little early: each firing checks the monotonic clock and
+        // re-arms for the rest, so the child always gets its whole time.
+        ITimer? timer = null;
         void Arm()
         {
             var until = Math.Min(budgetEnd, lease.EscalateAtTimestamp);
@@ -120,7 +157,7 @@ internal sealed class ChildIncarnation : IAsyncDisposable
                 }
                 else
                 {
-                    expired.CancelAfter(left);
+                    timer?.Change(left + TimeSpan.FromTicks(TimeSpan.TicksPerMillisecond - 1), Timeout.InfiniteTimeSpan);
                 }
             }
             catch (ObjectDisposedException)
@@ -128,6 +165,7 @@ internal sealed class ChildIncarnation : IAsyncDisposable
             }
         }
 
+        using var armTimer = timer = time.CreateTimer(_ => Arm(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         Arm();
         using var rearm = lease.LostToken.Register(Arm);
         using var expiredSignal = new CancellationSignal(expired.Token);
@@ -144,15 +182,16 @@ internal sealed class ChildIncarnation : IAsyncDisposable
             return true;
         }
 
-        _stop = StopCoreAsync(_instance, expired.Token);
-        await Task.WhenAny(_stop, expiredSignal.Task).ConfigureAwait(false);
+        var stop = StopCoreAsync(_instance, expired.Token);
+        Volatile.Write(ref _stop, stop);
+        await Task.WhenAny(stop, expiredSignal.Task).ConfigureAwait(false);
         if (_instance is BackgroundService { ExecuteTask: { } execution })
         {
             await Task.WhenAny(execution, expiredSignal.Task).ConfigureAwait(false);
             return execution.IsCompleted;
         }
 
-        return _stop.IsCompleted && !expired.IsCancellationRequested;
+        return stop.IsCompleted && !expired.IsCancellationRequested;
 
         static async Task StopCoreAsync(IHostedService instance, CancellationToken token)
         {

@@ -191,14 +191,20 @@ internal sealed class SingletonRunner
 
         var childGone = true;
         var reason = "released";
+        LeaseGuard.Watch? watch = null;
         try
         {
             SetState(SingletonState.Starting, "acquired the lock");
             using var lostCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken);
             using var startCts = CancellationTokenSource.CreateLinkedTokenSource(lease.LostToken, stopping);
             var leadership = new Leadership(Name, _options.NodeId, Key, lease.AcquiredAt, lease.Epoch, _options.Namespace, _options.FencingSchema, lostCts.Token);
-            await using var child = ChildIncarnation.Start(_registration, _services, leadership, startCts.Token);
+            await using var child = ChildIncarnation.Create(_registration, _services, leadership);
+
+            // From here until the child is known to be gone, the lease guard (on its own thread) escalates the child if it
+            // still runs at its lease's escalation point, whatever happens to this runner or the thread pool.
+            watch = _session.Guard.Start(lease, () => child.IsRunning, w => _ = EscalateAsync(w, $"its child did not stop by the end of its lease ({lease.LossReason})"));
             childGone = false;
+            child.Begin(startCts.Token);
             using var lostSignal = new CancellationSignal(lease.LostToken);
             using var stopSignal = new CancellationSignal(stopping);
             var lost = lostSignal.Task;
@@ -244,11 +250,16 @@ internal sealed class SingletonRunner
             childGone = await child.StopAsync(_options.StopTimeout, lease, _time).ConfigureAwait(false);
             if (!childGone)
             {
-                await EscalateAsync(lease, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason})").ConfigureAwait(false);
+                await EscalateAsync(watch, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason})").ConfigureAwait(false);
 
                 // A custom handler returned: the lock stays held until the child is really gone (or the lease is).
-                await Task.WhenAny(child.Exited, lost).ConfigureAwait(false);
-                childGone = child.Exited.IsCompleted;
+                var exited = child.Exited;
+                await Task.WhenAny(exited, lost).ConfigureAwait(false);
+                childGone = exited.IsCompleted;
+                if (!childGone)
+                {
+                    _ = exited.ContinueWith(static (_, w) => ((LeaseGuard.Watch)w!).Dispose(), watch, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+                }
             }
             else
             {
@@ -295,6 +306,11 @@ internal sealed class SingletonRunner
         }
         finally
         {
+            if (childGone)
+            {
+                watch?.Dispose(); // a child that may still run stays watched
+            }
+
             // Unlock (and tell the others) only once the child is gone; a lost lease went with its session already.
             if (!lease.IsLost && childGone)
             {
@@ -315,8 +331,18 @@ internal sealed class SingletonRunner
         }
     }
 
-    private async Task EscalateAsync(Lease lease, string reason)
+    /// <summary>
+    /// Escalates a child that could not be stopped in time, once per watch (the runner and the lease guard may both get
+    /// there). Called on the guard's thread too: everything before the handler's first await runs synchronously.
+    /// </summary>
+    private async Task EscalateAsync(LeaseGuard.Watch watch, string reason)
     {
+        if (!watch.TryClaimEscalation())
+        {
+            return;
+        }
+
+        var lease = watch.Lease;
         Log.Escalating(_logger, Name, reason);
         HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
         var remaining = lease.IsLost && lease.EscalateAtTimestamp != long.MaxValue

@@ -33,7 +33,7 @@ public sealed class NodeProcess : IAsyncDisposable
         }
     }
 
-    public static NodeProcess Start(TestCluster cluster, string nodeId, string connectionString, bool ignoreCancellation = false)
+    public static NodeProcess Start(TestCluster cluster, string nodeId, string connectionString, bool ignoreCancellation = false, string? starveThreadPoolWhenFileExists = null)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "HighlanderPG.Sample.dll");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = AppContext.BaseDirectory };
@@ -53,6 +53,11 @@ public sealed class NodeProcess : IAsyncDisposable
         psi.Environment["Highlander__ReconnectMaxDelay"] = probe.ReconnectMaxDelay.ToString();
         psi.Environment["Highlander__LockDelayAfterServerStart"] = probe.LockDelayAfterServerStart.ToString();
         psi.Environment["Sample__IgnoreCancellation"] = ignoreCancellation ? "true" : "false";
+        if (starveThreadPoolWhenFileExists is not null)
+        {
+            psi.Environment["Sample__StarveThreadPoolWhenFileExists"] = starveThreadPoolWhenFileExists;
+        }
+
         psi.Environment["DOTNET_DbgEnableMiniDump"] = "0";
 
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };

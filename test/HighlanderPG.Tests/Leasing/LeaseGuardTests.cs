@@ -1,0 +1,72 @@
+using HighlanderPG.Leasing;
+using Microsoft.Extensions.Time.Testing;
+
+namespace HighlanderPG.Tests.Leasing;
+
+/// <summary>The lease guard keeps the stop and escalation points on its own thread, off the thread pool.</summary>
+public sealed class LeaseGuardTests
+{
+    private static readonly TimeSpan Limit = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task The_stop_point_fires_on_the_guards_own_thread_and_not_before_it_is_due()
+    {
+        var time = new FakeTimeProvider();
+        var start = time.GetUtcNow();
+        var fired = new TaskCompletionSource<(DateTimeOffset At, bool PoolThread, string? Thread)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var guard = new LeaseGuard(time, "n1", () => fired.TrySetResult((time.GetUtcNow(), Thread.CurrentThread.IsThreadPoolThread, Thread.CurrentThread.Name)));
+
+        guard.SetStopPoint(time.GetTimestamp() + Ticks(time, TimeSpan.FromSeconds(5)));
+        time.Advance(TimeSpan.FromSeconds(4));
+        guard.Poke();
+        time.Advance(TimeSpan.FromSeconds(1));
+        guard.Poke();
+
+        var (at, poolThread, thread) = await fired.Task.WaitAsync(Limit);
+        Assert.Equal(start + TimeSpan.FromSeconds(5), at);
+        Assert.False(poolThread);
+        Assert.Equal("HighlanderPG lease guard (n1)", thread);
+    }
+
+    [Fact]
+    public async Task At_the_escalation_point_a_child_still_running_is_escalated_once_and_a_stopped_one_is_not()
+    {
+        var time = new FakeTimeProvider();
+        using var guard = new LeaseGuard(time, "n1", () => { });
+        var stoppedLease = new Lease(1, 1, time.GetUtcNow());
+        var runningLease = new Lease(2, 1, time.GetUtcNow());
+        var escalatedStopped = 0;
+        var escalated = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var stoppedWatch = guard.Start(stoppedLease, () => false, w => Interlocked.Increment(ref escalatedStopped));
+        using var runningWatch = guard.Start(runningLease, () => true, w => escalated.TrySetResult(w.TryClaimEscalation() && !Thread.CurrentThread.IsThreadPoolThread));
+
+        var escalateAt = time.GetTimestamp() + Ticks(time, TimeSpan.FromSeconds(2));
+        stoppedLease.Lose("test", escalateAt);
+        runningLease.Lose("test", escalateAt);
+        guard.Poke();
+        time.Advance(TimeSpan.FromSeconds(2));
+        guard.Poke();
+
+        Assert.True(await escalated.Task.WaitAsync(Limit)); // claimed by the guard, on its own thread
+        Assert.False(runningWatch.TryClaimEscalation()); // the runner coming later does not escalate again
+        Assert.Equal(0, Volatile.Read(ref escalatedStopped)); // looked at first, in the same pass, and left alone
+    }
+
+    [Fact]
+    public async Task A_child_watched_when_the_guard_is_disposed_is_still_guarded()
+    {
+        var time = new FakeTimeProvider();
+        var guard = new LeaseGuard(time, "n1", () => { });
+        var lease = new Lease(1, 1, time.GetUtcNow());
+        var escalated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var watch = guard.Start(lease, () => true, _ => escalated.TrySetResult());
+
+        guard.Dispose(); // the session ended: its lock went with it, but the child may still run
+        lease.Lose("session lost", time.GetTimestamp());
+        guard.Poke();
+
+        await escalated.Task.WaitAsync(Limit);
+    }
+
+    private static long Ticks(TimeProvider time, TimeSpan span) => (long)(span.Ticks * (time.TimestampFrequency / (double)TimeSpan.TicksPerSecond));
+}
