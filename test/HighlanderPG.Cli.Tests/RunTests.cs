@@ -107,12 +107,7 @@ public sealed class RunTests(ServerFixture pg) : IDisposable
             ["run", "--name", _name, "--node-id", "envnode", "--fencing", .. Timings, "--", "sh", "-c", "echo \"name=$HIGHLANDER_NAME node=$HIGHLANDER_NODE token=$HIGHLANDER_FENCING_TOKEN\"; exec sleep 300"],
             _life.Environment(pg.ConnectionString));
         await a.WaitForStderrAsync("Started sh");
-        var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (!a.Stdout.Contains("name=", StringComparison.Ordinal) && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(50);
-        }
-
+        await a.WaitForStdoutAsync("name=");
         Assert.Matches($"name={_name} node=envnode token=[1-9][0-9]*", a.Stdout);
     }
 

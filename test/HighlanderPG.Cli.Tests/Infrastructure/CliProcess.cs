@@ -13,6 +13,9 @@ public sealed class CliProcess : IAsyncDisposable
     private readonly Process _process;
     private readonly StringBuilder _stdout = new();
     private readonly StringBuilder _stderr = new();
+    private readonly TaskCompletionSource _outputEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly List<(StringBuilder Stream, string Text, TaskCompletionSource Seen)> _waiters = [];
+    private int _openStreams = 2;
 
     private CliProcess(Process process)
     {
@@ -76,8 +79,8 @@ public sealed class CliProcess : IAsyncDisposable
 
         var process = new Process { StartInfo = startInfo };
         var cli = new CliProcess(process);
-        process.OutputDataReceived += (_, e) => Append(cli._stdout, e.Data);
-        process.ErrorDataReceived += (_, e) => Append(cli._stderr, e.Data);
+        process.OutputDataReceived += (_, e) => cli.Append(cli._stdout, e.Data);
+        process.ErrorDataReceived += (_, e) => cli.Append(cli._stderr, e.Data);
         process.Start();
         process.StandardInput.Close();
         process.BeginOutputReadLine();
@@ -108,24 +111,43 @@ public sealed class CliProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
-    /// <summary>Waits until standard error has a line containing <paramref name="text"/> (polling the captured output).</summary>
-    public async Task WaitForStderrAsync(string text, TimeSpan? timeout = null)
+    /// <summary>Waits until standard error has a line containing <paramref name="text"/>.</summary>
+    public Task WaitForStderrAsync(string text, TimeSpan? timeout = null) => WaitForAsync(_stderr, "stderr", text, timeout);
+
+    /// <summary>Waits until standard output has a line containing <paramref name="text"/>.</summary>
+    public Task WaitForStdoutAsync(string text, TimeSpan? timeout = null) => WaitForAsync(_stdout, "stdout", text, timeout);
+
+    private async Task WaitForAsync(StringBuilder stream, string streamName, string text, TimeSpan? timeout)
     {
         var limit = timeout ?? TimeSpan.FromSeconds(30);
-        var watch = Stopwatch.StartNew();
-        while (!Stderr.Contains(text, StringComparison.Ordinal))
+        var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_waiters)
         {
-            if (watch.Elapsed > limit)
+            if (Contains(stream, text))
             {
-                throw new TimeoutException($"No '{text}' on highlander's stderr within {limit}.\n{Output}");
+                return;
             }
 
-            if (HasExited)
-            {
-                throw new InvalidOperationException($"highlander exited ({_process.ExitCode}) before writing '{text}'.\n{Output}");
-            }
+            _waiters.Add((stream, text, seen));
+        }
 
-            await Task.Delay(50);
+        // Seen, or the output ended without it (the process exited), or the limit passed.
+        var ended = await Task.WhenAny(seen.Task, _outputEnded.Task).WaitAsync(limit).ContinueWith(t => t.IsCompletedSuccessfully ? t.Result : null, TaskScheduler.Default);
+        if (ended == seen.Task || Contains(stream, text))
+        {
+            return;
+        }
+
+        throw ended is null
+            ? new TimeoutException($"No '{text}' on highlander's {streamName} within {limit}.\n{Output}")
+            : new InvalidOperationException($"highlander's output ended before '{text}' on its {streamName}.\n{Output}");
+    }
+
+    private static bool Contains(StringBuilder stream, string text)
+    {
+        lock (stream)
+        {
+            return stream.ToString().Contains(text, StringComparison.Ordinal);
         }
     }
 
@@ -147,16 +169,34 @@ public sealed class CliProcess : IAsyncDisposable
         _process.Dispose();
     }
 
-    private static void Append(StringBuilder builder, string? line)
+    private void Append(StringBuilder builder, string? line)
     {
         if (line is null)
         {
+            if (Interlocked.Decrement(ref _openStreams) == 0)
+            {
+                _outputEnded.TrySetResult();
+            }
+
             return;
         }
 
-        lock (builder)
+        lock (_waiters)
         {
-            builder.Append(line).Append('\n');
+            lock (builder)
+            {
+                builder.Append(line).Append('\n');
+            }
+
+            for (var i = _waiters.Count - 1; i >= 0; i--)
+            {
+                var (stream, text, seen) = _waiters[i];
+                if (stream == builder && line.Contains(text, StringComparison.Ordinal))
+                {
+                    seen.TrySetResult();
+                    _waiters.RemoveAt(i);
+                }
+            }
         }
     }
 }
