@@ -81,11 +81,12 @@ internal static partial class RunHost
         IClusterSingletons singletons;
         HighlanderOptions options;
         IAsyncEnumerator<SingletonStateChanged> changes;
+        using var watching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         try
         {
             options = host.Services.GetRequiredService<IOptions<HighlanderOptions>>().Value;
             singletons = host.Services.GetRequiredService<IClusterSingletons>();
-            changes = singletons.WatchAsync(cancellationToken).GetAsyncEnumerator(cancellationToken); // subscribed before the start: nothing is missed
+            changes = singletons.WatchAsync(watching.Token).GetAsyncEnumerator(watching.Token); // subscribed before the start: nothing is missed
             await host.StartAsync(CancellationToken.None).ConfigureAwait(false);
         }
         catch (Exception ex) when (ValidationFailures(ex) is { } failures)
@@ -99,7 +100,7 @@ internal static partial class RunHost
             LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : "service");
             return once is null
                 ? await ServeAsync(host, singletons, settings, logger).ConfigureAwait(false)
-                : await RunOnceAsync(host, singletons, options, settings, once, changes, connection, logger).ConfigureAwait(false);
+                : await RunOnceAsync(host, singletons, options, settings, once, changes, watching, connection, logger).ConfigureAwait(false);
         }
     }
 
@@ -129,89 +130,112 @@ internal static partial class RunHost
         RunSettings settings,
         OnceGate gate,
         IAsyncEnumerator<SingletonStateChanged> changes,
+        CancellationTokenSource watching,
         ResolvedConnection connection,
         ILogger logger)
     {
-        var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
-        var stoppingTask = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
-        var deadline = Stopwatch.GetTimestamp() + (long)(settings.Wait.TotalSeconds * Stopwatch.Frequency);
-        var nextChange = changes.MoveNextAsync().AsTask();
-        LeaderInfo? heldBy = null;
-        int? result = null;
-        while (result is null && !gate.Started.Task.IsCompleted)
+        var nextChange = Task.FromResult(false);
+        try
         {
-            if (nextChange.IsCompleted)
+            return await RunOnceCoreAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            // An async enumerator cannot be disposed while a MoveNextAsync is in flight: end that one first.
+            await watching.CancelAsync().ConfigureAwait(false);
+            try
             {
-                if (nextChange.IsCompletedSuccessfully && nextChange.Result)
-                {
-                    var change = changes.Current;
-                    if (change.Leader is { } leader && leader.NodeId != options.NodeId && change.Current is SingletonState.Following or SingletonState.Disconnected)
-                    {
-                        heldBy = leader;
-                    }
+                await nextChange.ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                // Canceled just now, or the feed had ended: either way nothing is waiting on it any more.
+            }
+        }
 
-                    nextChange = changes.MoveNextAsync().AsTask();
+        async Task<int> RunOnceCoreAsync()
+        {
+            var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+            var stoppingTask = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
+            var deadline = Stopwatch.GetTimestamp() + (long)(settings.Wait.TotalSeconds * Stopwatch.Frequency);
+            nextChange = changes.MoveNextAsync().AsTask();
+            LeaderInfo? heldBy = null;
+            int? result = null;
+            while (result is null && !gate.Started.Task.IsCompleted)
+            {
+                if (nextChange.IsCompleted)
+                {
+                    if (nextChange.IsCompletedSuccessfully && nextChange.Result)
+                    {
+                        var change = changes.Current;
+                        if (change.Leader is { } leader && leader.NodeId != options.NodeId && change.Current is SingletonState.Following or SingletonState.Disconnected)
+                        {
+                            heldBy = leader;
+                        }
+
+                        nextChange = changes.MoveNextAsync().AsTask();
+                    }
+                    else
+                    {
+                        nextChange = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => false, TaskScheduler.Default);
+                    }
+                }
+
+                var status = singletons.Get(settings.Name);
+                if (status?.Leader is { } seen && seen.NodeId != options.NodeId && status.State is SingletonState.Following or SingletonState.Disconnected)
+                {
+                    heldBy = seen;
+                }
+
+                var timeUp = Stopwatch.GetTimestamp() >= deadline;
+                if (stopping.IsCancellationRequested && gate.TryGiveUp())
+                {
+                    Say.Error("run", $"interrupted before '{settings.Name}' could be taken; the command did not run");
+                    result = ExitCodes.Interrupted;
+                }
+                else if (timeUp && status is { State: SingletonState.Disconnected, LastError: { } error } && gate.TryGiveUp())
+                {
+                    Say.Error("run", $"cannot connect to {connection.Display} within {Durations.Format(settings.Wait)}: {error}; the command did not run");
+                    result = ExitCodes.CannotConnect;
+                }
+                else if (timeUp && heldBy is not null && gate.TryGiveUp())
+                {
+                    var holder = heldBy.NodeId is { } node ? $"node {node}" : $"a session that is not a highlander node ({heldBy.ApplicationName})";
+                    Say.Error("run", $"'{settings.Name}' is held by {holder} (backend pid {heldBy.BackendPid}{(heldBy.ClientAddress is { } address ? ", client " + address : "")}); the command did not run");
+                    result = ExitCodes.HeldElsewhere;
                 }
                 else
                 {
-                    nextChange = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => false, TaskScheduler.Default);
+                    // Changes wake this at once; the short tick notices connection errors (which change no state) and the deadline.
+                    await Task.WhenAny(nextChange, gate.Started.Task, stoppingTask, Task.Delay(100)).ConfigureAwait(false);
                 }
             }
 
-            var status = singletons.Get(settings.Name);
-            if (status?.Leader is { } seen && seen.NodeId != options.NodeId && status.State is SingletonState.Following or SingletonState.Disconnected)
+            if (result is null)
             {
-                heldBy = seen;
+                // This node leads and the command runs: until it exits, or highlander is told to stop (then the host stops it).
+                await Task.WhenAny(gate.Finished.Task, stoppingTask).ConfigureAwait(false);
             }
 
-            var timeUp = Stopwatch.GetTimestamp() >= deadline;
-            if (stopping.IsCancellationRequested && gate.TryGiveUp())
+            var lastError = singletons.Get(settings.Name)?.LastError;
+            await host.StopAsync(CancellationToken.None).ConfigureAwait(false);
+            if (result is not null)
             {
-                Say.Error("run", $"interrupted before '{settings.Name}' could be taken; the command did not run");
-                result = ExitCodes.Interrupted;
+                return result.Value;
             }
-            else if (timeUp && status is { State: SingletonState.Disconnected, LastError: { } error } && gate.TryGiveUp())
+
+            // The host has stopped, so the command's run has ended and reported how; anything else is an interruption.
+            var outcome = gate.Finished.Task.IsCompletedSuccessfully ? gate.Finished.Task.Result : new CommandOutcome(ExitCodes.Interrupted, StoppedByUs: true);
+            if (outcome.StoppedByUs)
             {
-                Say.Error("run", $"cannot connect to {connection.Display} within {Durations.Format(settings.Wait)}: {error}; the command did not run");
-                result = ExitCodes.CannotConnect;
+                var why = stopping.IsCancellationRequested ? "highlander was told to stop" : $"this node lost '{settings.Name}' ({lastError ?? "lease lost"})";
+                Say.Error("run", $"interrupted: {why}; the command was stopped before it finished (its exit code was {outcome.ExitCode})");
+                return ExitCodes.Interrupted;
             }
-            else if (timeUp && heldBy is not null && gate.TryGiveUp())
-            {
-                var holder = heldBy.NodeId is { } node ? $"node {node}" : $"a session that is not a highlander node ({heldBy.ApplicationName})";
-                Say.Error("run", $"'{settings.Name}' is held by {holder} (backend pid {heldBy.BackendPid}{(heldBy.ClientAddress is { } address ? ", client " + address : "")}); the command did not run");
-                result = ExitCodes.HeldElsewhere;
-            }
-            else
-            {
-                // Changes wake this at once; the short tick notices connection errors (which change no state) and the deadline.
-                await Task.WhenAny(nextChange, gate.Started.Task, stoppingTask, Task.Delay(100)).ConfigureAwait(false);
-            }
+
+            LogOnceDone(logger, settings.Name, outcome.ExitCode);
+            return outcome.ExitCode;
         }
-
-        if (result is null)
-        {
-            // This node leads and the command runs: until it exits, or highlander is told to stop (then the host stops it).
-            await Task.WhenAny(gate.Finished.Task, stoppingTask).ConfigureAwait(false);
-        }
-
-        var lastError = singletons.Get(settings.Name)?.LastError;
-        await host.StopAsync(CancellationToken.None).ConfigureAwait(false);
-        if (result is not null)
-        {
-            return result.Value;
-        }
-
-        // The host has stopped, so the command's run has ended and reported how; anything else is an interruption.
-        var outcome = gate.Finished.Task.IsCompletedSuccessfully ? gate.Finished.Task.Result : new CommandOutcome(ExitCodes.Interrupted, StoppedByUs: true);
-        if (outcome.StoppedByUs)
-        {
-            var why = stopping.IsCancellationRequested ? "highlander was told to stop" : $"this node lost '{settings.Name}' ({lastError ?? "lease lost"})";
-            Say.Error("run", $"interrupted: {why}; the command was stopped before it finished (its exit code was {outcome.ExitCode})");
-            return ExitCodes.Interrupted;
-        }
-
-        LogOnceDone(logger, settings.Name, outcome.ExitCode);
-        return outcome.ExitCode;
     }
 
     private static IReadOnlyList<string>? ValidationFailures(Exception ex) => ex switch
