@@ -8,6 +8,7 @@ namespace HighlanderPG.Tests.Infrastructure;
 public sealed class TestCluster : IAsyncDisposable
 {
     private readonly List<TestNode> _nodes = [];
+    private readonly List<EscalationContext> _unexpectedEscalations = [];
 
     public TestCluster(string connectionString)
     {
@@ -64,6 +65,19 @@ public sealed class TestCluster : IAsyncDisposable
             o.Namespace = Namespace;
             o.NodeId = nodeId;
             TestTimings(o);
+
+            // The default escalation ends the process: here that would abort the whole test run without saying which
+            // test or why. A test that expects escalation sets its own handler; any other escalation fails its test.
+            o.OnEscalation = ctx =>
+            {
+                lock (_unexpectedEscalations)
+                {
+                    _unexpectedEscalations.Add(ctx);
+                }
+
+                Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, "unexpected: " + ctx.Reason);
+                return ValueTask.CompletedTask;
+            };
             configure?.Invoke(o);
         });
         foreach (var name in singletons ?? ["job"])
@@ -88,6 +102,15 @@ public sealed class TestCluster : IAsyncDisposable
         foreach (var node in _nodes)
         {
             await node.DisposeAsync();
+        }
+
+        lock (_unexpectedEscalations)
+        {
+            Assert.True(
+                _unexpectedEscalations.Count == 0,
+                "A child was escalated although the test did not expect it: " +
+                string.Join("; ", _unexpectedEscalations.Select(e => $"{e.NodeId}/{e.Singleton}: {e.Reason} (remaining lease {e.RemainingLease})")) +
+                "\n" + Recorder.Describe());
         }
     }
 }
