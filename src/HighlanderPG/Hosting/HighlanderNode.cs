@@ -25,7 +25,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     private readonly TimeProvider _time;
     private readonly Lock _subscribersGate = new();
     private readonly List<Channel<SingletonStateChanged>> _subscribers = [];
-    private readonly CancellationTokenSource _runnersStopping = new();
+    private CancellationTokenSource[] _runnerStops = [];
     private readonly CancellationTokenSource _sessionStopping = new();
 
     // Changes are handed to subscribers and StateChanged handlers by one task, in order, so that a slow handler never
@@ -85,7 +85,14 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         _dispatcher = Task.Run(DispatchAsync, CancellationToken.None);
         _sessionTask = Task.Run(() => session.RunAsync(_sessionStopping.Token), CancellationToken.None);
         _waiterTask = Task.Run(() => waiter.RunAsync(_sessionStopping.Token), CancellationToken.None);
-        _runnersTask = Task.WhenAll(_runners.Select(r => Task.Run(() => r.RunAsync(_runnersStopping.Token), CancellationToken.None)));
+        // Each runner is told to stop by a token of its own: a child's cancellation callback that blocks then holds up only
+        // its own runner's signal, never the others' (cancelling one shared token runs every callback on one thread).
+        _runnerStops = _runners.Select(_ => new CancellationTokenSource()).ToArray();
+        _runnersTask = Task.WhenAll(_runners.Select((r, i) =>
+        {
+            var stop = _runnerStops[i].Token;
+            return Task.Run(() => r.RunAsync(stop), CancellationToken.None);
+        }));
         return Task.CompletedTask;
     }
 
@@ -101,7 +108,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return;
         }
 
-        await _runnersStopping.CancelAsync().ConfigureAwait(false);
+        foreach (var stop in _runnerStops)
+        {
+            _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do
+        }
+
         try
         {
             await _runnersTask.ConfigureAwait(false);
@@ -228,7 +239,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             await _waitDataSource.DisposeAsync().ConfigureAwait(false);
         }
 
-        _runnersStopping.Dispose();
+        foreach (var stop in _runnerStops)
+        {
+            stop.Dispose();
+        }
+
         _sessionStopping.Dispose();
     }
 }

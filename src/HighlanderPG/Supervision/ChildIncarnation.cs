@@ -76,6 +76,14 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         }
     }
 
+    /// <summary>What of the child still runs, for an escalation's reason.</summary>
+    public string DescribeRunning() =>
+        !Volatile.Read(ref _begun) || _instance is null ? "it had not started"
+        : !Volatile.Read(ref _start).IsCompleted ? "its StartAsync had not returned"
+        : _instance is BackgroundService { ExecuteTask: { IsCompleted: false } } ? "its ExecuteAsync had not returned"
+        : Volatile.Read(ref _stop) is { IsCompleted: false } ? "its StopAsync had not returned"
+        : "it had just ended";
+
     /// <summary>Creates the child in a new scope; <see cref="Begin"/> starts it.</summary>
     public static ChildIncarnation Create(SingletonRegistration registration, IServiceProvider services, ILeadership leadership)
     {

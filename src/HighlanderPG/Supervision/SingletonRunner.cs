@@ -202,7 +202,7 @@ internal sealed class SingletonRunner
 
             // From here until the child is known to be gone, the lease guard (on its own thread) escalates the child if it
             // still runs at its lease's escalation point, whatever happens to this runner or the thread pool.
-            watch = _session.Guard.Start(lease, () => child.IsRunning, w => _ = EscalateAsync(w, $"its child did not stop by the end of its lease ({lease.LossReason})"));
+            watch = _session.Guard.Start(lease, () => child.IsRunning, w => _ = EscalateAsync(w, $"its child did not stop by the end of its lease ({lease.LossReason}): {child.DescribeRunning()}"));
             childGone = false;
             child.Begin(startCts.Token);
             using var lostSignal = new CancellationSignal(lease.LostToken);
@@ -250,7 +250,7 @@ internal sealed class SingletonRunner
             childGone = await child.StopAsync(_options.StopTimeout, lease, _time).ConfigureAwait(false);
             if (!childGone)
             {
-                await EscalateAsync(watch, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason})").ConfigureAwait(false);
+                await EscalateAsync(watch, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason}): {child.DescribeRunning()}").ConfigureAwait(false);
 
                 // A custom handler returned: the lock stays held until the child is really gone (or the lease is).
                 var exited = child.Exited;

@@ -16,12 +16,19 @@ public sealed class RobustnessTests(PostgresFixture pg)
         await using var cluster = new TestCluster(pg.ConnectionString);
         await using var proxy = FaultTests.ProxyTo(pg.ConnectionString);
         var blockers = new List<ManualResetEventSlim>();
+        var released = false;
         void Blocking(IServiceCollection s) => s.AddClusterSingleton("blocker", async (leadership, _, ct) =>
         {
+            // Once the test has released the blockers, a new one does not block: else its node's shutdown would rightly
+            // escalate it (its registration's Dispose waits for the callback, so its ExecuteAsync would not return in time).
             var gate = new ManualResetEventSlim();
             lock (blockers)
             {
                 blockers.Add(gate);
+                if (released)
+                {
+                    gate.Set();
+                }
             }
 
             // Synchronous work in a cancellation callback: runs on whatever thread cancels.
@@ -48,11 +55,57 @@ public sealed class RobustnessTests(PostgresFixture pg)
         Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
         lock (blockers)
         {
+            released = true;
             blockers.ForEach(b => b.Set());
         }
 
         await cluster.Recorder.WaitStartedAsync("blocker", mark, node: "other");
         cluster.Recorder.AssertNoOverlap();
+    }
+
+    /// <summary>At shutdown too: a child blocking in its cancellation callback does not hold up the other children's stop.</summary>
+    [Fact]
+    public async Task At_shutdown_a_child_blocking_in_its_cancellation_callback_does_not_delay_the_others()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        using var gate = new ManualResetEventSlim();
+
+        // The blocker is led last, so its runner's registrations are the newest: cancelling one token shared by all runners
+        // would run its callback first, and the job's stop would wait on it.
+        await using var squatter = new Npgsql.NpgsqlConnection(pg.ConnectionString);
+        await squatter.OpenAsync();
+        var blockerKey = SingletonKey.Derive(cluster.Namespace, "blocker");
+        await using (var hold = new Npgsql.NpgsqlCommand("SELECT pg_advisory_lock($1)", squatter) { Parameters = { new() { Value = blockerKey } } })
+        {
+            await hold.ExecuteNonQueryAsync();
+        }
+
+        var node = await cluster.StartNodeAsync("stopping", services: s => s.AddClusterSingleton("blocker", async (leadership, _, ct) =>
+        {
+            using var registration = ct.Register(() => gate.Wait(TimeSpan.FromSeconds(30)));
+            cluster.Recorder.Record(leadership.NodeId, "blocker", LifeKind.Started);
+            await Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default);
+        }), configure: o => o.OnEscalation = ctx =>
+        {
+            cluster.Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, ctx.Reason);
+            gate.Set(); // what ending the process would do to the blocked callback
+            return ValueTask.CompletedTask;
+        });
+        await node.WaitForStateAsync("job", SingletonState.Leading);
+        await using (var release = new Npgsql.NpgsqlCommand("SELECT pg_advisory_unlock($1)", squatter) { Parameters = { new() { Value = blockerKey } } })
+        {
+            await release.ExecuteNonQueryAsync();
+        }
+
+        await node.WaitForStateAsync("blocker", SingletonState.Leading);
+
+        var mark = cluster.Recorder.Count;
+        await node.StopAsync().WaitAsync(TimeSpan.FromSeconds(60));
+
+        // The blocker is escalated when its stop time runs out; the job, told on its own, stopped long before that.
+        var stopped = cluster.Recorder.Events.Single(e => e.Seq >= mark && e.Singleton == "job" && e.Kind == LifeKind.Stopped);
+        var escalated = cluster.Recorder.Events.Single(e => e.Seq >= mark && e.Singleton == "blocker" && e.Kind == LifeKind.Escalated);
+        Assert.True(stopped.Seq < escalated.Seq, cluster.Recorder.Describe());
     }
 
     /// <summary>A step-down asked for while the session is cut off completes (the lock goes with the session), and so does shutdown.</summary>

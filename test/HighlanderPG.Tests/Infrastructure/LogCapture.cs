@@ -53,7 +53,11 @@ public sealed class LogCapture
         }
     }
 
-    public sealed record LogEntry(string Node, string Category, LogLevel Level, EventId EventId, string Message, Exception? Exception);
+    public sealed record LogEntry(string Node, string Category, LogLevel Level, EventId EventId, string Message, Exception? Exception)
+    {
+        /// <summary>When it was logged (<see cref="System.Diagnostics.Stopwatch"/> timestamp, as the recorder's events).</summary>
+        public long Timestamp { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+    }
 
     private sealed class Provider(LogCapture capture, string node) : ILoggerProvider
     {

@@ -97,6 +97,13 @@ public sealed class TestCluster : IAsyncDisposable
         return node;
     }
 
+    private string DescribeLogs(IReadOnlySet<string> nodes)
+    {
+        var entries = Logs.Entries.Where(e => nodes.Contains(e.Node)).ToList();
+        var start = Recorder.Events.Count > 0 ? Recorder.Events[0].Timestamp : entries.FirstOrDefault()?.Timestamp ?? 0;
+        return string.Join("\n", entries.Select(e => $"  +{System.Diagnostics.Stopwatch.GetElapsedTime(start, e.Timestamp).TotalMilliseconds:F0}ms {e.Node} {e.EventId.Id} {e.Level} {e.Message}"));
+    }
+
     public async ValueTask DisposeAsync()
     {
         foreach (var node in _nodes)
@@ -110,7 +117,7 @@ public sealed class TestCluster : IAsyncDisposable
                 _unexpectedEscalations.Count == 0,
                 "A child was escalated although the test did not expect it: " +
                 string.Join("; ", _unexpectedEscalations.Select(e => $"{e.NodeId}/{e.Singleton}: {e.Reason} (remaining lease {e.RemainingLease})")) +
-                "\n" + Recorder.Describe());
+                "\n" + Recorder.Describe() + "\nLogs of those nodes:\n" + DescribeLogs(_unexpectedEscalations.Select(e => e.NodeId).ToHashSet()));
         }
     }
 }
