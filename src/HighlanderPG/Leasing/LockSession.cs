@@ -774,7 +774,10 @@ internal sealed class LockSession
             }
 
             failed?.Registration.Dispose();
-            failed?.Done.TrySetException(new InvalidOperationException($"Cannot bump the fencing epoch of '{name}' in {_options.FencingSchema}.leases: {ex.SqlState}: {ex.MessageText}", ex));
+            var hint = ex.SqlState == PostgresErrorCodes.InsufficientPrivilege
+                ? $" (a node's role needs USAGE on schema {_options.FencingSchema} and SELECT, INSERT, UPDATE, DELETE on {_options.FencingSchema}.leases)"
+                : "";
+            failed?.Done.TrySetException(new InvalidOperationException($"Cannot bump the fencing epoch of '{name}' in {_options.FencingSchema}.leases: {ex.SqlState}: {ex.MessageText}{hint}", ex));
             return sent + ToTimestampDelta(_options.HeartbeatInterval);
         }
 

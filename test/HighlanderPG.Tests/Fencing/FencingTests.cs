@@ -195,6 +195,85 @@ public sealed class FencingTests(PostgresFixture pg)
         Assert.Contains("stale fencing epoch", unknown.Output);
     }
 
+    [Fact]
+    public async Task The_documented_grants_are_enough_for_a_node_and_a_writer()
+    {
+        // A DBA creates the table and function ahead (as the README says), then grants a node role only what the
+        // README lists, and a writer role only USAGE and EXECUTE: fencing works for both, and the writer cannot touch
+        // the table itself.
+        var schema = NewSchema();
+        var nodeRole = schema + "_node";
+        var writerRole = schema + "_writer";
+        var password = Guid.NewGuid().ToString("N");
+        await Db.ScalarAsync<object>(pg.ConnectionString, FencingSql.Ddl(schema));
+        await Db.ScalarAsync<object>(pg.ConnectionString, $"""
+            CREATE ROLE {nodeRole} LOGIN PASSWORD '{password}';
+            CREATE ROLE {writerRole} LOGIN PASSWORD '{password}';
+            GRANT USAGE ON SCHEMA {schema} TO {nodeRole}, {writerRole};
+            GRANT SELECT, INSERT, UPDATE ON {schema}.leases TO {nodeRole};
+            GRANT EXECUTE ON FUNCTION {schema}.assert_epoch(text, bigint, text) TO {writerRole};
+            """);
+        try
+        {
+            string As(string role) => new NpgsqlConnectionStringBuilder(pg.ConnectionString) { Username = role, Password = password }.ConnectionString;
+            await using var cluster = new TestCluster(pg.ConnectionString);
+            var node = await cluster.StartNodeAsync("least", connectionString: As(nodeRole), configure: Fenced(schema));
+
+            // Without DELETE (a name moved to another key takes its epoch along) the bump is refused, no child runs,
+            // and the error says what to grant; once granted, the node leads without a restart.
+            var refused = await cluster.Logs.WaitAsync(e => e.Node == "least" && e.Exception?.Message.Contains("permission denied", StringComparison.Ordinal) == true);
+            Assert.Contains($"SELECT, INSERT, UPDATE, DELETE on {schema}.leases", refused.Exception!.Message);
+            Assert.Equal(0, cluster.Recorder.Count);
+            await Db.ScalarAsync<object>(pg.ConnectionString, $"GRANT DELETE ON {schema}.leases TO {nodeRole}");
+            var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
+            var epoch = leading.FencingEpoch!.Value;
+            Assert.Equal(nodeRole, await Db.ScalarAsync<string>(pg.ConnectionString,
+                "SELECT usename::text FROM pg_stat_activity WHERE application_name = 'highlander/least'"));
+
+            await using var writer = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(As(writerRole)) { Pooling = false }.ConnectionString);
+            await writer.OpenAsync();
+            await using (var tx = await writer.BeginTransactionAsync())
+            {
+                await FencingGuard.AssertEpochAsync(tx, "job", epoch, cluster.Namespace, schema);
+                await tx.CommitAsync();
+            }
+
+            await using (var tx = await writer.BeginTransactionAsync())
+            {
+                await Assert.ThrowsAsync<StaleEpochException>(() => FencingGuard.AssertEpochAsync(tx, "job", epoch - 1, cluster.Namespace, schema));
+            }
+
+            await using (var read = new NpgsqlCommand($"SELECT count(*) FROM {schema}.leases", writer))
+            {
+                var denied = await Assert.ThrowsAsync<PostgresException>(() => read.ExecuteScalarAsync());
+                Assert.Equal(PostgresErrorCodes.InsufficientPrivilege, denied.SqlState);
+            }
+
+            await using (var nodeConnection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(As(nodeRole)) { Pooling = false }.ConnectionString))
+            {
+                await nodeConnection.OpenAsync();
+                await using var call = new NpgsqlCommand($"SELECT {schema}.assert_epoch('job', $1, $2)", nodeConnection);
+                call.Parameters.Add(new NpgsqlParameter<long> { TypedValue = epoch });
+                call.Parameters.Add(new NpgsqlParameter<string> { TypedValue = cluster.Namespace });
+                var denied = await Assert.ThrowsAsync<PostgresException>(() => call.ExecuteScalarAsync());
+                Assert.Equal(PostgresErrorCodes.InsufficientPrivilege, denied.SqlState); // EXECUTE is revoked from PUBLIC
+            }
+        }
+        finally
+        {
+            await using (var cleanup = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(pg.ConnectionString) { Pooling = false }.ConnectionString))
+            {
+                await cleanup.OpenAsync();
+                await using var terminate = new NpgsqlCommand("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ($1, $2)", cleanup);
+                terminate.Parameters.Add(new NpgsqlParameter<string> { TypedValue = nodeRole });
+                terminate.Parameters.Add(new NpgsqlParameter<string> { TypedValue = writerRole });
+                await terminate.ExecuteNonQueryAsync();
+            }
+
+            await Db.ScalarAsync<object>(pg.ConnectionString, $"DROP OWNED BY {nodeRole}, {writerRole}; DROP ROLE {nodeRole}; DROP ROLE {writerRole};");
+        }
+    }
+
     private async Task<(int ExitCode, string Output)> Psql(string sql)
     {
         var b = new NpgsqlConnectionStringBuilder(pg.ConnectionString);
