@@ -160,7 +160,8 @@ public sealed class TestNode(string nodeId, IHost host) : IAsyncDisposable
     public Task<SingletonStatus> WaitForLeaderAsync(string singleton, string leader, TimeSpan? timeout = null) =>
         WaitForAsync(singleton, s => s.State == SingletonState.Following && s.Leader?.NodeId == leader, $"follow {leader}", timeout);
 
-    private async Task<SingletonStatus> WaitForAsync(string singleton, Func<SingletonStatus, bool> match, string what, TimeSpan? timeout)
+    /// <summary>Waits until <paramref name="singleton"/>'s status on this node matches, woken by its state changes.</summary>
+    public async Task<SingletonStatus> WaitForAsync(string singleton, Func<SingletonStatus, bool> match, string what, TimeSpan? timeout = null)
     {
         using var cts = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(60));
         var watch = Singletons.WatchAsync(cts.Token).GetAsyncEnumerator(cts.Token);
