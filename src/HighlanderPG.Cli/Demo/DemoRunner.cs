@@ -653,9 +653,9 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
 
     private void PrintSummary(int exitCode)
     {
-        if (Console.IsOutputRedirected && AnsiConsole.Profile.Width < 132)
+        if (Console.IsOutputRedirected && AnsiConsole.Profile.Width < 200)
         {
-            AnsiConsole.Profile.Width = 132; // a log or CI output: wide enough that the table does not wrap
+            AnsiConsole.Profile.Width = 200; // a log or CI output: wide enough that the table does not wrap (it is only as wide as its cells)
         }
 
         var table = new Table().Border(TableBorder.Rounded).Title("What happened after each fault");
