@@ -29,44 +29,120 @@ public enum SingletonState
 }
 
 /// <summary>The node holding a singleton's lock, as seen in <c>pg_locks</c> and <c>pg_stat_activity</c>.</summary>
-/// <param name="NodeId">The holder's node id, when it is a HighlanderPG node (from its <c>application_name</c>).</param>
-/// <param name="BackendPid">The holder session's backend process id.</param>
-/// <param name="ApplicationName">The holder session's <c>application_name</c>.</param>
-/// <param name="ClientAddress">The holder's client address, when connected over TCP.</param>
-/// <param name="SessionStarted">When the holder's session started (server clock).</param>
-public sealed record LeaderInfo(string? NodeId, int BackendPid, string? ApplicationName, string? ClientAddress, DateTimeOffset? SessionStarted);
+public sealed class LeaderInfo
+{
+    internal LeaderInfo(string? nodeId, int backendPid, string? applicationName, string? clientAddress, DateTimeOffset? sessionStarted)
+    {
+        NodeId = nodeId;
+        BackendPid = backendPid;
+        ApplicationName = applicationName;
+        ClientAddress = clientAddress;
+        SessionStarted = sessionStarted;
+    }
+
+    /// <summary>The holder's node id, when it is a HighlanderPG node (from its <c>application_name</c>).</summary>
+    public string? NodeId { get; }
+
+    /// <summary>The holder session's backend process id.</summary>
+    public int BackendPid { get; }
+
+    /// <summary>The holder session's <c>application_name</c>.</summary>
+    public string? ApplicationName { get; }
+
+    /// <summary>The holder's client address, when connected over TCP.</summary>
+    public string? ClientAddress { get; }
+
+    /// <summary>When the holder's session started (server clock).</summary>
+    public DateTimeOffset? SessionStarted { get; }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{NodeId ?? ApplicationName ?? "?"} (backend {BackendPid}{(ClientAddress is null ? "" : " at " + ClientAddress)})";
+}
 
 /// <summary>A snapshot of one singleton on this node, like OTP's <c>which_children</c>.</summary>
-/// <param name="Name">The singleton's name.</param>
-/// <param name="Key">Its advisory lock key.</param>
-/// <param name="State">Its state on this node.</param>
-/// <param name="Since">When it entered that state.</param>
-/// <param name="Restarts">How many times its child was restarted on this node.</param>
-/// <param name="LastError">The last error (child failure, connection error, lease loss), if any.</param>
-/// <param name="FencingEpoch">Its fencing epoch while this node leads it, when fencing is on.</param>
-/// <param name="Leader">Who holds its lock, when known: this node while it leads, otherwise the last holder seen.</param>
-public sealed record SingletonStatus(
-    string Name,
-    long Key,
-    SingletonState State,
-    DateTimeOffset Since,
-    int Restarts,
-    string? LastError,
-    long? FencingEpoch,
-    LeaderInfo? Leader);
+public sealed class SingletonStatus
+{
+    internal SingletonStatus(string name, long key, SingletonState state, DateTimeOffset since, int restarts, string? lastError, long? fencingEpoch, LeaderInfo? leader)
+    {
+        Name = name;
+        Key = key;
+        State = state;
+        Since = since;
+        Restarts = restarts;
+        LastError = lastError;
+        FencingEpoch = fencingEpoch;
+        Leader = leader;
+    }
+
+    /// <summary>The singleton's name.</summary>
+    public string Name { get; }
+
+    /// <summary>Its advisory lock key.</summary>
+    public long Key { get; }
+
+    /// <summary>Its state on this node.</summary>
+    public SingletonState State { get; }
+
+    /// <summary>When it entered that state.</summary>
+    public DateTimeOffset Since { get; }
+
+    /// <summary>How many times its child was restarted on this node.</summary>
+    public int Restarts { get; }
+
+    /// <summary>The last error (child failure, connection error, lease loss), if any.</summary>
+    public string? LastError { get; }
+
+    /// <summary>Its fencing epoch while this node leads it, when fencing is on.</summary>
+    public long? FencingEpoch { get; }
+
+    /// <summary>Who holds its lock, when known: this node while it leads, otherwise the last holder seen.</summary>
+    public LeaderInfo? Leader { get; }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{Name}: {State} since {Since:O}, restarts {Restarts}, leader {Leader?.NodeId ?? "none"}";
+}
 
 /// <summary>
 /// A change of a singleton on this node: of its state, or (with <see cref="Previous"/> equal to <see cref="Current"/>)
 /// of the leader this node follows.
 /// </summary>
-/// <param name="Name">The singleton.</param>
-/// <param name="Previous">Its state before.</param>
-/// <param name="Current">Its state now.</param>
-/// <param name="At">When it changed.</param>
-/// <param name="Reason">Why, in words.</param>
-/// <param name="NodeId">This node.</param>
-/// <param name="Leader">Who leads the singleton now, when known.</param>
-public sealed record SingletonStateChanged(string Name, SingletonState Previous, SingletonState Current, DateTimeOffset At, string Reason, string NodeId, LeaderInfo? Leader);
+public sealed class SingletonStateChanged : EventArgs
+{
+    internal SingletonStateChanged(string name, SingletonState previous, SingletonState current, DateTimeOffset at, string reason, string nodeId, LeaderInfo? leader)
+    {
+        Name = name;
+        Previous = previous;
+        Current = current;
+        At = at;
+        Reason = reason;
+        NodeId = nodeId;
+        Leader = leader;
+    }
+
+    /// <summary>The singleton.</summary>
+    public string Name { get; }
+
+    /// <summary>Its state before.</summary>
+    public SingletonState Previous { get; }
+
+    /// <summary>Its state now.</summary>
+    public SingletonState Current { get; }
+
+    /// <summary>When it changed.</summary>
+    public DateTimeOffset At { get; }
+
+    /// <summary>Why, in words.</summary>
+    public string Reason { get; }
+
+    /// <summary>This node.</summary>
+    public string NodeId { get; }
+
+    /// <summary>Who leads the singleton now, when known.</summary>
+    public LeaderInfo? Leader { get; }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{Name}: {Previous} -> {Current} ({Reason})";
+}
 
 /// <summary>
 /// What a singleton's child knows about its leadership. Inject it into the child's constructor; each

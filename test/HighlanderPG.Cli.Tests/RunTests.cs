@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Cli.Processes;
 using HighlanderPG.Cli.Tests.Infrastructure;
 using HighlanderPG.Testing;
@@ -64,7 +65,7 @@ public sealed class RunTests(ServerFixture pg) : IDisposable
         var next = await _life.WaitStartedAsync("b", after: first.Index);
         Assert.True(stopped.Index < next.Index, "the cut-off leader's child must stop before another starts:\n" + _life.Describe());
         _life.AssertNoOverlap();
-        Assert.True(a.Stderr.Contains("[1006]", StringComparison.Ordinal), a.Output); // lease about to expire: stopping children
+        Assert.True(a.Stderr.Contains($"[{HighlanderEventIds.LeaseExpiring}]", StringComparison.Ordinal), a.Output); // lease about to expire: stopping children
         proxy.SetMode(ProxyMode.Pass); // healed: a reconnects as a follower (and stops promptly at the end of the test)
     }
 
@@ -83,7 +84,7 @@ public sealed class RunTests(ServerFixture pg) : IDisposable
         _life.AssertNoOverlap();
         Assert.True(a.Stderr.Contains("[2003]", StringComparison.Ordinal), a.Output); // did not stop within the stop timeout of SIGTERM: SIGKILL
         Assert.True(a.Stderr.Contains("exited with code 137", StringComparison.Ordinal), a.Output);
-        Assert.False(a.Stderr.Contains("[1300]", StringComparison.Ordinal), a.Output); // killed within its budget: no escalation
+        Assert.False(a.Stderr.Contains($"[{HighlanderEventIds.Escalating}]", StringComparison.Ordinal), a.Output); // killed within its budget: no escalation
     }
 
     [Fact]

@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Cli.Processes;
 using Microsoft.Extensions.Logging;
 
@@ -233,21 +234,21 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         return true;
     }
 
-    [LoggerMessage(EventId = 2000, Level = LogLevel.Information, Message = "Started {Command} (pid {Pid}, fencing token {Token})")]
+    [LoggerMessage(EventId = HighlanderEventIds.CommandStarted, Level = LogLevel.Information, Message = "Started {Command} (pid {Pid}, fencing token {Token})")]
     private static partial void LogStarted(ILogger logger, string command, int pid, string token);
 
-    [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "{Command} (pid {Pid}) exited with code {ExitCode} {How}")]
+    [LoggerMessage(EventId = HighlanderEventIds.CommandExited, Level = LogLevel.Information, Message = "{Command} (pid {Pid}) exited with code {ExitCode} {How}")]
     private static partial void LogExited(ILogger logger, string command, int pid, int exitCode, string how);
 
-    [LoggerMessage(EventId = 2002, Level = LogLevel.Information, Message = "Stopping {Command}: SIGTERM to process group {Group}, SIGKILL after {KillAfter}")]
+    [LoggerMessage(EventId = HighlanderEventIds.CommandStopping, Level = LogLevel.Information, Message = "Stopping {Command}: SIGTERM to process group {Group}, SIGKILL after {KillAfter}")]
     private static partial void LogStopping(ILogger logger, string command, int group, TimeSpan killAfter);
 
-    [LoggerMessage(EventId = 2003, Level = LogLevel.Warning, Message = "{Command} (process group {Group}) did not stop within {KillAfter} of SIGTERM: SIGKILL")]
+    [LoggerMessage(EventId = HighlanderEventIds.CommandKilled, Level = LogLevel.Warning, Message = "{Command} (process group {Group}) did not stop within {KillAfter} of SIGTERM: SIGKILL")]
     private static partial void LogKilling(ILogger logger, string command, int group, TimeSpan killAfter);
 
-    [LoggerMessage(EventId = 2004, Level = LogLevel.Warning, Message = "{Command} left processes running in its process group {Group}: stopping them")]
+    [LoggerMessage(EventId = HighlanderEventIds.CommandLeftovers, Level = LogLevel.Warning, Message = "{Command} left processes running in its process group {Group}: stopping them")]
     private static partial void LogLeftovers(ILogger logger, string command, int group);
 
-    [LoggerMessage(EventId = 2005, Level = LogLevel.Critical, Message = "Escalation for {Command}: SIGKILL to its process group now ({Reason})")]
+    [LoggerMessage(EventId = HighlanderEventIds.CommandEscalated, Level = LogLevel.Critical, Message = "Escalation for {Command}: SIGKILL to its process group now ({Reason})")]
     private static partial void LogEscalation(ILogger logger, string command, string reason);
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Cli.Processes;
@@ -252,13 +253,13 @@ internal static partial class RunHost
         return named.Count == 0 ? "" : $"\n  ({string.Join(", ", named)})";
     }
 
-    [LoggerMessage(EventId = 2100, Level = LogLevel.Information, Message = "Node {NodeId} contends for '{Name}' on {DataSource} (lease {Lease}, {Mode} mode)")]
+    [LoggerMessage(EventId = HighlanderEventIds.RunContending, Level = LogLevel.Information, Message = "Node {NodeId} contends for '{Name}' on {DataSource} (lease {Lease}, {Mode} mode)")]
     private static partial void LogStarting(ILogger logger, string nodeId, string name, string dataSource, string lease, string mode);
 
-    [LoggerMessage(EventId = 2101, Level = LogLevel.Information, Message = "Stepped down from '{Name}' and stopped")]
+    [LoggerMessage(EventId = HighlanderEventIds.RunSteppedDown, Level = LogLevel.Information, Message = "Stepped down from '{Name}' and stopped")]
     private static partial void LogStopped(ILogger logger, string name);
 
-    [LoggerMessage(EventId = 2102, Level = LogLevel.Information, Message = "Ran '{Name}' once; the command exited with code {ExitCode}; released")]
+    [LoggerMessage(EventId = HighlanderEventIds.RunOnceDone, Level = LogLevel.Information, Message = "Ran '{Name}' once; the command exited with code {ExitCode}; released")]
     private static partial void LogOnceDone(ILogger logger, string name, int exitCode);
 }
 

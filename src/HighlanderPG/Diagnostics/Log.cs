@@ -5,69 +5,78 @@ namespace HighlanderPG.Diagnostics;
 /// <summary>HighlanderPG's log messages. Event ids are stable: alerting may depend on them.</summary>
 internal static partial class Log
 {
-    [LoggerMessage(EventId = 1000, Level = LogLevel.Information, Message = "HighlanderPG node {NodeId} starting with {SingletonCount} singleton(s) on {DataSource}, lease {Lease}")]
+    [LoggerMessage(EventId = HighlanderEventIds.NodeStarting, Level = LogLevel.Information, Message = "HighlanderPG node {NodeId} starting with {SingletonCount} singleton(s) on {DataSource}, lease {Lease}")]
     public static partial void NodeStarting(ILogger logger, string nodeId, int singletonCount, string dataSource, TimeSpan lease);
 
-    [LoggerMessage(EventId = 1001, Level = LogLevel.Information, Message = "Lock session connected to {DataSource} (backend pid {BackendPid}, PostgreSQL {ServerVersion})")]
+    [LoggerMessage(EventId = HighlanderEventIds.Connected, Level = LogLevel.Information, Message = "Lock session connected to {DataSource} (backend pid {BackendPid}, PostgreSQL {ServerVersion})")]
     public static partial void Connected(ILogger logger, string dataSource, int backendPid, string serverVersion);
 
-    [LoggerMessage(EventId = 1002, Level = LogLevel.Warning, Message = "Cannot connect the lock session to {DataSource}; no singleton runs on this node until it can. Retrying in {RetryIn}")]
+    [LoggerMessage(EventId = HighlanderEventIds.ConnectFailed, Level = LogLevel.Warning, Message = "Cannot connect the lock session to {DataSource}; no singleton runs on this node until it can. Retrying in {RetryIn}")]
     public static partial void ConnectFailed(ILogger logger, Exception exception, string dataSource, TimeSpan retryIn);
 
-    [LoggerMessage(EventId = 1003, Level = LogLevel.Warning, Message = "Lock session lost: {Reason}. Every singleton this node led is stopped")]
+    [LoggerMessage(EventId = HighlanderEventIds.SessionLost, Level = LogLevel.Warning, Message = "Lock session lost: {Reason}. Every singleton this node led is stopped")]
     public static partial void SessionLost(ILogger logger, Exception? exception, string reason);
 
-    [LoggerMessage(EventId = 1004, Level = LogLevel.Error, Message = "The server at {DataSource} cannot be used safely: {Reason}. Retrying in {RetryIn}")]
+    [LoggerMessage(EventId = HighlanderEventIds.Refused, Level = LogLevel.Error, Message = "The server at {DataSource} cannot be used safely: {Reason}. Retrying in {RetryIn}")]
     public static partial void Refused(ILogger logger, string dataSource, string reason, TimeSpan retryIn);
 
-    [LoggerMessage(EventId = 1005, Level = LogLevel.Information, Message = "The server started {Uptime} ago; no lock is taken for another {Delay} so that holders cut off by the restart have stopped (lock-delay)")]
+    [LoggerMessage(EventId = HighlanderEventIds.LockDelay, Level = LogLevel.Information, Message = "The server started {Uptime} ago; no lock is taken for another {Delay} so that holders cut off by the restart have stopped (lock-delay)")]
     public static partial void LockDelay(ILogger logger, TimeSpan uptime, TimeSpan delay);
 
-    [LoggerMessage(EventId = 1006, Level = LogLevel.Error, Message = "Lease about to expire (no answer from the server since {SinceAck} ago): stopping every child of this node before the server may free its locks")]
+    [LoggerMessage(EventId = HighlanderEventIds.LeaseExpiring, Level = LogLevel.Error, Message = "Lease about to expire (no answer from the server since {SinceAck} ago): stopping every child of this node before the server may free its locks")]
     public static partial void LeaseExpiring(ILogger logger, TimeSpan sinceAck);
 
-    [LoggerMessage(EventId = 1007, Level = LogLevel.Warning, Message = "Connected through a pooler (backend pid {ServerPid} differs from the connection's {ClientPid}); allowed because AllowSessionModePooler is set")]
+    [LoggerMessage(EventId = HighlanderEventIds.SessionPooler, Level = LogLevel.Warning, Message = "Connected through a pooler (backend pid {ServerPid} differs from the connection's {ClientPid}); allowed because AllowSessionModePooler is set")]
     public static partial void SessionPooler(ILogger logger, int serverPid, int clientPid);
 
-    [LoggerMessage(EventId = 1008, Level = LogLevel.Warning, Message = "Server has no idle_session_timeout (PostgreSQL {ServerVersion}); running in the weaker mode without a server-enforced lease")]
+    [LoggerMessage(EventId = HighlanderEventIds.WeakerMode, Level = LogLevel.Warning, Message = "Server has no idle_session_timeout (PostgreSQL {ServerVersion}); running in the weaker mode without a server-enforced lease")]
     public static partial void WeakerMode(ILogger logger, string serverVersion);
 
-    [LoggerMessage(EventId = 1100, Level = LogLevel.Information, Message = "Acquired singleton {Singleton} (key {Key}); starting its child")]
+    [LoggerMessage(EventId = HighlanderEventIds.Acquired, Level = LogLevel.Information, Message = "Acquired singleton {Singleton} (key {Key}); starting its child")]
     public static partial void Acquired(ILogger logger, string singleton, long key);
 
-    [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "Released singleton {Singleton} (key {Key}) and told the other nodes: {Reason}")]
+    [LoggerMessage(EventId = HighlanderEventIds.Released, Level = LogLevel.Information, Message = "Released singleton {Singleton} (key {Key}) and told the other nodes: {Reason}")]
     public static partial void Released(ILogger logger, string singleton, long key, string reason);
 
-    [LoggerMessage(EventId = 1102, Level = LogLevel.Warning, Message = "Lost singleton {Singleton}: {Reason}")]
+    [LoggerMessage(EventId = HighlanderEventIds.LeadershipLost, Level = LogLevel.Warning, Message = "Lost singleton {Singleton}: {Reason}")]
     public static partial void LeadershipLost(ILogger logger, string singleton, string reason);
 
-    [LoggerMessage(EventId = 1103, Level = LogLevel.Information, Message = "Stepping down from singleton {Singleton}: {Reason}")]
+    [LoggerMessage(EventId = HighlanderEventIds.SteppingDown, Level = LogLevel.Information, Message = "Stepping down from singleton {Singleton}: {Reason}")]
     public static partial void SteppingDown(ILogger logger, string singleton, string reason);
 
-    [LoggerMessage(EventId = 1104, Level = LogLevel.Information, Message = "Singleton {Singleton} is led by {Leader}")]
+    [LoggerMessage(EventId = HighlanderEventIds.Following, Level = LogLevel.Information, Message = "Singleton {Singleton} is led by {Leader}")]
     public static partial void Following(ILogger logger, string singleton, string leader);
 
-    [LoggerMessage(EventId = 1200, Level = LogLevel.Information, Message = "Child of singleton {Singleton} started")]
+    [LoggerMessage(EventId = HighlanderEventIds.ChildStarted, Level = LogLevel.Information, Message = "Child of singleton {Singleton} started")]
     public static partial void ChildStarted(ILogger logger, string singleton);
 
-    [LoggerMessage(EventId = 1201, Level = LogLevel.Error, Message = "Child of singleton {Singleton} failed")]
+    [LoggerMessage(EventId = HighlanderEventIds.ChildFailed, Level = LogLevel.Error, Message = "Child of singleton {Singleton} failed")]
     public static partial void ChildFailed(ILogger logger, Exception exception, string singleton);
 
-    [LoggerMessage(EventId = 1202, Level = LogLevel.Information, Message = "Child of singleton {Singleton} completed ({Policy}: {Outcome})")]
+    [LoggerMessage(EventId = HighlanderEventIds.ChildCompleted, Level = LogLevel.Information, Message = "Child of singleton {Singleton} completed ({Policy}: {Outcome})")]
     public static partial void ChildCompleted(ILogger logger, string singleton, RestartPolicy policy, string outcome);
 
-    [LoggerMessage(EventId = 1203, Level = LogLevel.Information, Message = "Child of singleton {Singleton} stopped in {Elapsed}")]
+    [LoggerMessage(EventId = HighlanderEventIds.ChildStopped, Level = LogLevel.Information, Message = "Child of singleton {Singleton} stopped in {Elapsed}")]
     public static partial void ChildStopped(ILogger logger, string singleton, TimeSpan elapsed);
 
-    [LoggerMessage(EventId = 1300, Level = LogLevel.Critical, Message = "Escalating singleton {Singleton}: {Reason}")]
+    [LoggerMessage(EventId = HighlanderEventIds.Escalating, Level = LogLevel.Critical, Message = "Escalating singleton {Singleton}: {Reason}")]
     public static partial void Escalating(ILogger logger, string singleton, string reason);
 
-    [LoggerMessage(EventId = 1301, Level = LogLevel.Critical, Message = "Singleton {Singleton} restarted more than {MaxRestarts} times within {Window}: {Action}")]
+    [LoggerMessage(EventId = HighlanderEventIds.CrashLoop, Level = LogLevel.Critical, Message = "Singleton {Singleton} restarted more than {MaxRestarts} times within {Window}: {Action}")]
     public static partial void CrashLoop(ILogger logger, string singleton, int maxRestarts, TimeSpan window, CrashLoopAction action);
 
-    [LoggerMessage(EventId = 1302, Level = LogLevel.Error, Message = "Supervising singleton {Singleton} failed unexpectedly; it contends again after a pause")]
+    [LoggerMessage(EventId = HighlanderEventIds.RunnerError, Level = LogLevel.Error, Message = "Supervising singleton {Singleton} failed unexpectedly; it contends again after a pause")]
     public static partial void RunnerError(ILogger logger, Exception exception, string singleton);
 
-    [LoggerMessage(EventId = 1400, Level = LogLevel.Debug, Message = "Follower wait connection error; the heartbeat keeps polling meanwhile")]
+    [LoggerMessage(EventId = HighlanderEventIds.WaiterError, Level = LogLevel.Debug, Message = "Follower wait connection error; the heartbeat keeps polling meanwhile")]
     public static partial void WaiterError(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = HighlanderEventIds.RunnerStopFailed, Level = LogLevel.Error, Message = "A singleton runner failed while the node stopped")]
+    public static partial void RunnerStopFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = HighlanderEventIds.SessionStopFailed, Level = LogLevel.Error, Message = "The lock session failed while the node stopped")]
+    public static partial void SessionStopFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = HighlanderEventIds.StateChangedHandlerFailed, Level = LogLevel.Error, Message = "A StateChanged handler threw")]
+    public static partial void StateChangedHandlerFailed(ILogger logger, Exception exception);
 }

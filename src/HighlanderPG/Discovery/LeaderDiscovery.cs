@@ -5,25 +5,48 @@ using Npgsql;
 namespace HighlanderPG.Discovery;
 
 /// <summary>One singleton held in the database, as any process with database access sees it.</summary>
-/// <param name="Key">The advisory lock key.</param>
-/// <param name="Name">The singleton's name, when known (from the names given, or from the fencing table).</param>
-/// <param name="Namespace">Its namespace, when known.</param>
-/// <param name="Leader">The holding session: node id (from <c>application_name</c>), backend pid, client address, session start.</param>
-/// <param name="Since">When the leader acquired it (from the fencing table); otherwise <see langword="null"/>.</param>
-/// <param name="FencingEpoch">The current fencing epoch (from the fencing table), when fencing is on.</param>
-/// <param name="Endpoint">The endpoint the leader published (<see cref="HighlanderOptions.Endpoint"/>), when fencing is on.</param>
-/// <param name="Host">The leader's host name as it published it, when fencing is on.</param>
-/// <param name="Followers">Followers seen waiting for the lock right now (a follower waits on one held key at a time).</param>
-public sealed record SingletonLeader(
-    long Key,
-    string? Name,
-    string? Namespace,
-    LeaderInfo Leader,
-    DateTimeOffset? Since,
-    long? FencingEpoch,
-    string? Endpoint,
-    string? Host,
-    IReadOnlyList<LeaderInfo> Followers);
+public sealed class SingletonLeader
+{
+    internal SingletonLeader(long key, string? name, string? @namespace, LeaderInfo leader, DateTimeOffset? since, long? fencingEpoch, string? endpoint, string? host, IReadOnlyList<LeaderInfo> followers)
+    {
+        Key = key;
+        Name = name;
+        Namespace = @namespace;
+        Leader = leader;
+        Since = since;
+        FencingEpoch = fencingEpoch;
+        Endpoint = endpoint;
+        Host = host;
+        Followers = followers;
+    }
+
+    /// <summary>The advisory lock key.</summary>
+    public long Key { get; }
+
+    /// <summary>The singleton's name, when known (from the names given, or from the fencing table).</summary>
+    public string? Name { get; }
+
+    /// <summary>Its namespace, when known.</summary>
+    public string? Namespace { get; }
+
+    /// <summary>The holding session: node id (from <c>application_name</c>), backend pid, client address, session start.</summary>
+    public LeaderInfo Leader { get; }
+
+    /// <summary>When the leader acquired it (from the fencing table); otherwise <see langword="null"/>.</summary>
+    public DateTimeOffset? Since { get; }
+
+    /// <summary>The current fencing epoch (from the fencing table), when fencing is on.</summary>
+    public long? FencingEpoch { get; }
+
+    /// <summary>The endpoint the leader published (<see cref="HighlanderOptions.Endpoint"/>), when fencing is on.</summary>
+    public string? Endpoint { get; }
+
+    /// <summary>The leader's host name as it published it, when fencing is on.</summary>
+    public string? Host { get; }
+
+    /// <summary>Followers seen waiting for the lock right now (a follower waits on one held key at a time).</summary>
+    public IReadOnlyList<LeaderInfo> Followers { get; }
+}
 
 /// <summary>
 /// Finds who leads which singleton, from any process with database access, participant or not: "finding your process".
@@ -120,7 +143,7 @@ public static class LeaderDiscovery
                 else if (!granted && info.ApplicationName?.StartsWith(HolderQuery.WaiterApplicationNamePrefix, StringComparison.Ordinal) == true)
                 {
                     var node = info.ApplicationName[HolderQuery.WaiterApplicationNamePrefix.Length..];
-                    (followers.TryGetValue(key, out var list) ? list : followers[key] = []).Add(info with { NodeId = node });
+                    (followers.TryGetValue(key, out var list) ? list : followers[key] = []).Add(new LeaderInfo(node, info.BackendPid, info.ApplicationName, info.ClientAddress, info.SessionStarted));
                 }
             }
         }

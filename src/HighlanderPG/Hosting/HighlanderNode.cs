@@ -120,7 +120,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         catch (Exception ex)
         {
             // Runners catch their own errors; whatever still escapes must not keep the session from closing.
-            _logger.LogError(ex, "A singleton runner failed while stopping");
+            Log.RunnerStopFailed(_logger, ex);
         }
 
         await _sessionStopping.CancelAsync().ConfigureAwait(false);
@@ -137,7 +137,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
         catch (Exception ex)
         {
-            _logger.LogError(ex, "The lock session failed while stopping");
+            Log.SessionStopFailed(_logger, ex);
         }
 
         _changes.Writer.TryComplete();
@@ -213,7 +213,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             }
             catch (Exception ex)
             {
-                _logger.LogError(ex, "A StateChanged handler threw");
+                Log.StateChangedHandlerFailed(_logger, ex);
             }
         }
 

@@ -3,6 +3,11 @@ using Microsoft.Extensions.Options;
 
 namespace HighlanderPG.Hosting;
 
+/// <summary>One thing wrong with the options: the options it concerns (by their property names) and what to fix.</summary>
+/// <param name="Options">The <see cref="HighlanderOptions"/> or <see cref="ClusterSingletonOptions"/> property names involved.</param>
+/// <param name="Message">The message, naming the options.</param>
+internal sealed record OptionProblem(IReadOnlyList<string> Options, string Message);
+
 /// <summary>Rejects options and singleton registrations that cannot be safe, with messages that name the options.</summary>
 internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistration> registrations) : IValidateOptions<HighlanderOptions>
 {
@@ -11,26 +16,33 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
 
     public ValidateOptionsResult Validate(string? name, HighlanderOptions options)
     {
-        var errors = new List<string>();
+        var problems = Check(options, registrations);
+        return problems.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(problems.Select(p => p.Message));
+    }
+
+    /// <summary>Everything wrong with <paramref name="options"/> and <paramref name="registrations"/>, as structured problems (the CLI maps them to its flags).</summary>
+    internal static List<OptionProblem> Check(HighlanderOptions options, IEnumerable<SingletonRegistration> registrations)
+    {
+        var problems = new List<OptionProblem>();
         if (ConnectionSettings.Validate(options.ConnectionString) is { } connectionError)
         {
-            errors.Add(connectionError);
+            Add(connectionError, nameof(HighlanderOptions.ConnectionString));
         }
 
         if (string.IsNullOrWhiteSpace(options.Namespace))
         {
-            errors.Add($"{nameof(HighlanderOptions.Namespace)} must not be empty.");
+            Add($"{nameof(HighlanderOptions.Namespace)} must not be empty.", nameof(HighlanderOptions.Namespace));
         }
 
         if (string.IsNullOrEmpty(options.NodeId) || options.NodeId.Length > MaxNodeIdLength || options.NodeId.Any(c => c is <= ' ' or >= (char)127))
         {
-            errors.Add($"{nameof(HighlanderOptions.NodeId)} '{options.NodeId}' must be 1 to {MaxNodeIdLength} printable ASCII characters without spaces (it becomes part of the session's application_name, which PostgreSQL cuts at 63 bytes).");
+            Add($"{nameof(HighlanderOptions.NodeId)} '{options.NodeId}' must be 1 to {MaxNodeIdLength} printable ASCII characters without spaces (it becomes part of the session's application_name, which PostgreSQL cuts at 63 bytes).", nameof(HighlanderOptions.NodeId));
         }
 
         var lease = options.LeaseDuration;
         if (lease < TimeSpan.FromSeconds(1) || lease.Ticks % TimeSpan.TicksPerMillisecond != 0 || lease > TimeSpan.FromDays(1))
         {
-            errors.Add($"{nameof(HighlanderOptions.LeaseDuration)} is {lease}; it must be between 1 second and 1 day, in whole milliseconds.");
+            Add($"{nameof(HighlanderOptions.LeaseDuration)} is {lease}; it must be between 1 second and 1 day, in whole milliseconds.", nameof(HighlanderOptions.LeaseDuration));
         }
 
         Positive(options.HeartbeatInterval, nameof(HighlanderOptions.HeartbeatInterval));
@@ -40,38 +52,38 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         Positive(options.WaitSlice, nameof(HighlanderOptions.WaitSlice));
         if (options.StepDownHoldOff < TimeSpan.Zero)
         {
-            errors.Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.");
+            Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.", nameof(HighlanderOptions.StepDownHoldOff));
         }
 
         if (options.WaitSlice >= lease)
         {
-            errors.Add($"{nameof(HighlanderOptions.WaitSlice)} ({options.WaitSlice}) must be shorter than {nameof(HighlanderOptions.LeaseDuration)} ({lease}), which bounds every statement of HighlanderPG's sessions.");
+            Add($"{nameof(HighlanderOptions.WaitSlice)} ({options.WaitSlice}) must be shorter than {nameof(HighlanderOptions.LeaseDuration)} ({lease}), which bounds every statement of HighlanderPG's sessions.", nameof(HighlanderOptions.WaitSlice), nameof(HighlanderOptions.LeaseDuration));
         }
 
         if (options.ReconnectMaxDelay < options.ReconnectMinDelay)
         {
-            errors.Add($"{nameof(HighlanderOptions.ReconnectMaxDelay)} ({options.ReconnectMaxDelay}) must not be less than {nameof(HighlanderOptions.ReconnectMinDelay)} ({options.ReconnectMinDelay}).");
+            Add($"{nameof(HighlanderOptions.ReconnectMaxDelay)} ({options.ReconnectMaxDelay}) must not be less than {nameof(HighlanderOptions.ReconnectMinDelay)} ({options.ReconnectMinDelay}).", nameof(HighlanderOptions.ReconnectMaxDelay), nameof(HighlanderOptions.ReconnectMinDelay));
         }
 
         if (options.LockDelayAfterServerStart is { } lockDelay && lockDelay < lease)
         {
-            errors.Add($"{nameof(HighlanderOptions.LockDelayAfterServerStart)} ({lockDelay}) must be at least {nameof(HighlanderOptions.LeaseDuration)} ({lease}): holders cut off by a restart may run their children that long.");
+            Add($"{nameof(HighlanderOptions.LockDelayAfterServerStart)} ({lockDelay}) must be at least {nameof(HighlanderOptions.LeaseDuration)} ({lease}): holders cut off by a restart may run their children that long.", nameof(HighlanderOptions.LockDelayAfterServerStart), nameof(HighlanderOptions.LeaseDuration));
         }
 
         if (options.HeartbeatInterval > TimeSpan.Zero && options.HeartbeatInterval * 3 > lease)
         {
-            errors.Add($"{nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) must be well below {nameof(HighlanderOptions.LeaseDuration)} ({lease}): at most a third of it.");
+            Add($"{nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) must be well below {nameof(HighlanderOptions.LeaseDuration)} ({lease}): at most a third of it.", nameof(HighlanderOptions.HeartbeatInterval), nameof(HighlanderOptions.LeaseDuration));
         }
 
         var budget = (options.HeartbeatInterval * 2) + options.StopTimeout + options.SafetyMargin;
         if (budget > lease)
         {
-            errors.Add($"The lease does not fit: 2 × {nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) + {nameof(HighlanderOptions.StopTimeout)} ({options.StopTimeout}) + {nameof(HighlanderOptions.SafetyMargin)} ({options.SafetyMargin}) = {budget} exceeds {nameof(HighlanderOptions.LeaseDuration)} ({lease}). A child must be stopped before the server may free the lock; shorten the stop timeout or lengthen the lease.");
+            Add($"The lease does not fit: 2 × {nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) + {nameof(HighlanderOptions.StopTimeout)} ({options.StopTimeout}) + {nameof(HighlanderOptions.SafetyMargin)} ({options.SafetyMargin}) = {budget} exceeds {nameof(HighlanderOptions.LeaseDuration)} ({lease}). A child must be stopped before the server may free the lock; shorten the stop timeout or lengthen the lease.", nameof(HighlanderOptions.HeartbeatInterval), nameof(HighlanderOptions.StopTimeout), nameof(HighlanderOptions.SafetyMargin), nameof(HighlanderOptions.LeaseDuration));
         }
 
         if (options.Fencing && !Fencing.FencingSql.IsValidSchema(options.FencingSchema))
         {
-            errors.Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).");
+            Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(HighlanderOptions.FencingSchema));
         }
 
         ValidateSingleton(options.SingletonDefaults, "SingletonDefaults");
@@ -82,13 +94,13 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             var singletonName = registration.Name;
             if (string.IsNullOrWhiteSpace(singletonName) || singletonName.Length > MaxNameLength || singletonName.Any(char.IsControl))
             {
-                errors.Add($"Cluster singleton name '{singletonName}' ({registration.ServiceType.Name}) must be 1 to {MaxNameLength} characters, not blank, without control characters.");
+                Add($"Cluster singleton name '{singletonName}' ({registration.ServiceType.Name}) must be 1 to {MaxNameLength} characters, not blank, without control characters.");
                 continue;
             }
 
             if (!names.Add(singletonName))
             {
-                errors.Add($"Cluster singleton name '{singletonName}' is registered more than once; give each AddClusterSingleton a distinct name.");
+                Add($"Cluster singleton name '{singletonName}' is registered more than once; give each AddClusterSingleton a distinct name.");
                 continue;
             }
 
@@ -98,7 +110,7 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             var key = singleton.Key ?? (string.IsNullOrWhiteSpace(options.Namespace) ? 0 : SingletonKey.Derive(options.Namespace, singletonName));
             if (keys.TryGetValue(key, out var other))
             {
-                errors.Add($"Cluster singletons '{other}' and '{singletonName}' have the same lock key {key}; give them distinct {nameof(ClusterSingletonOptions.Key)}s.");
+                Add($"Cluster singletons '{other}' and '{singletonName}' have the same lock key {key}; give them distinct {nameof(ClusterSingletonOptions.Key)}s.", nameof(ClusterSingletonOptions.Key));
             }
             else
             {
@@ -106,13 +118,15 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             }
         }
 
-        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+        return problems;
+
+        void Add(string message, params string[] involved) => problems.Add(new OptionProblem(involved, message));
 
         void Positive(TimeSpan value, string option)
         {
             if (value <= TimeSpan.Zero)
             {
-                errors.Add($"{option} must be positive (it is {value}).");
+                Add($"{option} must be positive (it is {value}).", option);
             }
         }
 
@@ -120,17 +134,17 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         {
             if (singleton.MaxRestarts < 0)
             {
-                errors.Add($"{what}: {nameof(ClusterSingletonOptions.MaxRestarts)} must not be negative.");
+                Add($"{what}: {nameof(ClusterSingletonOptions.MaxRestarts)} must not be negative.", nameof(ClusterSingletonOptions.MaxRestarts));
             }
 
             if (singleton.RestartWindow <= TimeSpan.Zero)
             {
-                errors.Add($"{what}: {nameof(ClusterSingletonOptions.RestartWindow)} must be positive.");
+                Add($"{what}: {nameof(ClusterSingletonOptions.RestartWindow)} must be positive.", nameof(ClusterSingletonOptions.RestartWindow));
             }
 
             if (singleton.RestartDelay < TimeSpan.Zero)
             {
-                errors.Add($"{what}: {nameof(ClusterSingletonOptions.RestartDelay)} must not be negative.");
+                Add($"{what}: {nameof(ClusterSingletonOptions.RestartDelay)} must not be negative.", nameof(ClusterSingletonOptions.RestartDelay));
             }
         }
     }

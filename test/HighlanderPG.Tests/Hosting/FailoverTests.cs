@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -37,7 +38,7 @@ public sealed class FailoverTests(PostgresFixture pg)
         cluster.Recorder.AssertNoOverlap();
 
         // A graceful hand-over is announced: the logs show the release with its reason.
-        Assert.Contains(cluster.Logs.Entries, e => e.Node == leader.NodeId && e.EventId.Id == 1101);
+        Assert.Contains(cluster.Logs.Entries, e => e.Node == leader.NodeId && e.EventId.Id == HighlanderEventIds.Released);
     }
 
     [Fact]
@@ -75,7 +76,7 @@ public sealed class FailoverTests(PostgresFixture pg)
         Assert.Contains("child failure injected by the test", status.LastError);
         Assert.True(again.Seq > failed.Seq);
         cluster.Recorder.AssertNoOverlap();
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == 1201);
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ChildFailed);
     }
 
     [Fact]
@@ -95,7 +96,7 @@ public sealed class FailoverTests(PostgresFixture pg)
 
         Assert.Equal(SingletonState.Faulted, node.Singletons.Get("job")!.State);
         Assert.Equal(3, cluster.Recorder.Events.Count(e => e.Kind == LifeKind.Started)); // the first run and two restarts
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == 1301);
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.CrashLoop);
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using System.Diagnostics;
 using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
@@ -24,7 +25,7 @@ public sealed class FaultTests(PostgresFixture pg)
         var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
         Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
         cluster.Recorder.AssertNoOverlap();
-        Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == 1006); // lease about to expire
+        Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == HighlanderEventIds.LeaseExpiring); // lease about to expire
         Assert.NotEqual(SingletonState.Leading, leader.Singletons.Get("job")!.State);
         Assert.Equal(0, leader.Singletons.Get("job")!.Restarts); // losing the lease is not a crash
     }
@@ -44,7 +45,7 @@ public sealed class FaultTests(PostgresFixture pg)
 
     /// <summary>The first session loss (1003) or lease deadline (1006) logged by <paramref name="node"/> after <paramref name="since"/>.</summary>
     private static Task<LogCapture.LogEntry> LossAfterAsync(TestCluster cluster, string node, long since) =>
-        cluster.Logs.WaitAsync(e => e.Node == node && e.Timestamp > since && e.EventId.Id is 1003 or 1006);
+        cluster.Logs.WaitAsync(e => e.Node == node && e.Timestamp > since && e.EventId.Id is HighlanderEventIds.SessionLost or HighlanderEventIds.LeaseExpiring);
 
     [Fact]
     public async Task A_killed_leader_backend_stops_the_child_and_the_singleton_runs_again_under_a_higher_epoch()
@@ -66,7 +67,7 @@ public sealed class FaultTests(PostgresFixture pg)
         await cluster.Recorder.WaitStoppedAsync("job", "a", mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark);
         var cause = await LossAfterAsync(cluster, "a", fault);
-        Assert.Equal(1003, cause.EventId.Id); // stopped because its session ended, not at its lease deadline (1006)
+        Assert.Equal(HighlanderEventIds.SessionLost, cause.EventId.Id); // stopped because its session ended, not at its lease deadline (1006)
         Assert.Contains("57P01", cause.Message); // ended by the server: admin_shutdown
         var leading = await (next.Node == "a" ? a : b).WaitForStateAsync("job", SingletonState.Leading);
         Assert.True(leading.FencingEpoch > first.FencingEpoch, $"epoch {leading.FencingEpoch} after {first.FencingEpoch}");
@@ -91,7 +92,7 @@ public sealed class FaultTests(PostgresFixture pg)
         proxy.SetMode(ProxyMode.Reset);
         await cluster.Recorder.WaitStoppedAsync("job", "reset", mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark);
-        Assert.Equal(1003, (await LossAfterAsync(cluster, "reset", fault)).EventId.Id); // its session broke, not its lease deadline (1006)
+        Assert.Equal(HighlanderEventIds.SessionLost, (await LossAfterAsync(cluster, "reset", fault)).EventId.Id); // its session broke, not its lease deadline (1006)
         Assert.Equal(0, leader.Singletons.Get("job")!.Restarts); // losing the session is not a crash
 
         // The proxy passes again: the reset node reconnects through it and is a contender once more, following
@@ -143,7 +144,7 @@ public sealed class FaultTests(PostgresFixture pg)
         TestCluster.TestTimings(timings);
         Assert.NotNull(context.RemainingLease);
         Assert.True(context.RemainingLease <= timings.SafetyMargin + timings.StopTimeout, $"escalated {context.RemainingLease} before the server could free the lock: before the child had its stop time");
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == 1300 && e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.Escalating && e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
     }
 
     [Fact]

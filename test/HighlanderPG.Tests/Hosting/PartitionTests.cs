@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using System.Diagnostics;
 using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
@@ -72,7 +73,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
 
             Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
             cluster.Recorder.AssertNoOverlap();
-            Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == 1006); // lease about to expire
+            Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == HighlanderEventIds.LeaseExpiring); // lease about to expire
             Assert.NotEqual(SingletonState.Leading, leader.Singletons.Get("job")!.State);
         }
         finally

@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Tests.Infrastructure;
 
 namespace HighlanderPG.Tests.Hosting;
@@ -12,7 +13,7 @@ public sealed class PoolerTests(PostgresFixture pg)
         await using var bouncer = await PgBouncer.StartAsync(pg.ConnectionString, "transaction");
         await using var cluster = new TestCluster(pg.ConnectionString);
         var node = await cluster.StartNodeAsync("pooled", connectionString: bouncer.ConnectionString);
-        var refused = await cluster.Logs.WaitAsync(e => e.EventId.Id == 1004);
+        var refused = await cluster.Logs.WaitAsync(e => e.EventId.Id == HighlanderEventIds.Refused);
         Assert.Contains("pooler", refused.Message);
         var status = node.Singletons.Get("job")!;
         Assert.Equal(SingletonState.Disconnected, status.State);
@@ -27,6 +28,6 @@ public sealed class PoolerTests(PostgresFixture pg)
         await using var cluster = new TestCluster(pg.ConnectionString);
         await cluster.StartNodeAsync("pooled", connectionString: bouncer.ConnectionString, configure: o => o.AllowSessionModePooler = true);
         await cluster.Recorder.WaitStartedAsync("job", node: "pooled");
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == 1007);
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.SessionPooler);
     }
 }

@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
 using Npgsql;
@@ -24,7 +25,7 @@ public sealed class ServerFaultTests
 
         Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
         Assert.True(uptime >= 3.0, $"a child started only {uptime:F2}s after the server started, inside the 3s lock-delay");
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == 1005);
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.LockDelay);
         cluster.Recorder.AssertNoOverlap();
     }
 
@@ -38,8 +39,8 @@ public sealed class ServerFaultTests
         var node = await cluster.StartNodeAsync("early", connectionString: cs);
 
         // The host started; the node warns, stays disconnected and runs nothing.
-        await cluster.Logs.WaitAsync(e => e.EventId.Id == 1002 && e.Level == Microsoft.Extensions.Logging.LogLevel.Warning);
-        await cluster.Logs.WaitAsync(e => e.EventId.Id == 1002 && e != cluster.Logs.Entries.First(x => x.EventId.Id == 1002)); // it retries
+        await cluster.Logs.WaitAsync(e => e.EventId.Id == HighlanderEventIds.ConnectFailed && e.Level == Microsoft.Extensions.Logging.LogLevel.Warning);
+        await cluster.Logs.WaitAsync(e => e.EventId.Id == HighlanderEventIds.ConnectFailed && e != cluster.Logs.Entries.First(x => x.EventId.Id == HighlanderEventIds.ConnectFailed)); // it retries
         Assert.Equal(SingletonState.Disconnected, node.Singletons.Get("job")!.State);
         Assert.Empty(cluster.Recorder.Events);
 
@@ -59,7 +60,7 @@ public sealed class ServerFaultTests
 
         await using var cluster = new TestCluster(server.ConnectionString);
         var node = await cluster.StartNodeAsync("on-standby");
-        var refused = await cluster.Logs.WaitAsync(e => e.EventId.Id == 1004);
+        var refused = await cluster.Logs.WaitAsync(e => e.EventId.Id == HighlanderEventIds.Refused);
         Assert.Contains("standby", refused.Message);
         var status = node.Singletons.Get("job")!;
         Assert.Equal(SingletonState.Disconnected, status.State);
