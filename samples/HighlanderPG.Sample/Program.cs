@@ -11,6 +11,8 @@ using Microsoft.Extensions.Logging;
 
 var builder = Host.CreateApplicationBuilder(args);
 builder.Services.AddHighlander(builder.Configuration.GetSection("Highlander"));
+// The name is the singleton's cluster-wide identity (its lock key derives from it): keep it stable across versions, so
+// that old and new nodes of a rolling deploy contend for the same key.
 builder.Services.AddClusterSingleton<Ticker>("ticker");
 await builder.Build().RunAsync();
 

@@ -154,14 +154,30 @@ public enum RestartPolicy
     Never,
 }
 
-/// <summary>What happens when a singleton restarts more often than its restart intensity allows.</summary>
-public enum CrashLoopAction
+/// <summary>
+/// Specifies a behavior that a node will exhibit when a cluster singleton crash-loops: it restarts more often than its
+/// restart intensity (<see cref="ClusterSingletonOptions.MaxRestarts"/> within <see cref="ClusterSingletonOptions.RestartWindow"/>) allows.
+/// </summary>
+public enum CrashLoopBehavior
 {
-    /// <summary>Escalate: log critically and stop the host application (like an OTP supervisor giving up), so its orchestrator can restart it.</summary>
-    StopHost,
+    /// <summary>
+    /// Stops the <see cref="Microsoft.Extensions.Hosting.IHost"/> instance (like an OTP supervisor giving up), after logging
+    /// the crash loop as a critical error, so that the app's orchestrator can restart it.
+    /// </summary>
+    /// <remarks>
+    /// If this is used, the host's other services and cluster singletons are stopped too, in the host's normal shutdown order:
+    /// every child is stopped before its lock is released.
+    /// </remarks>
+    StopHost = 0,
 
-    /// <summary>Stop contending for this singleton on this node (state <see cref="SingletonState.Faulted"/>); other nodes may still run it.</summary>
-    GiveUp,
+    /// <summary>
+    /// Ignores the singleton on this node from then on: logs the crash loop as a critical error and stops contending for it
+    /// (its state becomes <see cref="SingletonState.Faulted"/> and the health check reports a failure), while the host keeps running.
+    /// </summary>
+    /// <remarks>
+    /// If this is used, other nodes may still run the singleton; this node does not try it again until the host restarts.
+    /// </remarks>
+    GiveUp = 1,
 }
 
 /// <summary>Restart behaviour and identity of one cluster singleton.</summary>
@@ -183,9 +199,12 @@ public sealed class ClusterSingletonOptions
     /// <value>The default is 1 second.</value>
     public TimeSpan RestartDelay { get; set; } = TimeSpan.FromSeconds(1);
 
-    /// <summary>What a crash loop (more than <see cref="MaxRestarts"/> within <see cref="RestartWindow"/>) leads to.</summary>
-    /// <value>The default is <see cref="CrashLoopAction.StopHost"/>.</value>
-    public CrashLoopAction OnCrashLoop { get; set; } = CrashLoopAction.StopHost;
+    /// <summary>
+    /// Gets or sets the behavior the node exhibits when this singleton crash-loops (restarts more than <see cref="MaxRestarts"/>
+    /// times within <see cref="RestartWindow"/>).
+    /// </summary>
+    /// <value>The default is <see cref="CrashLoopBehavior.StopHost"/>.</value>
+    public CrashLoopBehavior CrashLoopBehavior { get; set; } = CrashLoopBehavior.StopHost;
 
     /// <summary>An explicit 64-bit advisory lock key; when <see langword="null"/>, the key is derived from the namespace and name (see <see cref="SingletonKey"/>).</summary>
     public long? Key { get; set; }
@@ -196,7 +215,7 @@ public sealed class ClusterSingletonOptions
         target.MaxRestarts = MaxRestarts;
         target.RestartWindow = RestartWindow;
         target.RestartDelay = RestartDelay;
-        target.OnCrashLoop = OnCrashLoop;
+        target.CrashLoopBehavior = CrashLoopBehavior;
         target.Key = Key;
         return target;
     }

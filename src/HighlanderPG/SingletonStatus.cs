@@ -21,7 +21,7 @@ public enum SingletonState
     /// <summary>The child completed and its restart policy says not to restart: this node keeps the lock without a child.</summary>
     Completed,
 
-    /// <summary>The singleton crash-looped and this node gave up on it (<see cref="CrashLoopAction.GiveUp"/>).</summary>
+    /// <summary>The singleton crash-looped and this node gave up on it (<see cref="CrashLoopBehavior.GiveUp"/>).</summary>
     Faulted,
 
     /// <summary>The node has stopped.</summary>

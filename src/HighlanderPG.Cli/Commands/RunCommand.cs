@@ -52,6 +52,11 @@ internal static class RunCommand
                 result.AddError("missing COMMAND: give the command to run after --, e.g. highlander run --name nightly-report -- ./report.sh --full");
             }
 
+            if (result.GetResult(name) is not null && string.IsNullOrWhiteSpace(result.GetValue(name)))
+            {
+                result.AddError("--name must not be blank: the lock key derives from it, so every node must give the same, stable name.");
+            }
+
             if (result.GetResult(wait) is not null && !result.GetValue(once))
             {
                 result.AddError("--wait only applies with --once.");

@@ -91,6 +91,6 @@ internal sealed record RunSettings
         singleton.MaxRestarts = MaxRestarts ?? singleton.MaxRestarts;
         singleton.RestartWindow = RestartWindow ?? singleton.RestartWindow;
         singleton.RestartDelay = RestartDelay ?? singleton.RestartDelay;
-        singleton.OnCrashLoop = CrashLoopAction.StopHost;
+        singleton.CrashLoopBehavior = CrashLoopBehavior.StopHost;
     }
 }

@@ -63,7 +63,7 @@ internal static partial class Log
     public static partial void Escalating(ILogger logger, string singleton, string reason);
 
     [LoggerMessage(EventId = HighlanderEventIds.CrashLoop, Level = LogLevel.Critical, Message = "Singleton {Singleton} restarted more than {MaxRestarts} times within {Window}: {Action}")]
-    public static partial void CrashLoop(ILogger logger, string singleton, int maxRestarts, TimeSpan window, CrashLoopAction action);
+    public static partial void CrashLoop(ILogger logger, string singleton, int maxRestarts, TimeSpan window, CrashLoopBehavior action);
 
     [LoggerMessage(EventId = HighlanderEventIds.RunnerError, Level = LogLevel.Error, Message = "Supervising singleton {Singleton} failed unexpectedly; it contends again after a pause")]
     public static partial void RunnerError(ILogger logger, Exception exception, string singleton);

@@ -39,10 +39,12 @@ namespace Microsoft.Extensions.DependencyInjection
         /// <param name="name">The check's name.</param>
         /// <param name="failureStatus">What to report when unhealthy; the default is <see cref="HealthStatus.Degraded"/>
         /// (the app itself works; only its singletons don't run here).</param>
-        public static IHealthChecksBuilder AddHighlander(this IHealthChecksBuilder builder, string name = "highlander", HealthStatus failureStatus = HealthStatus.Degraded)
+        /// <param name="tags">A list of tags that can be used to filter health checks (e.g. by a health endpoint's
+        /// <c>Predicate</c>); the default (<see langword="null"/>) is the single tag <c>highlander</c>.</param>
+        public static IHealthChecksBuilder AddHighlander(this IHealthChecksBuilder builder, string name = "highlander", HealthStatus failureStatus = HealthStatus.Degraded, IEnumerable<string>? tags = null)
         {
             ArgumentNullException.ThrowIfNull(builder);
-            return builder.Add(new HealthCheckRegistration(name, sp => new HighlanderHealthCheck(sp.GetRequiredService<HighlanderNode>()), failureStatus, ["highlander"]));
+            return builder.Add(new HealthCheckRegistration(name, sp => new HighlanderHealthCheck(sp.GetRequiredService<HighlanderNode>()), failureStatus, tags ?? ["highlander"]));
         }
     }
 }

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using HighlanderPG;
 using HighlanderPG.Hosting;
 using HighlanderPG.Supervision;
@@ -53,14 +54,21 @@ public static class HighlanderServiceCollectionExtensions
     /// </summary>
     /// <typeparam name="TService">The hosted service. Do not also register it with <c>AddHostedService</c>.</typeparam>
     /// <param name="services">The services.</param>
-    /// <param name="name">The singleton's cluster-wide name; the default is the type's name. Its lock key derives from it.</param>
+    /// <param name="name">
+    /// The singleton's cluster-wide name; required. Its lock key derives from it (see <see cref="SingletonKey"/>), so it
+    /// must be the same on every node and in every version that may run side by side. It is deliberately not taken from
+    /// the type's name: renaming the class during a rolling deploy would give old and new nodes different keys, and the
+    /// work would run on both.
+    /// </param>
     /// <param name="configure">Overrides the restart behaviour or sets an explicit key.</param>
-    public static IServiceCollection AddClusterSingleton<TService>(this IServiceCollection services, string? name = null, Action<ClusterSingletonOptions>? configure = null)
+    /// <exception cref="ArgumentException"><paramref name="name"/> is <see langword="null"/>, empty or blank.</exception>
+    public static IServiceCollection AddClusterSingleton<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TService>(this IServiceCollection services, string name, Action<ClusterSingletonOptions>? configure = null)
         where TService : class, IHostedService
     {
+        ThrowIfNoName(name);
         AddCore(services);
         services.AddSingleton(new SingletonRegistration(
-            name ?? typeof(TService).Name,
+            name,
             typeof(TService),
             sp => ActivatorUtilities.CreateInstance<TService>(sp),
             configure));
@@ -72,11 +80,13 @@ public static class HighlanderServiceCollectionExtensions
     /// and a token that fires when it must stop.
     /// </summary>
     /// <param name="services">The services.</param>
-    /// <param name="name">The singleton's cluster-wide name.</param>
+    /// <param name="name">The singleton's cluster-wide name; required. Its lock key derives from it, so it must be the same on every node and in every version that may run side by side.</param>
     /// <param name="run">The work. Returning ends this run (see <see cref="ClusterSingletonOptions.RestartPolicy"/>).</param>
     /// <param name="configure">Overrides the restart behaviour or sets an explicit key.</param>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is <see langword="null"/>, empty or blank.</exception>
     public static IServiceCollection AddClusterSingleton(this IServiceCollection services, string name, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, Action<ClusterSingletonOptions>? configure = null)
     {
+        ThrowIfNoName(name);
         ArgumentNullException.ThrowIfNull(run);
         AddCore(services);
         services.AddSingleton(new SingletonRegistration(
@@ -85,6 +95,20 @@ public static class HighlanderServiceCollectionExtensions
             sp => new DelegateSingleton(sp.GetRequiredService<ILeadership>(), sp, run),
             configure));
         return services;
+    }
+
+    // The name is the singleton's identity across the cluster and across versions: its lock key (and fencing row) derive
+    // from it. A default taken from the class name would change with a rename, and during a rolling deploy old and new
+    // nodes would hold different keys and both run the work, so there is no default.
+    private static void ThrowIfNoName(string name)
+    {
+        if (string.IsNullOrWhiteSpace(name))
+        {
+            throw new ArgumentException(
+                "A cluster singleton needs an explicit, stable name (e.g. \"outbox-relay\"): its lock key derives from the name, so it must be the same on every node and in every version. "
+                + "The class name is not used as a default because renaming the class during a rolling deploy would give old and new nodes different keys, and the work would run twice.",
+                nameof(name));
+        }
     }
 
     private static void AddCore(IServiceCollection services)

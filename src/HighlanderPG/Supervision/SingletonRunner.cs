@@ -105,10 +105,10 @@ internal sealed class SingletonRunner
                         case Outcome.Restart:
                             if (!intensity.TryRecord())
                             {
-                                Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.OnCrashLoop);
+                                Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.CrashLoopBehavior);
                                 HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
                                 SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
-                                if (_singleton.OnCrashLoop == CrashLoopAction.StopHost)
+                                if (_singleton.CrashLoopBehavior == CrashLoopBehavior.StopHost)
                                 {
                                     _stopHost();
                                 }
