@@ -17,6 +17,7 @@ public sealed class ArgumentTests
     [InlineData(new[] { "status", "--", "ls" }, "'--' and a command only go with 'run'")]
     [InlineData(new[] { "run", "--name", "x", "--" }, "missing COMMAND")]
     [InlineData(new[] { "run", "--", "true" }, "Option '--name' is required")]
+    [InlineData(new[] { "run", "--name", " ", "--", "true" }, "--name must not be blank")]
     [InlineData(new[] { "run", "--name", "x", "--wait", "5s", "--", "true" }, "--wait only applies with --once")]
     [InlineData(new[] { "run", "--name", "x", "--once", "--restart", "never", "--", "true" }, "--restart does not apply with --once")]
     [InlineData(new[] { "run", "--name", "x", "--restart", "sometimes", "--", "true" }, "sometimes")]
