@@ -160,4 +160,62 @@ public sealed class DiagnosticsTests(PostgresFixture pg)
             await Db.ScalarAsync<object>(pg.ConnectionString, $"DROP SCHEMA IF EXISTS {schema} CASCADE");
         }
     }
+
+    [Fact]
+    public async Task An_escalation_is_a_span_between_the_step_down_and_the_release_with_the_leaderships_epoch()
+    {
+        var nodeId = "esc-" + Guid.NewGuid().ToString("N")[..8];
+        var schema = "f_" + Guid.NewGuid().ToString("N")[..10];
+        var spans = new ConcurrentQueue<Activity>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == HighlanderDiagnostics.ActivitySourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a =>
+            {
+                if ((a.GetTagItem("highlander.node") as string) == nodeId)
+                {
+                    spans.Enqueue(a);
+                }
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+        try
+        {
+            await using var cluster = new TestCluster(pg.ConnectionString);
+            cluster.Behavior.IgnoreCancellation = true;
+            var node = await cluster.StartNodeAsync(nodeId, configure: o =>
+            {
+                o.Fencing = true;
+                o.FencingSchema = schema;
+                o.StepDownHoldOff = TimeSpan.FromMinutes(5); // no second leadership in this test
+                o.OnEscalation = _ =>
+                {
+                    cluster.Behavior.Kill(); // what ending the process would do to the child
+                    return ValueTask.CompletedTask;
+                };
+            });
+            var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
+            await node.Singletons.StepDownAsync("job"); // the child ignores it: escalated after StopTimeout, then released
+            await node.StopAsync();
+
+            var epoch = leading.FencingEpoch!.Value;
+            Assert.Equal(
+                new[]
+                {
+                    ("highlander.acquired", (long?)epoch, ActivityStatusCode.Unset),
+                    ("highlander.stepping_down", epoch, ActivityStatusCode.Unset),
+                    ("highlander.escalating", epoch, ActivityStatusCode.Error),
+                    ("highlander.released", epoch, ActivityStatusCode.Unset),
+                },
+                spans.Select(a => (a.OperationName, a.GetTagItem("highlander.fencing.epoch") as long?, a.Status)).ToArray());
+            var escalation = spans.ElementAt(2);
+            Assert.Equal("job", escalation.GetTagItem("highlander.singleton"));
+            Assert.Contains("did not stop", escalation.GetTagItem("highlander.reason") as string, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await Db.ScalarAsync<object>(pg.ConnectionString, $"DROP SCHEMA IF EXISTS {schema} CASCADE");
+        }
+    }
 }
