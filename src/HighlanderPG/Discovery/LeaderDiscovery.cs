@@ -9,7 +9,6 @@ public sealed class SingletonLeader
 {
     internal SingletonLeader(long key, string? name, string? @namespace, LeaderInfo leader, DateTimeOffset? since, long? fencingEpoch, string? endpoint, string? host, IReadOnlyList<LeaderInfo> followers, string? detailsUnavailable = null)
     {
-        DetailsUnavailable = detailsUnavailable;
         Key = key;
         Name = name;
         Namespace = @namespace;
@@ -19,6 +18,7 @@ public sealed class SingletonLeader
         Endpoint = endpoint;
         Host = host;
         Followers = followers;
+        DetailsUnavailable = detailsUnavailable;
     }
 
     /// <summary>The advisory lock key.</summary>
