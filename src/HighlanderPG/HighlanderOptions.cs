@@ -129,6 +129,22 @@ public sealed class HighlanderOptions
     /// <value>The default is <see langword="null"/>.</value>
     public string? Endpoint { get; set; }
 
+    /// <summary>
+    /// Configures the Npgsql data sources of this node's two dedicated sessions (the lock session and the follower's wait
+    /// session), for what a connection string cannot say: a rotating token or IAM password
+    /// (<see cref="Npgsql.NpgsqlDataSourceBuilder.UsePeriodicPasswordProvider"/>), SSL callbacks
+    /// (<see cref="Npgsql.NpgsqlDataSourceBuilder.UseSslClientAuthenticationOptionsCallback"/>,
+    /// <see cref="Npgsql.NpgsqlDataSourceBuilder.UseUserCertificateValidationCallback"/>), and so on. It is called once per session.
+    /// </summary>
+    /// <value>The default is <see langword="null"/>.</value>
+    /// <remarks>
+    /// After it runs, HighlanderPG applies its own settings again, over whatever the hook set: <c>Pooling=false</c>,
+    /// <c>Multiplexing=false</c>, <c>Application Name=highlander/{NodeId}</c> (or <c>highlander-wait/{NodeId}</c>),
+    /// <c>Keepalive=0</c>, its <c>Command Timeout</c> and <c>Enlist=false</c>, and a tracing configuration that keeps every
+    /// statement of these sessions out of Npgsql's traces.
+    /// </remarks>
+    public Action<Npgsql.NpgsqlDataSourceBuilder>? ConfigureDataSource { get; set; }
+
     /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
     public ClusterSingletonOptions SingletonDefaults { get; } = new();
 

@@ -89,6 +89,7 @@ internal sealed class InProcessNode : IAsyncDisposable
         var host = builder.Build();
         node._host = host;
         node.Singletons = host.Services.GetRequiredService<IClusterSingletons>();
+        RoundTripRecorder.CurrentNode.Value = nodeId; // local to this start: flows into the node's session, not back to the caller
         await host.StartAsync(cancellationToken);
         return node;
     }

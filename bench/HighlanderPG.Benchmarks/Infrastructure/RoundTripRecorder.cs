@@ -5,14 +5,18 @@ namespace HighlanderPG.Benchmarks.Infrastructure;
 
 /// <summary>
 /// Listens to HighlanderPG's documented round-trip histogram (meter <c>HighlanderPG</c>, instrument
-/// <c>highlander.session.round_trip.duration</c>, tag <c>highlander.node</c>) in this process, and keeps when each lock
-/// session round trip of each in-process node was sent and answered. That splits a hand-over into server and wire
+/// <c>highlander.session.round_trip.duration</c>) in this process, and keeps when each lock session round trip of each
+/// in-process node was sent and answered. The measurements carry no node tag (bounded cardinality): each node is known
+/// by <see cref="CurrentNode"/>, set where it is started, which flows into its session's tasks. That splits a hand-over into server and wire
 /// time versus the nodes' own work, and counts the tries a follower needed, without touching the library.
 /// </summary>
 internal sealed class RoundTripRecorder : IDisposable
 {
     public const string MeterName = "HighlanderPG";
     public const string InstrumentName = "highlander.session.round_trip.duration";
+
+    /// <summary>The in-process node whose code runs here: set around a node's start, it flows into its session's tasks.</summary>
+    public static readonly AsyncLocal<string?> CurrentNode = new();
 
     private readonly MeterListener _listener = new();
     private readonly List<(string? Node, long Start, long End)> _trips = [];
@@ -30,15 +34,7 @@ internal sealed class RoundTripRecorder : IDisposable
         {
             // Recorded as soon as the answer is in: now is the end, the value says when it was sent.
             var end = Stopwatch.GetTimestamp();
-            string? node = null;
-            foreach (var tag in tags)
-            {
-                if (tag.Key == "highlander.node")
-                {
-                    node = tag.Value as string;
-                }
-            }
-
+            var node = CurrentNode.Value;
             lock (_trips)
             {
                 _trips.Add((node, end - (long)(seconds * Stopwatch.Frequency), end));

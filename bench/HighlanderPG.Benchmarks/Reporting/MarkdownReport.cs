@@ -242,7 +242,7 @@ internal sealed class MarkdownReport(
           default-settings cases; their child stops at once, so no escalation is expected).
         - **Where HighlanderPG's time goes** (milestones of `hl-*` cases), observed without touching the library: the old and new
           children stamp the shared `Stopwatch` when they start and stop; a `MeterListener` on HighlanderPG's documented
-          `highlander.session.round_trip.duration` histogram (tag `highlander.node`) tells when each node's lock-session round
+          `highlander.session.round_trip.duration` histogram (per in-process node) tells when each node's lock-session round
           trips were sent and answered (the leader's unlock + NOTIFY, the follower's try + holder query), and how many the
           follower needed; in `hl-graceful` a bystander session that only LISTENs on the release channel tells when the NOTIFY
           was delivered.

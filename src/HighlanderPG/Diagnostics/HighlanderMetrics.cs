@@ -5,12 +5,13 @@ namespace HighlanderPG.Diagnostics;
 
 /// <summary>
 /// HighlanderPG's one <see cref="Meter"/>, named <c>HighlanderPG</c>, with OpenTelemetry-style instrument names.
-/// Every measurement is tagged with the node id (<c>highlander.node</c>) and, where it applies, the singleton
-/// (<c>highlander.singleton</c>).
+/// Measurements are tagged, where it applies, with the singleton (<c>highlander.singleton</c>) and nothing else: the
+/// node id's default contains the process id, so a node tag would start new time series at every restart. The node's
+/// identity belongs in the OpenTelemetry resource (<c>service.instance.id</c>), which the exporter adds to every series.
 /// </summary>
 internal static class HighlanderMetrics
 {
-    public const string MeterName = "HighlanderPG";
+    public const string MeterName = HighlanderDiagnostics.MeterName;
 
     private static readonly Meter Meter = new(MeterName, typeof(HighlanderMetrics).Assembly.GetName().Version?.ToString());
 
@@ -28,9 +29,9 @@ internal static class HighlanderMetrics
 
     public static readonly Histogram<double> ChildStop = Meter.CreateHistogram<double>("highlander.child.stop.duration", "s", "Time a child took to stop after it was told to.");
 
-    public static TagList Tags(string node, string? singleton = null)
+    public static TagList Tags(string? singleton = null)
     {
-        var tags = new TagList { { "highlander.node", node } };
+        var tags = default(TagList);
         if (singleton is not null)
         {
             tags.Add("highlander.singleton", singleton);

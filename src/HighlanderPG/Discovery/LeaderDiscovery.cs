@@ -7,7 +7,7 @@ namespace HighlanderPG.Discovery;
 /// <summary>One singleton held in the database, as any process with database access sees it.</summary>
 public sealed class SingletonLeader
 {
-    internal SingletonLeader(long key, string? name, string? @namespace, LeaderInfo leader, DateTimeOffset? since, long? fencingEpoch, string? endpoint, string? host, IReadOnlyList<LeaderInfo> followers)
+    internal SingletonLeader(long key, string? name, string? @namespace, LeaderInfo leader, DateTimeOffset? since, long? fencingEpoch, string? endpoint, string? host, IReadOnlyList<LeaderInfo> followers, string? detailsUnavailable = null)
     {
         Key = key;
         Name = name;
@@ -18,6 +18,7 @@ public sealed class SingletonLeader
         Endpoint = endpoint;
         Host = host;
         Followers = followers;
+        DetailsUnavailable = detailsUnavailable;
     }
 
     /// <summary>The advisory lock key.</summary>
@@ -46,6 +47,14 @@ public sealed class SingletonLeader
 
     /// <summary>Followers seen waiting for the lock right now (a follower waits on one held key at a time).</summary>
     public IReadOnlyList<LeaderInfo> Followers { get; }
+
+    /// <summary>
+    /// Why the fencing table's details (<see cref="Name"/> when not given, <see cref="Since"/>, <see cref="FencingEpoch"/>,
+    /// <see cref="Endpoint"/>, <see cref="Host"/>) are missing although the table exists: the caller's role may not read it
+    /// (the grant that adds them is named). The rest comes from <c>pg_locks</c> as without the table.
+    /// <see langword="null"/> when the table was read, or does not exist.
+    /// </summary>
+    public string? DetailsUnavailable { get; }
 }
 
 /// <summary>
@@ -55,7 +64,11 @@ public sealed class SingletonLeader
 /// Without the fencing table it reads <c>pg_locks</c> joined with <c>pg_stat_activity</c> (HighlanderPG lock sessions are
 /// named <c>highlander/{NodeId}</c>); with it (<see cref="HighlanderOptions.Fencing"/>), it adds name, epoch, since, host
 /// and endpoint — but only from a row whose <c>holder_pid</c> is the session that holds the lock right now, so a stale
-/// row is never reported as the leader.
+/// row is never reported as the leader. When the table exists but the caller may not read it (a writer role has only
+/// <c>EXECUTE</c> on the guard function), the answer comes from <c>pg_locks</c> alone and
+/// <see cref="SingletonLeader.DetailsUnavailable"/> says which grant would add the rest; nothing is thrown, and no
+/// failed statement aborts the caller's transaction. Reusing a data source or an open connection avoids a new physical
+/// connection per call.
 /// </remarks>
 public static class LeaderDiscovery
 {
@@ -97,7 +110,62 @@ public static class LeaderDiscovery
         return all.FirstOrDefault(l => l.Key == key);
     }
 
-    /// <summary>The same on an open connection of the caller's.</summary>
+    /// <summary>Who leads <paramref name="name"/> now, on a connection from the caller's data source (pooled if it is).</summary>
+    /// <param name="dataSource">A data source of the database.</param>
+    /// <param name="name">The singleton's name.</param>
+    /// <param name="namespace">Its namespace.</param>
+    /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
+    /// <param name="cancellationToken">Cancels the query.</param>
+    public static async Task<SingletonLeader?> GetLeaderAsync(
+        NpgsqlDataSource dataSource,
+        string name,
+        string @namespace = "highlander",
+        string fencingSchema = "highlander",
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(dataSource);
+        await using var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        return await GetLeaderAsync(connection, name, @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Who leads <paramref name="name"/> now, on an open connection of the caller's (in its transaction, if any).</summary>
+    /// <param name="connection">An open connection.</param>
+    /// <param name="name">The singleton's name.</param>
+    /// <param name="namespace">Its namespace.</param>
+    /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
+    /// <param name="cancellationToken">Cancels the query.</param>
+    public static async Task<SingletonLeader?> GetLeaderAsync(
+        NpgsqlConnection connection,
+        string name,
+        string @namespace = "highlander",
+        string fencingSchema = "highlander",
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var key = SingletonKey.Derive(@namespace, name);
+        var all = await ListAsync(connection, [name], @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
+        return all.FirstOrDefault(l => l.Key == key);
+    }
+
+    /// <summary>Every singleton held by a HighlanderPG node, on a connection from the caller's data source (pooled if it is).</summary>
+    /// <param name="dataSource">A data source of the database.</param>
+    /// <param name="names">Names to recognise; optional.</param>
+    /// <param name="namespace">The namespace of <paramref name="names"/>.</param>
+    /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
+    /// <param name="cancellationToken">Cancels the query.</param>
+    public static async Task<IReadOnlyList<SingletonLeader>> ListAsync(
+        NpgsqlDataSource dataSource,
+        IEnumerable<string>? names = null,
+        string @namespace = "highlander",
+        string fencingSchema = "highlander",
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(dataSource);
+        await using var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        return await ListAsync(connection, names, @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The same on an open connection of the caller's (in its transaction, if any).</summary>
     /// <param name="connection">An open connection.</param>
     /// <param name="names">Names to recognise; optional.</param>
     /// <param name="namespace">The namespace of <paramref name="names"/>.</param>
@@ -149,11 +217,36 @@ public static class LeaderDiscovery
         }
 
         var rows = new Dictionary<long, (string Namespace, string Name, long Epoch, string? Endpoint, string? Host, int Pid, DateTimeOffset Since)>();
-        bool tableExists;
-        await using (var exists = new NpgsqlCommand("SELECT to_regclass(quote_ident($1) || '.leases') IS NOT NULL", connection))
+
+        // The catalogs are readable by every role, and the privilege functions answer without raising: a caller without
+        // rights on the table gets the pg_locks answer and a note, instead of 42501 (which would also abort its transaction).
+        bool tableExists, schemaUsable = false, tableReadable = false;
+        await using (var exists = new NpgsqlCommand(
+            """
+            SELECT has_schema_privilege(n.oid, 'USAGE'), has_table_privilege(c.oid, 'SELECT')
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = $1 AND c.relname = 'leases' AND c.relkind IN ('r', 'p')
+            """,
+            connection))
         {
             exists.Parameters.Add(new NpgsqlParameter<string> { TypedValue = fencingSchema });
-            tableExists = (bool)(await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+            await using var reader = await exists.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            tableExists = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            if (tableExists)
+            {
+                schemaUsable = reader.GetBoolean(0);
+                tableReadable = reader.GetBoolean(1);
+            }
+        }
+
+        string? unavailable = null;
+        if (tableExists && !(schemaUsable && tableReadable))
+        {
+            var grant = schemaUsable
+                ? $"GRANT SELECT ON {fencingSchema}.leases"
+                : tableReadable ? $"GRANT USAGE ON SCHEMA {fencingSchema}" : $"GRANT USAGE ON SCHEMA {fencingSchema} and GRANT SELECT ON {fencingSchema}.leases";
+            unavailable = $"The fencing table {fencingSchema}.leases exists but this role may not read it: name, epoch, since, host and endpoint are missing and the leaders come from pg_locks alone. {grant} to this role would add them.";
+            tableExists = false;
         }
 
         if (tableExists && holders.Count > 0)
@@ -174,7 +267,7 @@ public static class LeaderDiscovery
             var row = rows.TryGetValue(h.Key, out var r) && r.Pid == h.Value.BackendPid ? r : ((string Namespace, string Name, long Epoch, string? Endpoint, string? Host, int Pid, DateTimeOffset Since)?)null;
             var name = row?.Name ?? known.GetValueOrDefault(h.Key);
             var ns = row?.Namespace ?? (known.ContainsKey(h.Key) ? @namespace : null);
-            return new SingletonLeader(h.Key, name, ns, h.Value, row?.Since, row?.Epoch, row?.Endpoint, row?.Host, followers.GetValueOrDefault(h.Key) ?? []);
+            return new SingletonLeader(h.Key, name, ns, h.Value, row?.Since, row?.Epoch, row?.Endpoint, row?.Host, followers.GetValueOrDefault(h.Key) ?? [], unavailable);
         })
         .OrderBy(l => l.Name ?? "\uffff").ThenBy(l => l.Key)
         .ToList();

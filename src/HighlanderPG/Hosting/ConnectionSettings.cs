@@ -49,6 +49,11 @@ internal static class ConnectionSettings
     /// so it would not free the locks), no Npgsql keepalive (the node's own heartbeats renew the lease and are timed),
     /// and a command timeout that lets a stuck round trip fail on its own after the node has given up on it.
     /// </summary>
+    /// <remarks>
+    /// The user's <see cref="HighlanderOptions.ConfigureDataSource"/> runs on the builder first (passwords, certificates);
+    /// then the settings above are applied again over whatever it set, and tracing is turned off for every statement of
+    /// these sessions, so that an application tracing Npgsql does not get a span per heartbeat and wait slice.
+    /// </remarks>
     public static NpgsqlDataSource BuildDataSource(NpgsqlConnectionStringBuilder source, string applicationName, HighlanderOptions options, ILoggerFactory loggerFactory)
     {
         var builder = new NpgsqlConnectionStringBuilder(source.ConnectionString)
@@ -62,6 +67,36 @@ internal static class ConnectionSettings
         };
         var dataSource = new NpgsqlDataSourceBuilder(builder.ConnectionString);
         dataSource.UseLoggerFactory(loggerFactory);
+        options.ConfigureDataSource?.Invoke(dataSource);
+        Enforce(dataSource.ConnectionStringBuilder, builder);
+        dataSource.ConfigureTracing(ExcludeFromTraces);
         return dataSource.Build();
     }
+
+    /// <summary>
+    /// Puts back what the sessions depend on, whatever the user's hook changed: a pooled or multiplexed connection would not
+    /// end its backend on close (the locks would outlive the session), the application name is how nodes and discovery
+    /// recognise a holder, and the timeouts belong to the lease.
+    /// </summary>
+    private static void Enforce(NpgsqlConnectionStringBuilder target, NpgsqlConnectionStringBuilder required)
+    {
+        target.Pooling = required.Pooling;
+        target.Multiplexing = required.Multiplexing;
+        target.ApplicationName = required.ApplicationName;
+        target.KeepAlive = required.KeepAlive;
+        target.CommandTimeout = required.CommandTimeout;
+        target.Enlist = required.Enlist;
+    }
+
+    /// <summary>
+    /// No span for any statement, batch, copy or physical open of HighlanderPG's own sessions (Npgsql's ActivitySource
+    /// "Npgsql" is process-wide: an app's <c>AddNpgsql()</c> would otherwise trace every heartbeat and wait slice).
+    /// Applied after the user's hook, so it wins over a filter set there.
+    /// </summary>
+    private static void ExcludeFromTraces(NpgsqlTracingOptionsBuilder tracing) => tracing
+        .ConfigureCommandFilter(static _ => false)
+        .ConfigureBatchFilter(static _ => false)
+        .ConfigureCopyOperationFilter(static _ => false)
+        .EnablePhysicalOpenTracing(false)
+        .EnableFirstResponseEvent(false);
 }

@@ -250,7 +250,7 @@ internal sealed class LockSession
             {
                 if (connection is not null)
                 {
-                    HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId));
+                    HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags());
                 }
 
                 if (byDeadline)
@@ -913,7 +913,7 @@ internal sealed class LockSession
         Acknowledge(sent);
         if (HighlanderMetrics.RoundTrip.Enabled)
         {
-            HighlanderMetrics.RoundTrip.Record(_time.GetElapsedTime(sent).TotalSeconds, HighlanderMetrics.Tags(_options.NodeId));
+            HighlanderMetrics.RoundTrip.Record(_time.GetElapsedTime(sent).TotalSeconds, HighlanderMetrics.Tags());
         }
 
         return result;

@@ -106,7 +106,7 @@ internal sealed class SingletonRunner
                             if (!intensity.TryRecord())
                             {
                                 Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.CrashLoopBehavior);
-                                HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+                                HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
                                 SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
                                 if (_singleton.CrashLoopBehavior == CrashLoopBehavior.StopHost)
                                 {
@@ -121,7 +121,7 @@ internal sealed class SingletonRunner
                                 _restarts++;
                             }
 
-                            HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+                            HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(Name));
                             holdOff = _singleton.RestartDelay;
                             break;
                         case Outcome.SteppedDown:
@@ -179,7 +179,8 @@ internal sealed class SingletonRunner
     private async Task<Outcome> LeadAsync(Lease lease, CancellationToken stopping)
     {
         Log.Acquired(_logger, Name, Key);
-        HighlanderMetrics.Acquisitions.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+        HighlanderActivities.OnAcquired(_options.NodeId, Name, Key, lease.Epoch);
+        HighlanderMetrics.Acquisitions.Add(1, HighlanderMetrics.Tags(Name));
         Task stepDownTask;
         lock (_gate)
         {
@@ -237,11 +238,13 @@ internal sealed class SingletonRunner
             if (first == lost)
             {
                 Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
-                HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+                HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, lease.LossReason ?? "unknown");
+                HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(Name));
             }
             else if (first == stepDownTask)
             {
                 Log.SteppingDown(_logger, Name, reason);
+                HighlanderActivities.OnSteppingDown(_options.NodeId, Name, Key, lease.Epoch, reason);
             }
 
             SetState(SingletonState.Stopping, reason);
@@ -265,7 +268,7 @@ internal sealed class SingletonRunner
             {
                 var elapsed = _time.GetElapsedTime(stopStarted);
                 Log.ChildStopped(_logger, Name, elapsed);
-                HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(_options.NodeId, Name));
+                HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(Name));
             }
 
             var outcome = Outcome.Contend;
@@ -292,6 +295,7 @@ internal sealed class SingletonRunner
                     if (first == lost)
                     {
                         Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
+                        HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, lease.LossReason ?? "unknown");
                     }
 
                     reason = first == lost ? $"lease lost: {lease.LossReason}" : first == stop ? "the node is stopping" : "step-down requested";
@@ -316,6 +320,7 @@ internal sealed class SingletonRunner
             {
                 await _session.ReleaseAsync(lease).ConfigureAwait(false);
                 Log.Released(_logger, Name, Key, reason);
+                HighlanderActivities.OnReleased(_options.NodeId, Name, Key, lease.Epoch, reason);
             }
 
             TaskCompletionSource? waiting;
@@ -344,7 +349,8 @@ internal sealed class SingletonRunner
 
         var lease = watch.Lease;
         Log.Escalating(_logger, Name, reason);
-        HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(_options.NodeId, Name));
+        HighlanderActivities.OnEscalating(_options.NodeId, Name, Key, lease.Epoch, reason);
+        HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
         var remaining = lease.IsLost && lease.EscalateAtTimestamp != long.MaxValue
             ? _time.GetElapsedTime(_time.GetTimestamp(), lease.EscalateAtTimestamp) + _options.SafetyMargin
             : (TimeSpan?)null;
