@@ -77,8 +77,12 @@ public sealed class HighlanderOptions
     /// How long a follower's blocking wait for a held lock may last before it is restarted. The wait holds a
     /// snapshot while blocked; bounding it keeps VACUUM unblocked.
     /// </summary>
-    /// <value>The default is 5 seconds.</value>
-    public TimeSpan WaitSlice { get; set; } = TimeSpan.FromSeconds(5);
+    /// <value>
+    /// The default (<see langword="null"/>) is 5 seconds, or a third of <see cref="LeaseDuration"/> when that is shorter
+    /// (1 second for a 3-second lease), so that any valid lease works without setting it. An explicit value must be
+    /// positive and shorter than <see cref="LeaseDuration"/>.
+    /// </value>
+    public TimeSpan? WaitSlice { get; set; }
 
     /// <summary>After a programmatic step-down, how long this node leaves the singleton to others before contending again.</summary>
     /// <value>The default is 5 seconds.</value>
@@ -131,8 +135,6 @@ public sealed class HighlanderOptions
 
     /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
     public ClusterSingletonOptions SingletonDefaults { get; } = new();
-
-    internal TimeSpan EffectiveLockDelay => LockDelayAfterServerStart ?? LeaseDuration;
 
     internal static string DefaultNodeId()
     {
