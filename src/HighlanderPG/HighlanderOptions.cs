@@ -224,6 +224,16 @@ public sealed class EscalationContext
     /// <summary>Why HighlanderPG escalates, in words.</summary>
     public string Reason { get; }
 
-    /// <summary>How long until the server may give the lock to another node, when the lease is the reason; otherwise <see langword="null"/>.</summary>
+    /// <summary>
+    /// How long until the server may give the lock to another node, on this node's monotonic clock: the send time of the
+    /// last request the server acknowledged, plus <see cref="HighlanderOptions.LeaseDuration"/>, minus now. While the
+    /// session still holds the lock (a step-down or shutdown whose child would not stop), it is what the server would wait
+    /// if the node went silent now.
+    /// </summary>
+    /// <value>
+    /// Never negative. <see cref="TimeSpan.Zero"/> when that point has passed (e.g. after a pause) or the session broke:
+    /// the server may already have freed the lock, so assume it is gone now. <see langword="null"/> when the escalation
+    /// is not about a lease.
+    /// </value>
     public TimeSpan? RemainingLease { get; }
 }
