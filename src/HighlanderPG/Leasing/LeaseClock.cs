@@ -44,6 +44,25 @@ internal sealed class LeaseClock(TimeProvider time, LeaseTimings timings)
     /// </summary>
     public long ServerMayFreeTimestamp => HasAck ? _lastAckSendTimestamp + LeaseTimings.ToTimestampDelta(timings.Lease, Time) : long.MinValue;
 
+    /// <summary>
+    /// When a child still running under a lease lost now is escalated. Lost by the deadline (<paramref name="byDeadline"/>):
+    /// the children have until the deadline. Lost because the session broke: the server may already have freed the locks,
+    /// so no more than the stop timeout from now, and never past the deadline.
+    /// </summary>
+    public long EscalationTimestamp(bool byDeadline)
+    {
+        var byStopTimeout = Time.GetTimestamp() + LeaseTimings.ToTimestampDelta(timings.StopTimeout, Time);
+        return !HasAck ? byStopTimeout
+            : byDeadline ? DeadlineTimestamp
+            : Math.Min(DeadlineTimestamp, byStopTimeout);
+    }
+
+    /// <summary>
+    /// For a lease lost now: when the server may give its lock away at the earliest. Lost by the deadline: the last
+    /// acknowledged send + the lease. Lost because the session broke: unknown (<see cref="long.MinValue"/>): it may be gone already.
+    /// </summary>
+    public long ServerMayFreeAfterLoss(bool byDeadline) => byDeadline ? ServerMayFreeTimestamp : long.MinValue;
+
     /// <summary>Time left until children must start stopping (zero or less: now).</summary>
     public TimeSpan UntilStop => HasAck ? Time.GetElapsedTime(Time.GetTimestamp(), StopTimestamp) : TimeSpan.Zero;
 

@@ -558,12 +558,8 @@ internal sealed class LockSession : ILockSession
         // Lost by the deadline: the children have until the deadline, and the server may free the locks no earlier than
         // the last acknowledged send + the lease. Lost because the session broke: the server may already have freed the
         // locks (so that point is unknown: now), and the children get no more than the stop timeout (never past the deadline).
-        var now = _time.GetTimestamp();
-        var byStopTimeout = now + Delta(_timings.StopTimeout);
-        var escalateAt = !_clock.HasAck ? byStopTimeout
-            : byDeadline ? _clock.DeadlineTimestamp
-            : Math.Min(_clock.DeadlineTimestamp, byStopTimeout);
-        var serverMayFreeAt = byDeadline ? _clock.ServerMayFreeTimestamp : long.MinValue;
+        var escalateAt = _clock.EscalationTimestamp(byDeadline);
+        var serverMayFreeAt = _clock.ServerMayFreeAfterLoss(byDeadline);
         foreach (var lease in lost)
         {
             lease.Lose(reason, escalateAt, serverMayFreeAt);

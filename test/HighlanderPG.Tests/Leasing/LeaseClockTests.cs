@@ -67,4 +67,34 @@ public sealed class LeaseClockTests
         clock.Reset();
         Assert.True(clock.MustStop);
     }
+
+    [Fact]
+    public void A_lease_lost_by_the_deadline_escalates_at_the_deadline_and_the_server_may_free_it_a_margin_later()
+    {
+        var time = new FakeTimeProvider();
+        var clock = new LeaseClock(time, Timings);
+        var sent = time.GetTimestamp();
+        clock.Acknowledge(sent);
+        time.Advance(TimeSpan.FromSeconds(7)); // past the stop point (6 s), before the deadline (9 s)
+
+        Assert.Equal(TimeSpan.FromSeconds(2), time.GetElapsedTime(time.GetTimestamp(), clock.EscalationTimestamp(byDeadline: true)));
+        Assert.Equal(TimeSpan.FromSeconds(3), time.GetElapsedTime(time.GetTimestamp(), clock.ServerMayFreeAfterLoss(byDeadline: true)));
+    }
+
+    [Fact]
+    public void A_lease_lost_with_its_session_escalates_after_the_stop_timeout_never_past_the_deadline_and_may_be_gone_now()
+    {
+        var time = new FakeTimeProvider();
+        var clock = new LeaseClock(time, Timings);
+        clock.Acknowledge(time.GetTimestamp());
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(TimeSpan.FromSeconds(3), time.GetElapsedTime(time.GetTimestamp(), clock.EscalationTimestamp(byDeadline: false))); // the stop timeout
+        Assert.Equal(long.MinValue, clock.ServerMayFreeAfterLoss(byDeadline: false));
+
+        time.Advance(TimeSpan.FromSeconds(7)); // 1 s before the deadline: the deadline comes first
+        Assert.Equal(TimeSpan.FromSeconds(1), time.GetElapsedTime(time.GetTimestamp(), clock.EscalationTimestamp(byDeadline: false)));
+
+        clock.Reset(); // no acknowledgement at all: the stop timeout from now
+        Assert.Equal(TimeSpan.FromSeconds(3), time.GetElapsedTime(time.GetTimestamp(), clock.EscalationTimestamp(byDeadline: false)));
+    }
 }
