@@ -77,8 +77,12 @@ public sealed class HighlanderOptions
     /// How long a follower's blocking wait for a held lock may last before it is restarted. The wait holds a
     /// snapshot while blocked; bounding it keeps VACUUM unblocked.
     /// </summary>
-    /// <value>The default is 5 seconds.</value>
-    public TimeSpan WaitSlice { get; set; } = TimeSpan.FromSeconds(5);
+    /// <value>
+    /// The default (<see langword="null"/>) is 5 seconds, or a third of <see cref="LeaseDuration"/> when that is shorter
+    /// (1 second for a 3-second lease), so that any valid lease works without setting it. An explicit value must be
+    /// positive and shorter than <see cref="LeaseDuration"/>.
+    /// </value>
+    public TimeSpan? WaitSlice { get; set; }
 
     /// <summary>After a programmatic step-down, how long this node leaves the singleton to others before contending again.</summary>
     /// <value>The default is 5 seconds.</value>
@@ -147,8 +151,6 @@ public sealed class HighlanderOptions
 
     /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
     public ClusterSingletonOptions SingletonDefaults { get; } = new();
-
-    internal TimeSpan EffectiveLockDelay => LockDelayAfterServerStart ?? LeaseDuration;
 
     internal static string DefaultNodeId()
     {
@@ -257,6 +259,16 @@ public sealed class EscalationContext
     /// <summary>Why HighlanderPG escalates, in words.</summary>
     public string Reason { get; }
 
-    /// <summary>How long until the server may give the lock to another node, when the lease is the reason; otherwise <see langword="null"/>.</summary>
+    /// <summary>
+    /// How long until the server may give the lock to another node, on this node's monotonic clock: the send time of the
+    /// last request the server acknowledged, plus <see cref="HighlanderOptions.LeaseDuration"/>, minus now. While the
+    /// session still holds the lock (a step-down or shutdown whose child would not stop), it is what the server would wait
+    /// if the node went silent now.
+    /// </summary>
+    /// <value>
+    /// Never negative. <see cref="TimeSpan.Zero"/> when that point has passed (e.g. after a pause) or the session broke:
+    /// the server may already have freed the lock, so assume it is gone now. <see langword="null"/> when the escalation
+    /// is not about a lease.
+    /// </value>
     public TimeSpan? RemainingLease { get; }
 }

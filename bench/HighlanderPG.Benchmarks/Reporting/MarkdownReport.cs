@@ -156,7 +156,7 @@ internal sealed class MarkdownReport(
     {
         var o = new HighlanderOptions();
         return string.Create(CultureInfo.InvariantCulture,
-            $"HighlanderPG defaults (LeaseDuration {o.LeaseDuration.TotalSeconds:0} s, HeartbeatInterval {o.HeartbeatInterval.TotalSeconds:0.#} s, StopTimeout {o.StopTimeout.TotalSeconds:0.#} s, SafetyMargin {o.SafetyMargin.TotalSeconds:0.#} s, WaitSlice {o.WaitSlice.TotalSeconds:0.#} s, ...).");
+            $"HighlanderPG defaults (LeaseDuration {o.LeaseDuration.TotalSeconds:0} s, HeartbeatInterval {o.HeartbeatInterval.TotalSeconds:0.#} s, StopTimeout {o.StopTimeout.TotalSeconds:0.#} s, SafetyMargin {o.SafetyMargin.TotalSeconds:0.#} s, WaitSlice {(o.WaitSlice ?? TimeSpan.FromSeconds(5)).TotalSeconds:0.#} s, ...).");
     }
 
     private static int Rank(double q, int n) => Math.Clamp((int)Math.Ceiling(q * n), 1, n);

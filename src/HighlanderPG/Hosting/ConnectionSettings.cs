@@ -62,7 +62,7 @@ internal static class ConnectionSettings
             Multiplexing = false,
             ApplicationName = applicationName,
             KeepAlive = 0,
-            CommandTimeout = Math.Max(1, (int)Math.Ceiling(options.LeaseDuration.TotalSeconds)),
+            CommandTimeout = Leasing.LeaseTimings.From(options).CommandTimeoutSeconds,
             Enlist = false,
         };
         var dataSource = new NpgsqlDataSourceBuilder(builder.ConnectionString);

@@ -71,17 +71,18 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         var dataSourceName = ConnectionSettings.Describe(connection);
         Log.NodeStarting(_logger, _options.NodeId, _registrations.Count, dataSourceName, _options.LeaseDuration);
 
-        var session = new LockSession(_options, _lockDataSource, dataSourceName, _time, _logger);
+        var timings = LeaseTimings.From(_options);
+        var session = new LockSession(_options, timings, _lockDataSource, dataSourceName, _time, _logger);
         Session = session;
         _runners = _registrations.Select(r =>
         {
             var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
             r.Configure?.Invoke(singleton);
             var key = singleton.Key ?? SingletonKey.Derive(_options.Namespace, r.Name);
-            return new SingletonRunner(r, singleton, key, _options, session, _services, _time, _logger, Publish, () => _lifetime?.StopApplication());
+            return new SingletonRunner(r, singleton, key, _options, timings, session, _services, _time, _logger, Publish, () => _lifetime?.StopApplication());
         }).ToList();
 
-        var waiter = new LockWaiter(_options, _waitDataSource, session, _time, _logger);
+        var waiter = new LockWaiter(_options, timings, _waitDataSource, session, _time, _logger);
         _dispatcher = Task.Run(DispatchAsync, CancellationToken.None);
         _sessionTask = Task.Run(() => session.RunAsync(_sessionStopping.Token), CancellationToken.None);
         _waiterTask = Task.Run(() => waiter.RunAsync(_sessionStopping.Token), CancellationToken.None);

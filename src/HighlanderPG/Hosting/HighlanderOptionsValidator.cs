@@ -1,3 +1,4 @@
+using HighlanderPG.Leasing;
 using HighlanderPG.Supervision;
 using Microsoft.Extensions.Options;
 
@@ -39,46 +40,17 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             Add($"{nameof(HighlanderOptions.NodeId)} '{options.NodeId}' must be 1 to {MaxNodeIdLength} printable ASCII characters without spaces (it becomes part of the session's application_name, which PostgreSQL cuts at 63 bytes).", nameof(HighlanderOptions.NodeId));
         }
 
-        var lease = options.LeaseDuration;
-        if (lease < TimeSpan.FromSeconds(1) || lease.Ticks % TimeSpan.TicksPerMillisecond != 0 || lease > TimeSpan.FromDays(1))
-        {
-            Add($"{nameof(HighlanderOptions.LeaseDuration)} is {lease}; it must be between 1 second and 1 day, in whole milliseconds.", nameof(HighlanderOptions.LeaseDuration));
-        }
-
-        Positive(options.HeartbeatInterval, nameof(HighlanderOptions.HeartbeatInterval));
-        Positive(options.StopTimeout, nameof(HighlanderOptions.StopTimeout));
-        Positive(options.SafetyMargin, nameof(HighlanderOptions.SafetyMargin));
+        // The lease, its inequality and the bounds derived from it: one place (LeaseTimings), not re-derived here.
+        problems.AddRange(LeaseTimings.Check(options));
         Positive(options.ReconnectMinDelay, nameof(HighlanderOptions.ReconnectMinDelay));
-        Positive(options.WaitSlice, nameof(HighlanderOptions.WaitSlice));
         if (options.StepDownHoldOff < TimeSpan.Zero)
         {
             Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.", nameof(HighlanderOptions.StepDownHoldOff));
         }
 
-        if (options.WaitSlice >= lease)
-        {
-            Add($"{nameof(HighlanderOptions.WaitSlice)} ({options.WaitSlice}) must be shorter than {nameof(HighlanderOptions.LeaseDuration)} ({lease}), which bounds every statement of HighlanderPG's sessions.", nameof(HighlanderOptions.WaitSlice), nameof(HighlanderOptions.LeaseDuration));
-        }
-
         if (options.ReconnectMaxDelay < options.ReconnectMinDelay)
         {
             Add($"{nameof(HighlanderOptions.ReconnectMaxDelay)} ({options.ReconnectMaxDelay}) must not be less than {nameof(HighlanderOptions.ReconnectMinDelay)} ({options.ReconnectMinDelay}).", nameof(HighlanderOptions.ReconnectMaxDelay), nameof(HighlanderOptions.ReconnectMinDelay));
-        }
-
-        if (options.LockDelayAfterServerStart is { } lockDelay && lockDelay < lease)
-        {
-            Add($"{nameof(HighlanderOptions.LockDelayAfterServerStart)} ({lockDelay}) must be at least {nameof(HighlanderOptions.LeaseDuration)} ({lease}): holders cut off by a restart may run their children that long.", nameof(HighlanderOptions.LockDelayAfterServerStart), nameof(HighlanderOptions.LeaseDuration));
-        }
-
-        if (options.HeartbeatInterval > TimeSpan.Zero && options.HeartbeatInterval * 3 > lease)
-        {
-            Add($"{nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) must be well below {nameof(HighlanderOptions.LeaseDuration)} ({lease}): at most a third of it.", nameof(HighlanderOptions.HeartbeatInterval), nameof(HighlanderOptions.LeaseDuration));
-        }
-
-        var budget = (options.HeartbeatInterval * 2) + options.StopTimeout + options.SafetyMargin;
-        if (budget > lease)
-        {
-            Add($"The lease does not fit: 2 × {nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) + {nameof(HighlanderOptions.StopTimeout)} ({options.StopTimeout}) + {nameof(HighlanderOptions.SafetyMargin)} ({options.SafetyMargin}) = {budget} exceeds {nameof(HighlanderOptions.LeaseDuration)} ({lease}). A child must be stopped before the server may free the lock; shorten the stop timeout or lengthen the lease.", nameof(HighlanderOptions.HeartbeatInterval), nameof(HighlanderOptions.StopTimeout), nameof(HighlanderOptions.SafetyMargin), nameof(HighlanderOptions.LeaseDuration));
         }
 
         if (options.Fencing && !Fencing.FencingSql.IsValidSchema(options.FencingSchema))

@@ -34,7 +34,18 @@ internal sealed class Lease
     /// <summary>Monotonic timestamp by which the child must be gone (escalation point), once lost.</summary>
     public long EscalateAtTimestamp { get; private set; } = long.MaxValue;
 
-    public void Lose(string reason, long escalateAtTimestamp)
+    /// <summary>
+    /// Once lost: the earliest monotonic timestamp at which the server may give the lock to another node (the last
+    /// acknowledged send + the lease), or <see cref="long.MinValue"/> when that is unknown because the session broke or the
+    /// lock was released (the lock may be gone already).
+    /// </summary>
+    public long ServerMayFreeAtTimestamp { get; private set; } = long.MinValue;
+
+    /// <summary>The session stops vouching for this lock.</summary>
+    /// <param name="reason">Why, in words.</param>
+    /// <param name="escalateAtTimestamp">When a child still running under it is escalated.</param>
+    /// <param name="serverMayFreeAtTimestamp">When the server may give the lock away at the earliest; <see cref="long.MinValue"/>: it may be gone now.</param>
+    public void Lose(string reason, long escalateAtTimestamp, long serverMayFreeAtTimestamp = long.MinValue)
     {
         lock (_gate)
         {
@@ -45,6 +56,7 @@ internal sealed class Lease
 
             LossReason = reason;
             EscalateAtTimestamp = escalateAtTimestamp;
+            ServerMayFreeAtTimestamp = serverMayFreeAtTimestamp;
         }
 
         // Never run the children's cancellation callbacks here: this is called on the session loop (or the lease guard's thread),

@@ -12,11 +12,11 @@ namespace HighlanderPG.Leasing;
 /// <remarks>
 /// It asks for the <em>shared</em> lock and releases it in the same statement, so it never holds anything that would keep
 /// the exclusive lock from the lock session. A blocked lock wait holds a snapshot (which holds back VACUUM), so each wait
-/// is bounded by <c>lock_timeout</c> (<see cref="HighlanderOptions.WaitSlice"/>); <c>pg_advisory_unlock_all()</c> after a
+/// is bounded by <c>lock_timeout</c> (<see cref="LeaseTimings.WaitSlice"/>); <c>pg_advisory_unlock_all()</c> after a
 /// failed wait undoes a lock granted in the same instant that <c>lock_timeout</c> fired. With holders on several nodes,
 /// it watches them in turn; the lock session's heartbeat retries every wanted lock as the backstop.
 /// </remarks>
-internal sealed class LockWaiter(HighlanderOptions options, NpgsqlDataSource dataSource, LockSession session, TimeProvider time, ILogger logger)
+internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, LockSession session, TimeProvider time, ILogger logger)
 {
     private readonly SemaphoreSlim _changed = new(0, 1);
     private int _rotation;
@@ -35,7 +35,7 @@ internal sealed class LockWaiter(HighlanderOptions options, NpgsqlDataSource dat
                     await using var connection = await dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
                     await using (var set = new NpgsqlCommand("SELECT set_config('lock_timeout', $1, false)", connection))
                     {
-                        set.Parameters.Add(new NpgsqlParameter<string> { TypedValue = ((long)options.WaitSlice.TotalMilliseconds).ToString(CultureInfo.InvariantCulture) });
+                        set.Parameters.Add(new NpgsqlParameter<string> { TypedValue = ((long)timings.WaitSlice.TotalMilliseconds).ToString(CultureInfo.InvariantCulture) });
                         await set.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
                     }
 

@@ -119,7 +119,19 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         await Task.Yield(); // the start runs beside the runner, which bounds it
         try
         {
+            // Like the host does: an IHostedLifecycleService gets StartingAsync before and StartedAsync after, all within
+            // the same bounded start.
+            var lifecycle = instance as IHostedLifecycleService;
+            if (lifecycle is not null)
+            {
+                await lifecycle.StartingAsync(cancellationToken).ConfigureAwait(false);
+            }
+
             await instance.StartAsync(cancellationToken).ConfigureAwait(false);
+            if (lifecycle is not null)
+            {
+                await lifecycle.StartedAsync(cancellationToken).ConfigureAwait(false);
+            }
         }
         catch (Exception ex)
         {
@@ -147,7 +159,7 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         }
 
         var start = time.GetTimestamp();
-        var budgetEnd = start + (long)(budget.Ticks * (time.TimestampFrequency / (double)TimeSpan.TicksPerSecond));
+        var budgetEnd = start + Leasing.LeaseTimings.ToTimestampDelta(budget, time);
         using var expired = new CancellationTokenSource();
 
         // Timers have millisecond granularity and may fire a little early: each firing checks the monotonic clock and
@@ -203,13 +215,30 @@ internal sealed class ChildIncarnation : IAsyncDisposable
 
         static async Task StopCoreAsync(IHostedService instance, CancellationToken token)
         {
+            // Like the host does: an IHostedLifecycleService gets StoppingAsync before and StoppedAsync after, all within
+            // the same stop budget; each is called even when the one before threw.
+            var lifecycle = instance as IHostedLifecycleService;
+            if (lifecycle is not null)
+            {
+                await CallAsync(lifecycle.StoppingAsync, token).ConfigureAwait(false);
+            }
+
+            await CallAsync(instance.StopAsync, token).ConfigureAwait(false);
+            if (lifecycle is not null)
+            {
+                await CallAsync(lifecycle.StoppedAsync, token).ConfigureAwait(false);
+            }
+        }
+
+        static async Task CallAsync(Func<CancellationToken, Task> step, CancellationToken token)
+        {
             try
             {
-                await instance.StopAsync(token).ConfigureAwait(false);
+                await step(token).ConfigureAwait(false);
             }
             catch (Exception)
             {
-                // A throwing StopAsync still counts as stopped when its execution ended; the runner judges by that.
+                // A throwing stop step still counts as stopped when its execution ended; the runner judges by that.
             }
         }
     }

@@ -15,7 +15,8 @@ internal sealed class SingletonRunner
     private readonly SingletonRegistration _registration;
     private readonly ClusterSingletonOptions _singleton;
     private readonly HighlanderOptions _options;
-    private readonly LockSession _session;
+    private readonly LeaseTimings _timings;
+    private readonly ILockSession _session;
     private readonly IServiceProvider _services;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
@@ -35,7 +36,8 @@ internal sealed class SingletonRunner
         ClusterSingletonOptions singleton,
         long key,
         HighlanderOptions options,
-        LockSession session,
+        LeaseTimings timings,
+        ILockSession session,
         IServiceProvider services,
         TimeProvider time,
         ILogger logger,
@@ -46,6 +48,7 @@ internal sealed class SingletonRunner
         _singleton = singleton;
         Key = key;
         _options = options;
+        _timings = timings;
         _session = session;
         _services = services;
         _time = time;
@@ -250,10 +253,10 @@ internal sealed class SingletonRunner
             SetState(SingletonState.Stopping, reason);
             await lostCts.CancelAsync().ConfigureAwait(false);
             var stopStarted = _time.GetTimestamp();
-            childGone = await child.StopAsync(_options.StopTimeout, lease, _time).ConfigureAwait(false);
+            childGone = await child.StopAsync(_timings.StopTimeout, lease, _time).ConfigureAwait(false);
             if (!childGone)
             {
-                await EscalateAsync(watch, $"its child did not stop within {_options.StopTimeout} after it was told to ({reason}): {child.DescribeRunning()}").ConfigureAwait(false);
+                await EscalateAsync(watch, $"its child did not stop within {_timings.StopTimeout} after it was told to ({reason}): {child.DescribeRunning()}").ConfigureAwait(false);
 
                 // A custom handler returned: the lock stays held until the child is really gone (or the lease is).
                 var exited = child.Exited;
@@ -351,10 +354,7 @@ internal sealed class SingletonRunner
         Log.Escalating(_logger, Name, reason);
         HighlanderActivities.OnEscalating(_options.NodeId, Name, Key, lease.Epoch, reason);
         HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
-        var remaining = lease.IsLost && lease.EscalateAtTimestamp != long.MaxValue
-            ? _time.GetElapsedTime(_time.GetTimestamp(), lease.EscalateAtTimestamp) + _options.SafetyMargin
-            : (TimeSpan?)null;
-        var context = new EscalationContext(Name, _options.NodeId, reason, remaining);
+        var context = new EscalationContext(Name, _options.NodeId, reason, RemainingLease(lease));
         if (_options.OnEscalation is { } handler)
         {
             try
@@ -372,14 +372,37 @@ internal sealed class SingletonRunner
         Environment.FailFast($"HighlanderPG: escalating singleton '{Name}' on node '{_options.NodeId}': {reason}. Ending the process so that its PostgreSQL session ends and the child cannot outlive the lease.");
     }
 
+    /// <summary>
+    /// How long until the server may give <paramref name="lease"/>'s lock to another node, on this node's clock: the last
+    /// acknowledged send + the lease − now (for a lease still held: if the node went silent now); zero when that point
+    /// has passed or the session broke (the lock may be gone already). See docs/lease-protocol.md, "The client-side deadline".
+    /// </summary>
+    internal TimeSpan RemainingLease(Lease lease) =>
+        LeaseTimings.Until(lease.IsLost ? lease.ServerMayFreeAtTimestamp : _session.ServerMayFreeTimestamp, _time);
+
     private void OnConnectionChanged(string? lossReason)
     {
+        SingletonStateChanged? attemptFailed = null;
         lock (_gate)
         {
             if (_state is not (SingletonState.Following or SingletonState.Disconnected))
             {
                 return;
             }
+
+            if (lossReason is not null && _state == SingletonState.Disconnected)
+            {
+                // A connection attempt failed (or was refused) while already disconnected: published all the same, with
+                // Previous == Current, so that watchers can await attempts instead of polling.
+                _lastError = lossReason;
+                attemptFailed = new SingletonStateChanged(Name, _state, _state, _time.GetUtcNow(), lossReason, _options.NodeId, _session.GetHolder(Key));
+            }
+        }
+
+        if (attemptFailed is not null)
+        {
+            _publish(attemptFailed);
+            return;
         }
 
         if (lossReason is not null)

@@ -68,5 +68,5 @@ public sealed class LeaseGuardTests
         await escalated.Task.WaitAsync(Limit);
     }
 
-    private static long Ticks(TimeProvider time, TimeSpan span) => (long)(span.Ticks * (time.TimestampFrequency / (double)TimeSpan.TicksPerSecond));
+    private static long Ticks(TimeProvider time, TimeSpan span) => LeaseTimings.ToTimestampDelta(span, time);
 }

@@ -1,0 +1,401 @@
+namespace HighlanderPG.Leasing;
+
+/// <summary>
+/// The lock session's bookkeeping, with no I/O: which keys runners want, which this session holds, who else holds the
+/// keys it wants, which releases are queued or in flight, and which newly taken keys still wait for their fencing epoch.
+/// Every member takes the ledger's lock; callers act (complete tasks, raise events) outside it.
+/// </summary>
+internal sealed class KeyLedger
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<long, Want> _wants = [];
+    private readonly Dictionary<long, Lease> _held = [];
+    private readonly Dictionary<long, LeaderInfo> _holders = [];
+    private readonly List<(Lease Lease, TaskCompletionSource Done)> _releases = [];
+    private readonly Dictionary<long, long> _unfenced = []; // key -> when to try its epoch bump (next)
+    private readonly List<(Lease Lease, TaskCompletionSource Done)> _inflightReleases = [];
+    private bool _wantsChanged;
+    private bool _poke;
+    private int _generation;
+
+    /// <summary>Registers that a runner wants <paramref name="key"/>; throws when it is already wanted or held.</summary>
+    public Want AddWant(long key, string name)
+    {
+        var want = new Want(key, name);
+        lock (_gate)
+        {
+            if (_held.TryGetValue(key, out var stale) && stale.IsLost)
+            {
+                // Lost at the stop point (by the lease guard) while the loop is still giving the session up: it is gone with that session.
+                _held.Remove(key);
+                _unfenced.Remove(key);
+            }
+
+            if (_wants.ContainsKey(key) || _held.ContainsKey(key))
+            {
+                throw new InvalidOperationException($"Key {key} is already wanted or held by this node.");
+            }
+
+            _wants[key] = want;
+            _wantsChanged = true;
+        }
+
+        return want;
+    }
+
+    /// <summary>The runner gave up wanting (its token fired): forget the want, if it is still the current one.</summary>
+    public void CancelWant(Want want)
+    {
+        lock (_gate)
+        {
+            if (_wants.TryGetValue(want.Key, out var current) && current == want)
+            {
+                _wants.Remove(want.Key);
+            }
+        }
+    }
+
+    /// <summary>Queues the release of <paramref name="lease"/>; false when this session does not hold it (any more).</summary>
+    public bool QueueRelease(Lease lease, TaskCompletionSource done)
+    {
+        lock (_gate)
+        {
+            if (!_held.TryGetValue(lease.Key, out var held) || held != lease)
+            {
+                return false;
+            }
+
+            _releases.Add((lease, done));
+            return true;
+        }
+    }
+
+    /// <summary>Queues the release of a lease nobody waits for (its runner gave up, or could not take it).</summary>
+    public void QueueOrphanRelease(Lease lease)
+    {
+        lock (_gate)
+        {
+            _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+        }
+    }
+
+    /// <summary>The holder of <paramref name="key"/> last seen (for a key wanted but not held).</summary>
+    public LeaderInfo? GetHolder(long key)
+    {
+        lock (_gate)
+        {
+            return _holders.GetValueOrDefault(key);
+        }
+    }
+
+    /// <summary>Keys wanted but not held, with the backend pid of their last seen holder.</summary>
+    public List<(long Key, int? HolderPid)> GetWaitTargets()
+    {
+        lock (_gate)
+        {
+            return _wants.Keys.Where(k => !_held.ContainsKey(k)).Select(k => (k, _holders.TryGetValue(k, out var h) ? h.BackendPid : (int?)null)).ToList();
+        }
+    }
+
+    /// <summary>Something may have freed a wanted lock: try at the next turn.</summary>
+    public void Poke()
+    {
+        lock (_gate)
+        {
+            _poke = true;
+        }
+    }
+
+    /// <summary>A release of <paramref name="key"/> was announced: try at the next turn if it is wanted.</summary>
+    public void OnReleaseAnnounced(long key)
+    {
+        lock (_gate)
+        {
+            if (_wants.ContainsKey(key))
+            {
+                _poke = true;
+            }
+        }
+    }
+
+    public bool AnyWants
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _wants.Count > 0;
+            }
+        }
+    }
+
+    /// <summary>The current session generation (each new session is a new one).</summary>
+    public int Generation
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _generation;
+            }
+        }
+    }
+
+    /// <summary>A new session is up: a new generation, and every wanted key is worth a try.</summary>
+    public void NewGeneration()
+    {
+        lock (_gate)
+        {
+            _generation++;
+            _wantsChanged = true;
+        }
+    }
+
+    /// <summary>The leases this session holds (whether or not lost meanwhile).</summary>
+    public List<Lease> HeldLeases()
+    {
+        lock (_gate)
+        {
+            return [.. _held.Values];
+        }
+    }
+
+    /// <summary>
+    /// What the loop should do next: the queued releases (moved in flight), or else, when something may have changed
+    /// (a release was announced, the waiter saw a lock freed, a runner started wanting, or a heartbeat is due), the keys
+    /// to try. Never a key already held: session locks are re-entrant.
+    /// </summary>
+    public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed)
+    {
+        lock (_gate)
+        {
+            List<(Lease Lease, TaskCompletionSource Done)> releases = [.. _releases];
+            _releases.Clear();
+            long[] toTry = [];
+            if (releases.Count == 0 && lockDelayPassed && (heartbeatDue || _poke || _wantsChanged))
+            {
+                toTry = [.. _wants.Keys.Where(k => !_held.ContainsKey(k))];
+                _poke = false;
+                _wantsChanged = false;
+            }
+
+            _inflightReleases.AddRange(releases);
+            return (releases, toTry);
+        }
+    }
+
+    /// <summary>The server unlocked these leases' keys: they are no longer held.</summary>
+    public void Released(List<(Lease Lease, TaskCompletionSource Done)> releases)
+    {
+        lock (_gate)
+        {
+            foreach (var (lease, _) in releases)
+            {
+                if (_held.TryGetValue(lease.Key, out var held) && held == lease)
+                {
+                    _held.Remove(lease.Key);
+                }
+            }
+
+            _inflightReleases.Clear();
+        }
+    }
+
+    /// <summary>
+    /// The session took <paramref name="got"/>: they are held now. Without fencing each goes to its runner (returned);
+    /// with fencing each waits for its epoch bump. A key nobody wants any more is released at once.
+    /// </summary>
+    public List<(Want Want, Lease Lease)> Taken(IEnumerable<long> got, bool fencing, DateTimeOffset acquiredAt)
+    {
+        var granted = new List<(Want Want, Lease Lease)>();
+        lock (_gate)
+        {
+            foreach (var key in got)
+            {
+                var lease = new Lease(key, _generation, acquiredAt);
+                _held[key] = lease;
+                _holders.Remove(key);
+                if (fencing)
+                {
+                    // The runner gets the lease once its epoch is bumped.
+                    _unfenced[key] = long.MinValue;
+                }
+                else if (_wants.Remove(key, out var want))
+                {
+                    granted.Add((want, lease));
+                }
+                else
+                {
+                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously))); // the runner gave up meanwhile
+                }
+            }
+        }
+
+        return granted;
+    }
+
+    /// <summary>Records who holds <paramref name="keys"/> (those absent from <paramref name="holders"/> are held by nobody); returns the keys whose holder changed.</summary>
+    public List<(long Key, LeaderInfo? Holder)> UpdateHolders(long[] keys, Dictionary<long, LeaderInfo> holders)
+    {
+        var changed = new List<(long Key, LeaderInfo? Holder)>();
+        lock (_gate)
+        {
+            foreach (var key in keys)
+            {
+                var before = _holders.GetValueOrDefault(key);
+                if (holders.TryGetValue(key, out var holder))
+                {
+                    _holders[key] = holder;
+                }
+                else
+                {
+                    _holders.Remove(key);
+                }
+
+                var after = _holders.GetValueOrDefault(key);
+                if (before?.BackendPid != after?.BackendPid || before?.ApplicationName != after?.ApplicationName)
+                {
+                    changed.Add((key, after));
+                }
+            }
+        }
+
+        return changed;
+    }
+
+    /// <summary>Held keys whose epoch bump is due at <paramref name="now"/>.</summary>
+    public long[] UnfencedDue(long now)
+    {
+        lock (_gate)
+        {
+            return [.. _unfenced.Where(u => u.Value <= now).Select(u => u.Key)];
+        }
+    }
+
+    /// <summary>When the next epoch bump is due, or <see cref="long.MaxValue"/> when none waits.</summary>
+    public long NextUnfenced
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _unfenced.Count > 0 ? _unfenced.Values.Min() : long.MaxValue;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Picks one of the <paramref name="due"/> keys to bump, with its singleton's name. A due key whose runner gave up
+    /// meanwhile is not bumped, only released.
+    /// </summary>
+    public (long Key, string Name)? TakeFenceCandidate(long[] due)
+    {
+        lock (_gate)
+        {
+            foreach (var orphan in due.Where(k => !_wants.ContainsKey(k)))
+            {
+                _unfenced.Remove(orphan);
+                if (_held.TryGetValue(orphan, out var lease))
+                {
+                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                }
+            }
+
+            foreach (var k in due.Where(_wants.ContainsKey))
+            {
+                return (k, _wants[k].Name);
+            }
+
+            return null;
+        }
+    }
+
+    /// <summary>The bump could not take the row yet (an old leader's guarded transaction holds it): retry at <paramref name="retryAt"/>.</summary>
+    public void FenceDeferred(long key, long retryAt)
+    {
+        lock (_gate)
+        {
+            if (_unfenced.ContainsKey(key))
+            {
+                _unfenced[key] = retryAt;
+            }
+        }
+    }
+
+    /// <summary>The bump failed for good: the want is dropped (returned, for its runner to be told) and the lock released.</summary>
+    public Want? FenceFailed(long key)
+    {
+        lock (_gate)
+        {
+            _unfenced.Remove(key);
+            _wants.Remove(key, out var failed);
+            if (_held.TryGetValue(key, out var lease))
+            {
+                _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+            }
+
+            return failed;
+        }
+    }
+
+    /// <summary>The key's epoch is bumped: its lease carries it and goes to its runner (returned), or is released when nobody wants it.</summary>
+    public List<(Want Want, Lease Lease)> Fenced(long key, long epoch)
+    {
+        var granted = new List<(Want Want, Lease Lease)>();
+        lock (_gate)
+        {
+            _unfenced.Remove(key);
+            if (_held.TryGetValue(key, out var lease))
+            {
+                lease.Epoch = epoch;
+                if (_wants.Remove(key, out var want))
+                {
+                    granted.Add((want, lease));
+                }
+                else
+                {
+                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                }
+            }
+        }
+
+        return granted;
+    }
+
+    /// <summary>
+    /// The session is gone, and every lock with it: forgets what was held, queued, in flight, unfenced and seen held by
+    /// others (a holder seen through a lost session is not known to hold any more); completes the releases (the lock went
+    /// with the session). Returns the leases that were held, for the caller to lose.
+    /// </summary>
+    public List<Lease> LoseAll()
+    {
+        lock (_gate)
+        {
+            List<Lease> lost = [.. _held.Values];
+            _held.Clear();
+            _unfenced.Clear();
+            _holders.Clear();
+            foreach (var (_, done) in _releases.Concat(_inflightReleases))
+            {
+                done.TrySetResult();
+            }
+
+            _releases.Clear();
+            _inflightReleases.Clear();
+            _wantsChanged = true;
+            return lost;
+        }
+    }
+
+    /// <summary>One runner's wish for one key, completed with the lease once the session holds it.</summary>
+    internal sealed class Want(long key, string name)
+    {
+        public long Key { get; } = key;
+
+        public string Name { get; } = name;
+
+        public TaskCompletionSource<Lease> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public CancellationTokenRegistration Registration { get; set; }
+    }
+}

@@ -1,0 +1,253 @@
+using System.Globalization;
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Fencing;
+using Npgsql;
+
+namespace HighlanderPG.Leasing;
+
+/// <summary>One session's service: its round trips (each bounded by the lease's stop point) and its waits between them.</summary>
+internal sealed partial class LockSession
+{
+    private async Task ServeAsync(NpgsqlConnection connection, SessionIo session, CancellationToken stopping)
+    {
+        var nextHeartbeat = _time.GetTimestamp() + Delta(_timings.Heartbeat);
+        while (!stopping.IsCancellationRequested)
+        {
+            if (_expired || _clock.MustStop)
+            {
+                throw new LeaseExpiringException();
+            }
+
+            var now = _time.GetTimestamp();
+            var heartbeatDue = now >= nextHeartbeat;
+            var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil);
+            if (releases.Count > 0)
+            {
+                nextHeartbeat = await ReleaseBatchAsync(connection, session, releases).ConfigureAwait(false);
+                continue;
+            }
+
+            if (toTry.Length > 0)
+            {
+                nextHeartbeat = await TryAcquireAsync(connection, session, toTry).ConfigureAwait(false);
+                continue;
+            }
+
+            if (_ledger.UnfencedDue(now) is { Length: > 0 } unfenced)
+            {
+                nextHeartbeat = await FenceAsync(connection, session, unfenced).ConfigureAwait(false);
+                continue;
+            }
+
+            if (heartbeatDue)
+            {
+                nextHeartbeat = await HeartbeatAsync(connection, session).ConfigureAwait(false);
+                continue;
+            }
+
+            await WaitAsync(connection, nextHeartbeat, stopping).ConfigureAwait(false);
+        }
+    }
+
+    private async Task WaitAsync(NpgsqlConnection connection, long nextHeartbeat, CancellationToken stopping)
+    {
+        var until = Math.Min(nextHeartbeat, _clock.StopTimestamp);
+        if (_ledger.AnyWants && _lockDelayUntil > _time.GetTimestamp())
+        {
+            until = Math.Min(until, _lockDelayUntil);
+        }
+
+        until = Math.Min(until, _ledger.NextUnfenced);
+        var timeout = _time.GetElapsedTime(_time.GetTimestamp(), until);
+        if (timeout <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        var cts = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        lock (_wakeGate)
+        {
+            if (_wakeRequested)
+            {
+                _wakeRequested = false;
+                cts.Dispose();
+                return;
+            }
+
+            _waitCts = cts;
+        }
+
+        try
+        {
+            cts.CancelAfter(timeout);
+            await connection.WaitAsync(cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cts.IsCancellationRequested)
+        {
+            // Woken, timed out for the next heartbeat, or stopping: the connection stays usable.
+        }
+        finally
+        {
+            lock (_wakeGate)
+            {
+                _waitCts = null;
+                _wakeRequested = false;
+            }
+
+            cts.Dispose();
+        }
+    }
+
+    private async Task<long> HeartbeatAsync(NpgsqlConnection connection, SessionIo session)
+    {
+        var sent = _time.GetTimestamp();
+        var pid = await RoundTripAsync(session, () => LockProtocol.BackendPidAsync(connection)).ConfigureAwait(false);
+        CheckPid(pid);
+        return sent + Delta(_timings.Heartbeat);
+    }
+
+    private async Task<long> TryAcquireAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    {
+        var sent = _time.GetTimestamp();
+        var got = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, keys, CheckPid)).ConfigureAwait(false);
+
+        // Hand the acquired locks over first; who holds the others is asked afterwards, in a round trip of its own
+        // (pg_locks is comparatively costly, and not needed to start a child). With fencing, the runner gets the lease once
+        // its epoch is bumped (FenceAsync).
+        Grant(_ledger.Taken(got, _options.Fencing, _time.GetUtcNow()));
+        var failed = keys.Except(got).ToArray();
+        if (failed.Length > 0)
+        {
+            await UpdateHoldersAsync(connection, session, failed).ConfigureAwait(false);
+        }
+
+        WantsChanged?.Invoke();
+        return sent + Delta(_timings.Heartbeat);
+    }
+
+    /// <summary>Learns who holds the keys this node could not take (for status, events and the follower waiter).</summary>
+    private async Task UpdateHoldersAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    {
+        var holders = await RoundTripAsync(session, () => LockProtocol.HoldersAsync(connection, keys, _backendPid)).ConfigureAwait(false);
+        foreach (var (key, holder) in _ledger.UpdateHolders(keys, holders))
+        {
+            HolderChanged?.Invoke(key, holder);
+        }
+    }
+
+    /// <summary>
+    /// Bumps the fencing epoch of one newly acquired key (<see cref="EpochBumper"/>), then hands the lease to its runner.
+    /// A bump that finds the row held by an old leader's guarded transaction is retried shortly; other keys go on
+    /// meanwhile. An error of the bump itself (e.g. no privilege) fails that acquisition only, not the session.
+    /// </summary>
+    private async Task<long> FenceAsync(NpgsqlConnection connection, SessionIo session, long[] due)
+    {
+        var sent = _time.GetTimestamp();
+        if (_ledger.TakeFenceCandidate(due) is not { } candidate)
+        {
+            return _time.GetTimestamp();
+        }
+
+        var (key, name) = candidate;
+
+        long epoch;
+        try
+        {
+            epoch = await RoundTripAsync(session, () => EpochBumper.BumpAsync(connection, _options, key, name)).ConfigureAwait(false);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.LockNotAvailable)
+        {
+            _ledger.FenceDeferred(key, _time.GetTimestamp() + Delta(EpochBumper.RetryDelay));
+            return sent + Delta(_timings.Heartbeat);
+        }
+        catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open)
+        {
+            var failed = _ledger.FenceFailed(key);
+            failed?.Registration.Dispose();
+            failed?.Done.TrySetException(new InvalidOperationException(EpochBumper.DescribeFailure(_options, name, ex), ex));
+            return sent + Delta(_timings.Heartbeat);
+        }
+
+        Grant(_ledger.Fenced(key, epoch));
+        return sent + Delta(_timings.Heartbeat);
+    }
+
+    private void Grant(List<(KeyLedger.Want Want, Lease Lease)> granted)
+    {
+        foreach (var (want, lease) in granted)
+        {
+            want.Registration.Dispose();
+            if (!want.Done.TrySetResult(lease))
+            {
+                _ledger.QueueOrphanRelease(lease);
+                Wake();
+            }
+        }
+    }
+
+    private async Task<long> ReleaseBatchAsync(NpgsqlConnection connection, SessionIo session, List<(Lease Lease, TaskCompletionSource Done)> releases)
+    {
+        var sent = _time.GetTimestamp();
+        var keys = releases.Select(r => r.Lease.Key).ToArray();
+        await RoundTripAsync(session, () => LockProtocol.UnlockAndNotifyAsync(connection, keys)).ConfigureAwait(false);
+        _ledger.Released(releases);
+        foreach (var (lease, done) in releases)
+        {
+            lease.Lose("released", _time.GetTimestamp());
+            done.TrySetResult();
+        }
+
+        return sent + Delta(_timings.Heartbeat);
+    }
+
+    /// <summary>
+    /// Awaits one round trip, but never past the point where children must stop: if the server does not answer
+    /// by then, the operation is abandoned (left to fail on its own) and the session is given up.
+    /// See docs/lease-protocol.md, "The client-side deadline".
+    /// </summary>
+    private async Task<T> RoundTripAsync<T>(SessionIo session, Func<Task<T>> start)
+    {
+        // The send time is taken before anything is sent: the server's idle timer starts no earlier than that.
+        var sent = _time.GetTimestamp();
+        var operation = start();
+        if (!operation.IsCompleted)
+        {
+            var limit = _clock.UntilStop;
+            using var cts = new CancellationTokenSource();
+            var expired = Task.Delay(limit > TimeSpan.Zero ? limit : TimeSpan.Zero, _time, cts.Token);
+            if (await Task.WhenAny(operation, expired).ConfigureAwait(false) != operation)
+            {
+                session.Abandoned = operation;
+                throw new LeaseExpiringException();
+            }
+
+            cts.Cancel();
+        }
+
+        var result = await operation.ConfigureAwait(false);
+        Acknowledge(sent);
+        if (HighlanderMetrics.RoundTrip.Enabled)
+        {
+            HighlanderMetrics.RoundTrip.Record(_time.GetElapsedTime(sent).TotalSeconds, HighlanderMetrics.Tags());
+        }
+
+        return result;
+    }
+
+    private void CheckPid(int pid)
+    {
+        if (pid != _backendPid)
+        {
+            throw new RefusedException(
+                $"the session's backend changed from pid {_backendPid} to {pid} between statements: a transaction-mode pooler (e.g. PgBouncer pool_mode=transaction) is in the way, and it silently breaks session advisory locks. Connect to PostgreSQL directly or through a session-mode pooler.");
+        }
+    }
+
+    private void OnNotification(string payload)
+    {
+        if (long.TryParse(payload, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var key))
+        {
+            _ledger.OnReleaseAnnounced(key);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+using System.Globalization;
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Fencing;
+using Microsoft.Extensions.Logging;
+using Npgsql;
+
+namespace HighlanderPG.Leasing;
+
+/// <summary>What a new lock session learned while it was set up.</summary>
+/// <param name="Connection">The open, dedicated connection (the caller owns it).</param>
+/// <param name="BackendPid">The server's backend pid of the session.</param>
+/// <param name="Version">The server's version, for logs.</param>
+/// <param name="ServerUptime">How long the server had been up (since its start or last reinitialisation).</param>
+/// <param name="LockDelayRemaining">How long from now no lock may be taken (<see cref="LockDelay"/>); zero or less: none.</param>
+internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining);
+
+/// <summary>
+/// Opens a lock session: connects, refuses a server that cannot be used safely (<see cref="ServerChecks"/>), sets the
+/// server-side lease (<c>idle_session_timeout</c>, from <see cref="LeaseTimings"/>), creates the fencing table when
+/// fencing is on, listens for release announcements, and computes the lock-delay after a server (re)start.
+/// </summary>
+internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, ILogger logger)
+{
+    /// <summary>
+    /// Opens and prepares the session. On any failure the connection is disposed and the error thrown
+    /// (<see cref="RefusedException"/> when the server must not be used).
+    /// </summary>
+    /// <param name="onNotification">Called with each notification's payload on <see cref="LockProtocol.Channel"/>.</param>
+    /// <param name="sinceCrashSeen">How long ago this node saw the server reinitialise after a backend crash, if it did.</param>
+    /// <param name="stopping">Fires when the node stops.</param>
+    public async Task<SessionStart> OpenAsync(Action<string> onNotification, Func<TimeSpan?> sinceCrashSeen, CancellationToken stopping)
+    {
+        var connection = await dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
+        try
+        {
+            int pid;
+            bool inRecovery;
+            int versionNum;
+            double uptimeSeconds;
+            string version;
+            await using (var cmd = new NpgsqlCommand(
+                "SELECT pg_backend_pid(), pg_is_in_recovery(), current_setting('server_version_num')::int, " +
+                // The server's (re)start: the postmaster's start, or a later reinitialisation after a backend crash, which
+                // shows as the checkpointer's start (visible with pg_read_all_stats or as superuser; otherwise null).
+                "extract(epoch from clock_timestamp() - GREATEST(pg_postmaster_start_time(), " +
+                "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')))::float8, current_setting('server_version')",
+                connection))
+            await using (var reader = await cmd.ExecuteReaderAsync(stopping).ConfigureAwait(false))
+            {
+                await reader.ReadAsync(stopping).ConfigureAwait(false);
+                pid = reader.GetInt32(0);
+                inRecovery = reader.GetBoolean(1);
+                versionNum = reader.GetInt32(2);
+                uptimeSeconds = reader.GetDouble(3);
+                version = reader.GetString(4);
+            }
+
+            var refusal = ServerChecks.Check(versionNum, version, inRecovery, pid, connection.ProcessID, options);
+            if (refusal is not null)
+            {
+                throw new RefusedException(refusal);
+            }
+
+            if (pid != connection.ProcessID)
+            {
+                Log.SessionPooler(logger, pid, connection.ProcessID);
+            }
+
+            await SetServerTimeoutsAsync(connection, versionNum, version, stopping).ConfigureAwait(false);
+            if (options.Fencing)
+            {
+                await FencingSql.EnsureCreatedAsync(connection, options.FencingSchema, stopping).ConfigureAwait(false);
+            }
+
+            connection.Notification += (_, e) => onNotification(e.Payload);
+            await LockProtocol.ListenAsync(connection, stopping).ConfigureAwait(false);
+
+            var uptime = TimeSpan.FromSeconds(uptimeSeconds);
+            return new SessionStart(connection, pid, version, uptime, LockDelay.Remaining(timings.LockDelay, uptime, sinceCrashSeen()));
+        }
+        catch
+        {
+            await connection.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private async Task SetServerTimeoutsAsync(NpgsqlConnection connection, int versionNum, string version, CancellationToken stopping)
+    {
+        await using var cmd = new NpgsqlCommand(null, connection);
+        var idleMs = timings.IdleSessionTimeoutMilliseconds.ToString(CultureInfo.InvariantCulture);
+        if (versionNum >= ServerChecks.MinimumVersionNum)
+        {
+            // The server-side lease: the server ends this session, freeing its locks, after this long without a message.
+            // https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-SESSION-TIMEOUT
+            // idle_in_transaction_session_timeout too: the fencing bump runs in a short transaction, and a session
+            // cut off inside it would otherwise not be "idle" for idle_session_timeout.
+            cmd.CommandText = "SELECT set_config('idle_session_timeout', $1, false), set_config('idle_in_transaction_session_timeout', $1, false)";
+            cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = idleMs });
+        }
+        else
+        {
+            Log.WeakerMode(logger, version);
+            // Whole seconds only: rounded so that the server never drops a client before the lease.
+            cmd.CommandText = "SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', '1', false), set_config('tcp_keepalives_count', $2, false), set_config('idle_in_transaction_session_timeout', $3, false)";
+            cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = timings.KeepalivesIdleSeconds.ToString(CultureInfo.InvariantCulture) });
+            cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = timings.KeepalivesCount.ToString(CultureInfo.InvariantCulture) });
+            cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = idleMs });
+        }
+
+        await cmd.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
+    }
+}

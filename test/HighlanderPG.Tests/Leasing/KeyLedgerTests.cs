@@ -1,0 +1,200 @@
+using HighlanderPG.Leasing;
+
+namespace HighlanderPG.Tests.Leasing;
+
+/// <summary>The lock session's bookkeeping of wanted and held keys, without any I/O.</summary>
+public sealed class KeyLedgerTests
+{
+    private static readonly DateTimeOffset Now = new(2026, 12, 1, 12, 0, 0, TimeSpan.Zero);
+
+    [Fact]
+    public void A_wanted_key_is_tried_once_per_change_and_granted_to_its_want_when_taken()
+    {
+        var ledger = new KeyLedger();
+        var want = ledger.AddWant(1, "job");
+
+        var (releases, toTry) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        Assert.Empty(releases);
+        Assert.Equal([1L], toTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry); // nothing changed since
+
+        ledger.NewGeneration();
+        var (grantedWant, lease) = Assert.Single(ledger.Taken([1L], fencing: false, Now));
+        Assert.Same(want, grantedWant);
+        Assert.Equal(1, lease.Key);
+        Assert.Equal(1, lease.Generation);
+        Assert.Equal([lease], ledger.HeldLeases());
+        Assert.Empty(ledger.GetWaitTargets());
+        Assert.False(ledger.AnyWants);
+
+        // Held keys are never tried again (session locks are re-entrant), not even at a heartbeat.
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+    }
+
+    [Fact]
+    public void Tries_wait_for_the_lock_delay_and_come_back_at_a_heartbeat_a_poke_or_an_announced_release()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "job");
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: false).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+
+        ledger.Poke();
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+
+        ledger.OnReleaseAnnounced(2); // not wanted: no try
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        ledger.OnReleaseAnnounced(1);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+    }
+
+    [Fact]
+    public void A_key_cannot_be_wanted_twice_but_a_lease_lost_at_the_stop_point_does_not_block_a_new_want()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "job");
+        Assert.Throws<InvalidOperationException>(() => ledger.AddWant(1, "job"));
+
+        var (_, lease) = Assert.Single(ledger.Taken([1L], fencing: false, Now));
+        Assert.Throws<InvalidOperationException>(() => ledger.AddWant(1, "job"));
+
+        lease.Lose("stop point", 0);
+        ledger.AddWant(1, "job");
+        Assert.Empty(ledger.HeldLeases());
+    }
+
+    [Fact]
+    public void A_grant_for_a_cancelled_want_is_released_at_once()
+    {
+        var ledger = new KeyLedger();
+        var want = ledger.AddWant(1, "job");
+        ledger.CancelWant(want);
+        Assert.False(ledger.AnyWants);
+
+        Assert.Empty(ledger.Taken([1L], fencing: false, Now)); // taken in flight, nobody wants it any more
+        var (releases, toTry) = ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true);
+        var (lease, _) = Assert.Single(releases);
+        Assert.Equal(1, lease.Key);
+        Assert.Empty(toTry); // releases go first
+    }
+
+    [Fact]
+    public void A_cancelled_want_replaced_by_a_new_one_is_not_cancelled_again()
+    {
+        var ledger = new KeyLedger();
+        var first = ledger.AddWant(1, "job");
+        ledger.CancelWant(first);
+        var second = ledger.AddWant(1, "job");
+        ledger.CancelWant(first); // late callback of the first want
+        var (granted, _) = Assert.Single(ledger.Taken([1L], fencing: false, Now));
+        Assert.Same(second, granted);
+    }
+
+    [Fact]
+    public void A_release_is_queued_only_for_a_held_lease_and_unholds_it_once_done()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "job");
+        var (_, lease) = Assert.Single(ledger.Taken([1L], fencing: false, Now));
+        var stranger = new Lease(1, 99, Now);
+
+        Assert.False(ledger.QueueRelease(stranger, new TaskCompletionSource()));
+        var done = new TaskCompletionSource();
+        Assert.True(ledger.QueueRelease(lease, done));
+
+        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        Assert.Equal(lease, Assert.Single(releases).Lease);
+        ledger.Released(releases);
+        Assert.Empty(ledger.HeldLeases());
+        Assert.False(ledger.QueueRelease(lease, new TaskCompletionSource()));
+    }
+
+    [Fact]
+    public void Losing_everything_completes_queued_and_inflight_releases_and_forgets_holders()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        ledger.AddWant(3, "c");
+        var taken = ledger.Taken([1L, 2L], fencing: false, Now);
+        ledger.UpdateHolders([3L], new() { [3L] = new LeaderInfo("other", 7, "highlander/other", null, null) });
+        Assert.NotNull(ledger.GetHolder(3));
+
+        var inflight = new TaskCompletionSource();
+        var queued = new TaskCompletionSource();
+        Assert.True(ledger.QueueRelease(taken[0].Lease, inflight));
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true); // now in flight
+        Assert.True(ledger.QueueRelease(taken[1].Lease, queued));
+
+        var lost = ledger.LoseAll();
+        Assert.Equal(2, lost.Count);
+        Assert.True(inflight.Task.IsCompletedSuccessfully);
+        Assert.True(queued.Task.IsCompletedSuccessfully);
+        Assert.Empty(ledger.HeldLeases());
+        Assert.Null(ledger.GetHolder(3));
+        Assert.Equal([(3L, (int?)null)], ledger.GetWaitTargets());
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry); // a new session tries again
+    }
+
+    [Fact]
+    public void Holder_changes_are_reported_only_when_the_holder_changes()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "job");
+        var holder = new LeaderInfo("other", 7, "highlander/other", null, null);
+        Assert.Equal([(1L, (LeaderInfo?)holder)], ledger.UpdateHolders([1L], new() { [1L] = holder }));
+        Assert.Empty(ledger.UpdateHolders([1L], new() { [1L] = new LeaderInfo("other", 7, "highlander/other", null, null) }));
+        Assert.Equal([(7, 1L)], ledger.GetWaitTargets().Select(t => (t.HolderPid!.Value, t.Key)));
+        Assert.Equal([(1L, (LeaderInfo?)null)], ledger.UpdateHolders([1L], []));
+    }
+
+    [Fact]
+    public void With_fencing_a_taken_key_waits_for_its_epoch_before_it_is_granted()
+    {
+        var ledger = new KeyLedger();
+        var want = ledger.AddWant(1, "job");
+        Assert.Empty(ledger.Taken([1L], fencing: true, Now));
+        Assert.Equal([1L], ledger.UnfencedDue(0));
+        Assert.Equal(long.MinValue, ledger.NextUnfenced);
+
+        Assert.Equal((1L, "job"), ledger.TakeFenceCandidate([1L]));
+        ledger.FenceDeferred(1, 500); // an old leader's guarded transaction holds the row: later
+        Assert.Empty(ledger.UnfencedDue(499));
+        Assert.Equal(500, ledger.NextUnfenced);
+        Assert.Equal([1L], ledger.UnfencedDue(500));
+
+        var (granted, lease) = Assert.Single(ledger.Fenced(1, 42));
+        Assert.Same(want, granted);
+        Assert.Equal(42, lease.Epoch);
+        Assert.Empty(ledger.UnfencedDue(long.MaxValue));
+        Assert.Equal(long.MaxValue, ledger.NextUnfenced);
+    }
+
+    [Fact]
+    public void An_unfenced_key_whose_want_was_cancelled_is_released_not_bumped()
+    {
+        var ledger = new KeyLedger();
+        var want = ledger.AddWant(1, "job");
+        Assert.Empty(ledger.Taken([1L], fencing: true, Now));
+        ledger.CancelWant(want);
+
+        Assert.Null(ledger.TakeFenceCandidate([1L]));
+        Assert.Empty(ledger.UnfencedDue(long.MaxValue));
+        Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).Releases).Lease.Key);
+    }
+
+    [Fact]
+    public void A_failed_bump_drops_the_want_and_releases_the_lock()
+    {
+        var ledger = new KeyLedger();
+        var want = ledger.AddWant(1, "job");
+        Assert.Empty(ledger.Taken([1L], fencing: true, Now));
+
+        Assert.Same(want, ledger.FenceFailed(1));
+        Assert.False(ledger.AnyWants);
+        Assert.Empty(ledger.UnfencedDue(long.MaxValue));
+        Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).Releases).Lease.Key);
+    }
+}
