@@ -1,5 +1,8 @@
 using System.Collections;
 using HighlanderPG.Cli.Configuration;
+using HighlanderPG.Cli.Running;
+using HighlanderPG.Hosting;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace HighlanderPG.Cli.Tests;
 
@@ -68,5 +71,54 @@ public sealed class UnitTests
         Assert.Equal(("db.internal", 6543, "app", "sekret", "jobs"), (builder.Host, builder.Port, builder.Username, builder.Password, builder.Database));
         Assert.Equal("db.internal:6543/jobs", resolved.Display);
         Assert.Throws<FormatException>(() => ConnectionResolver.Resolve(null, new Hashtable { ["PGHOST"] = "h", ["PGPORT"] = "http" }));
+    }
+
+    [Fact]
+    public void A_validation_problem_names_the_flags_of_the_options_it_lists_not_of_words_in_its_text()
+    {
+        Assert.Equal(
+            "Too fast. (HeartbeatInterval is --heartbeat, LeaseDuration is --lease)",
+            RunHost.Describe(new OptionProblem(["HeartbeatInterval", "LeaseDuration"], "Too fast.")));
+        Assert.Equal("StopTimeout is mentioned here.", RunHost.Describe(new OptionProblem([], "StopTimeout is mentioned here.")));
+        Assert.Equal("No flag sets it.", RunHost.Describe(new OptionProblem(["ReconnectMaxDelay"], "No flag sets it.")));
+        Assert.Equal("Restarts. (MaxRestarts is --max-restarts)", RunHost.Describe(new OptionProblem(["MaxRestarts", "MaxRestarts"], "Restarts.")));
+    }
+
+    [Fact]
+    public void The_library_check_runs_on_the_settings_before_a_host_exists_and_each_problem_names_its_flags()
+    {
+        var fine = Settings() with { Lease = TimeSpan.FromSeconds(3), Heartbeat = TimeSpan.FromMilliseconds(500), StopTimeout = TimeSpan.FromSeconds(1) };
+        Assert.Empty(RunHost.Problems(fine, Registered(fine)));
+
+        var slowHeartbeat = fine with { Heartbeat = TimeSpan.FromSeconds(2) };
+        var problems = RunHost.Problems(slowHeartbeat, Registered(slowHeartbeat));
+        Assert.NotEmpty(problems);
+        Assert.All(problems, p => Assert.Contains("HeartbeatInterval is --heartbeat", p, StringComparison.Ordinal));
+        Assert.Contains(problems, p => p.Contains("LeaseDuration is --lease", StringComparison.Ordinal));
+
+        var negative = fine with { MaxRestarts = -1 };
+        Assert.Contains(RunHost.Problems(negative, Registered(negative)), p => p.EndsWith("(MaxRestarts is --max-restarts)", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Without_wait_slice_the_library_default_for_the_lease_stays_and_with_it_the_flag_wins()
+    {
+        var lease = TimeSpan.FromSeconds(3);
+        var options = new HighlanderOptions();
+        (Settings() with { Lease = lease }).Apply(options);
+        Assert.Equal(new HighlanderOptions { LeaseDuration = lease }.WaitSlice, options.WaitSlice);
+
+        var given = new HighlanderOptions();
+        (Settings() with { Lease = lease, WaitSlice = TimeSpan.FromMilliseconds(700) }).Apply(given);
+        Assert.Equal(TimeSpan.FromMilliseconds(700), given.WaitSlice);
+    }
+
+    private static RunSettings Settings() => new() { Name = "job", Command = ["true"], ConnectionString = "Host=db.internal;Username=app;Database=jobs" };
+
+    private static ServiceCollection Registered(RunSettings settings)
+    {
+        var services = new ServiceCollection();
+        services.AddClusterSingleton(settings.Name, (_, _, _) => Task.CompletedTask, settings.Apply);
+        return services;
     }
 }
