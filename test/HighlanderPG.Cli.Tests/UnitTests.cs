@@ -1,7 +1,11 @@
 using System.Collections;
 using HighlanderPG.Cli.Configuration;
+using HighlanderPG.Cli.Demo;
+using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Cli.Running;
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace HighlanderPG.Cli.Tests;
@@ -120,5 +124,46 @@ public sealed class UnitTests
         var services = new ServiceCollection();
         services.AddClusterSingleton(settings.Name, (_, _, _) => Task.CompletedTask, settings.Apply);
         return services;
+    }
+
+    [Fact]
+    public void A_json_log_line_carries_the_event_id_and_the_message_parameters_and_the_demo_reads_it_by_id()
+    {
+        var state = new List<KeyValuePair<string, object?>>
+        {
+            new("Name", "job"),
+            new("Pid", 4242),
+            new("KillAfter", TimeSpan.FromMilliseconds(750)),
+            new("Stubborn", true),
+            new("{OriginalFormat}", "Stopping {Name}"),
+        };
+        var line = CliLoggerProvider.JsonLine(
+            new DateTimeOffset(2026, 12, 1, 12, 0, 0, TimeSpan.Zero), "highlander", LogLevel.Warning,
+            new EventId(HighlanderEventIds.CommandKilled, "Killing"), "Stopping job:\nnow", state, "boom");
+
+        Assert.DoesNotContain('\n', line);
+        using var json = System.Text.Json.JsonDocument.Parse(line);
+        var root = json.RootElement;
+        Assert.Equal("2026-12-01T12:00:00.0000000Z", root.GetProperty("timestamp").GetString());
+        Assert.Equal("warning", root.GetProperty("level").GetString());
+        Assert.Equal("highlander", root.GetProperty("category").GetString());
+        Assert.Equal(HighlanderEventIds.CommandKilled, root.GetProperty("eventId").GetInt32());
+        Assert.Equal("Killing", root.GetProperty("eventName").GetString());
+        Assert.Equal("Stopping job:\nnow", root.GetProperty("message").GetString());
+        Assert.Equal("boom", root.GetProperty("exception").GetString());
+        var parameters = root.GetProperty("state");
+        Assert.Equal("job", parameters.GetProperty("Name").GetString());
+        Assert.Equal(4242, parameters.GetProperty("Pid").GetInt32());
+        Assert.Equal("00:00:00.7500000", parameters.GetProperty("KillAfter").GetString());
+        Assert.True(parameters.GetProperty("Stubborn").GetBoolean());
+        Assert.False(parameters.TryGetProperty("{OriginalFormat}", out _));
+
+        var entry = NodeLog.Parse(line);
+        Assert.NotNull(entry);
+        Assert.Equal((HighlanderEventIds.CommandKilled, "warning"), (entry.EventId, entry.Level));
+        Assert.Contains(entry.EventId, NodeLog.ShownEvents);
+        Assert.Null(NodeLog.Parse("12:00:00.000 warn highlander[2003] Stopping job"));
+        Assert.Null(NodeLog.Parse("highlander run: invalid configuration"));
+        Assert.Null(NodeLog.Parse("{not json"));
     }
 }

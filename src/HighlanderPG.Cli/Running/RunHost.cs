@@ -50,7 +50,7 @@ internal static partial class RunHost
         }
 
         await ProcessLauncher.Shared.WarmUpAsync().ConfigureAwait(false);
-        using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug);
+        using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug, settings.LogFormat);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
         builder.Logging.ClearProviders();
         builder.Logging.AddProvider(loggerProvider);

@@ -1,3 +1,4 @@
+using HighlanderPG.Cli.Diagnostics;
 using Microsoft.Extensions.Logging;
 
 namespace HighlanderPG.Cli.Running;
@@ -51,6 +52,8 @@ internal sealed record RunSettings
     public TimeSpan Wait { get; init; }
 
     public LogLevel LogLevel { get; init; } = LogLevel.Information;
+
+    public LogFormat LogFormat { get; init; } = LogFormat.Text;
 
     /// <summary>Maps the options onto the library's; the library validates them when the host starts.</summary>
     public void Apply(HighlanderOptions options)
