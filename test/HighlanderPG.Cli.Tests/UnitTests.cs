@@ -1,10 +1,14 @@
 using System.Collections;
+using System.Diagnostics;
+using System.Globalization;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Demo;
 using HighlanderPG.Cli.Diagnostics;
+using HighlanderPG.Cli.Processes;
 using HighlanderPG.Cli.Running;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Hosting;
+using HighlanderPG.Testing.Journal;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -165,5 +169,141 @@ public sealed class UnitTests
         Assert.Null(NodeLog.Parse("12:00:00.000 warn highlander[2003] Stopping job"));
         Assert.Null(NodeLog.Parse("highlander run: invalid configuration"));
         Assert.Null(NodeLog.Parse("{not json"));
+    }
+
+    [Fact]
+    public async Task The_journal_keeps_in_process_lives_in_one_order_and_reports_a_start_while_another_runs()
+    {
+        var directory = Directory.CreateTempSubdirectory("highlander-journal-");
+        try
+        {
+            var journal = new LifeJournal(Path.Combine(directory.FullName, "life.log"));
+            var stopped = journal.WaitAsync(e => e.Kind == LifeKind.Stopped && e.Node == "a", timeout: TimeSpan.FromSeconds(10));
+            journal.Record("a", "job", LifeKind.Started, token: 7);
+            journal.Record("b", "job", LifeKind.Started, "too early");
+            journal.Record("a", "job", LifeKind.Stopped);
+
+            Assert.Equal(2, (await stopped).Seq);
+            Assert.Equal(
+                [(LifeKind.Started, "a", "7"), (LifeKind.Started, "b", null), (LifeKind.Stopped, "a", null)],
+                journal.Events.Select(e => (e.Kind, e.Node, e.Token)));
+            Assert.Equal("too early", journal.Events[1].Detail);
+            var violation = Assert.Single(journal.Violations);
+            Assert.Contains("job started on b", violation, StringComparison.Ordinal);
+
+            // Another reader of the same file sees the same lines in the same order.
+            var reader = new LifeJournal(journal.Path);
+            Assert.Equal(3, reader.Poll().Count);
+            Assert.Equal(journal.Violations, reader.Violations);
+            await Assert.ThrowsAsync<TimeoutException>(() => reader.WaitAsync(e => e.Kind == LifeKind.Killed, timeout: TimeSpan.FromMilliseconds(100)));
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task The_journal_script_waits_for_the_kernel_lock_and_says_it_overlapped_until_the_first_child_stops()
+    {
+        var directory = Directory.CreateTempSubdirectory("highlander-journal-");
+        var journal = new LifeJournal(Path.Combine(directory.FullName, "life.log"));
+        var script = Path.Combine(directory.FullName, "child.sh");
+        await LifeJournal.WriteChildScriptAsync(script);
+        var processes = new List<int>();
+        try
+        {
+            var a = Start("a", "5");
+            var aStarted = await journal.WaitAsync(e => e.Kind == LifeKind.Started && e.Node == "a");
+            var aGrandchild = await journal.WaitAsync(e => e.Kind == LifeKind.Grandchild && e.Node == "a");
+            processes.Add(int.Parse(aGrandchild.Detail!, CultureInfo.InvariantCulture));
+            Assert.Equal(("job", a, "5", true), (aStarted.Singleton, aStarted.Pid, aStarted.Token, aStarted.FromScript));
+
+            Start("b", null);
+            var overlap = await journal.WaitAsync(e => e.Kind == LifeKind.Overlap && e.Node == "b");
+            Assert.DoesNotContain(journal.Events, e => e.Kind == LifeKind.Started && e.Node == "b");
+
+            Assert.True(Native.SignalProcess(a, Native.SigTerm));
+            var aStopped = await journal.WaitAsync(e => e.Kind == LifeKind.Stopped && e.Node == "a", overlap.Seq);
+            var bStarted = await journal.WaitAsync(e => e.Kind == LifeKind.Started && e.Node == "b", overlap.Seq);
+            Assert.True(aStopped.Seq < bStarted.Seq, journal.Describe());
+            Assert.Null(bStarted.Token);
+            var violation = Assert.Single(journal.Violations);
+            Assert.Contains("started on b", violation, StringComparison.Ordinal);
+            Assert.Equal(bStarted, journal.Current("job"));
+        }
+        finally
+        {
+            foreach (var pid in processes)
+            {
+                Native.SignalProcess(pid, Native.SigKill);
+            }
+
+            await journal.WaitAsync(e => e.Kind == LifeKind.Grandchild && e.Node == "b", timeout: TimeSpan.FromSeconds(5))
+                .ContinueWith(t => t.IsCompletedSuccessfully && Native.SignalProcess(int.Parse(t.Result.Detail!, CultureInfo.InvariantCulture), Native.SigKill), TaskScheduler.Default);
+            directory.Delete(recursive: true);
+        }
+
+        int Start(string node, string? token)
+        {
+            var info = new ProcessStartInfo("sh") { ArgumentList = { script } };
+            foreach (var (name, value) in journal.ChildEnvironment(nap: TimeSpan.FromMinutes(5)))
+            {
+                info.Environment[name] = value;
+            }
+
+            info.Environment["HIGHLANDER_NODE"] = node;
+            info.Environment["HIGHLANDER_NAME"] = "job";
+            info.Environment["HIGHLANDER_FENCING_TOKEN"] = token;
+            using var process = Process.Start(info)!;
+            processes.Add(process.Id);
+            return process.Id;
+        }
+    }
+
+    [Fact]
+    public void The_demo_fails_an_overlap_the_lease_promises_to_prevent_and_only_notes_one_it_cannot()
+    {
+        var directory = Directory.CreateTempSubdirectory("highlander-journal-");
+        try
+        {
+            var path = Path.Combine(directory.FullName, "life.log");
+            var injected = DateTimeOffset.UtcNow;
+            var at = (DateTimeOffset.UtcNow - DateTimeOffset.UnixEpoch).Ticks * 100;
+            string Line(string kind, string node, int pid, int ms, string token) => $"{kind} {node} demo {pid} {at + (ms * 1_000_000L)} {token} script\n";
+            File.WriteAllText(path, Line("start", "n1", 100, 0, "1") + Line("overlap", "n2", 200, 1, "2") + Line("stop", "n1", 100, 5, "-") + Line("start", "n2", 200, 6, "2"));
+            var journal = new LifeJournal(path);
+            journal.Poll();
+            var events = journal.Events;
+            var (child, next) = (events[0], events[3]);
+
+            var findings = new DemoFindings();
+            var promised = FaultJudge.Judge("kill -9", orderGuaranteed: true, TimeSpan.FromSeconds(10), "n1", child, 1, injected, next, events, oldChildAlive: false, findings);
+            Assert.Equal(("TWO CHILDREN AT ONCE", false, false, "n2"), (promised.Verdict, promised.Ok, promised.OldStoppedFirst, promised.LeaderAfter));
+            Assert.Single(findings.Violations);
+
+            var notPromised = FaultJudge.Judge("backend killed", orderGuaranteed: false, TimeSpan.FromSeconds(10), "n1", child, 1, injected, next, events, oldChildAlive: false, findings);
+            Assert.True(notPromised.Ok);
+            Assert.Equal(TimeSpan.FromMilliseconds(4), notPromised.KnownOverlap);
+            Assert.Equal("overlap 4 ms: needs fencing", notPromised.Verdict);
+            Assert.Single(findings.Violations);
+            Assert.Single(findings.Notes);
+
+            var clean = new LifeJournal(Path.Combine(directory.FullName, "clean.log"));
+            File.WriteAllText(clean.Path, Line("start", "n1", 100, 0, "1") + Line("stop", "n1", 100, 5, "-") + Line("start", "n2", 200, 6, "2"));
+            clean.Poll();
+            var ok = FaultJudge.Judge("graceful", orderGuaranteed: true, TimeSpan.FromSeconds(10), "n1", clean.Events[0], 1, injected, clean.Events[2], clean.Events, oldChildAlive: false, findings);
+            Assert.Equal(("ok", true, true), (ok.Verdict, ok.Ok, ok.OldStoppedFirst));
+            Assert.StartsWith("stopped after", ok.OldChild, StringComparison.Ordinal);
+            Assert.Empty(clean.Violations);
+
+            var lost = FaultJudge.Judge("cut off", orderGuaranteed: true, TimeSpan.FromSeconds(10), "n1", clean.Events[0], 3, injected, null, clean.Events, oldChildAlive: false, findings);
+            Assert.Equal(("NOT RECOVERED within 10s", false), (lost.Verdict, lost.Ok));
+            Assert.Equal(2, findings.Violations.Count);
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
     }
 }
