@@ -25,7 +25,7 @@ internal static class RunCommand
         var stopTimeout = CliOptions.Duration("--stop-timeout", "Time the command gets between SIGTERM and SIGKILL (default 5s).");
         var safetyMargin = CliOptions.Duration("--safety-margin", "Subtracted from the lease on this node's clock (default 1s).");
         var lockDelay = CliOptions.Duration("--lock-delay", "After a server restart, no lock is taken until the server has been up this long (default: the lease).");
-        var waitSlice = CliOptions.Duration("--wait-slice", "Bound of a follower's blocking wait for the lock, shorter than the lease (default 5s, or a third of the lease if that is not shorter).");
+        var waitSlice = CliOptions.Duration("--wait-slice", "Bound of a follower's blocking wait for the lock, shorter than the lease (default: the library's, 5s or a third of the lease if that is shorter).");
         var restart = new Option<string?>("--restart") { Description = "When the command exits: always (default), on-failure (exit 0 is final), never.", HelpName = "POLICY" };
         restart.AcceptOnlyFromAmong(RestartValues);
         var maxRestarts = new Option<int?>("--max-restarts") { Description = "Restart intensity: at most this many restarts within --restart-window (default 5); more ends highlander with exit code 1.", HelpName = "N" };
