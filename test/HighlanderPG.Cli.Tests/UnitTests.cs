@@ -1,5 +1,16 @@
 using System.Collections;
+using System.Diagnostics;
+using System.Globalization;
 using HighlanderPG.Cli.Configuration;
+using HighlanderPG.Cli.Demo;
+using HighlanderPG.Cli.Diagnostics;
+using HighlanderPG.Cli.Processes;
+using HighlanderPG.Cli.Running;
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Hosting;
+using HighlanderPG.Testing.Journal;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace HighlanderPG.Cli.Tests;
 
@@ -68,5 +79,231 @@ public sealed class UnitTests
         Assert.Equal(("db.internal", 6543, "app", "sekret", "jobs"), (builder.Host, builder.Port, builder.Username, builder.Password, builder.Database));
         Assert.Equal("db.internal:6543/jobs", resolved.Display);
         Assert.Throws<FormatException>(() => ConnectionResolver.Resolve(null, new Hashtable { ["PGHOST"] = "h", ["PGPORT"] = "http" }));
+    }
+
+    [Fact]
+    public void A_validation_problem_names_the_flags_of_the_options_it_lists_not_of_words_in_its_text()
+    {
+        Assert.Equal(
+            "Too fast. (HeartbeatInterval is --heartbeat, LeaseDuration is --lease)",
+            RunHost.Describe(new OptionProblem(["HeartbeatInterval", "LeaseDuration"], "Too fast.")));
+        Assert.Equal("StopTimeout is mentioned here.", RunHost.Describe(new OptionProblem([], "StopTimeout is mentioned here.")));
+        Assert.Equal("No flag sets it.", RunHost.Describe(new OptionProblem(["ReconnectMaxDelay"], "No flag sets it.")));
+        Assert.Equal("Restarts. (MaxRestarts is --max-restarts)", RunHost.Describe(new OptionProblem(["MaxRestarts", "MaxRestarts"], "Restarts.")));
+    }
+
+    [Fact]
+    public void The_library_check_runs_on_the_settings_before_a_host_exists_and_each_problem_names_its_flags()
+    {
+        var fine = Settings() with { Lease = TimeSpan.FromSeconds(3), Heartbeat = TimeSpan.FromMilliseconds(500), StopTimeout = TimeSpan.FromSeconds(1) };
+        Assert.Empty(RunHost.Problems(fine, Registered(fine)));
+
+        var slowHeartbeat = fine with { Heartbeat = TimeSpan.FromSeconds(2) };
+        var problems = RunHost.Problems(slowHeartbeat, Registered(slowHeartbeat));
+        Assert.NotEmpty(problems);
+        Assert.All(problems, p => Assert.Contains("HeartbeatInterval is --heartbeat", p, StringComparison.Ordinal));
+        Assert.Contains(problems, p => p.Contains("LeaseDuration is --lease", StringComparison.Ordinal));
+
+        var negative = fine with { MaxRestarts = -1 };
+        Assert.Contains(RunHost.Problems(negative, Registered(negative)), p => p.EndsWith("(MaxRestarts is --max-restarts)", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Without_wait_slice_the_library_default_for_the_lease_stays_and_with_it_the_flag_wins()
+    {
+        var lease = TimeSpan.FromSeconds(3);
+        var options = new HighlanderOptions();
+        (Settings() with { Lease = lease }).Apply(options);
+        Assert.Equal(new HighlanderOptions { LeaseDuration = lease }.WaitSlice, options.WaitSlice);
+
+        var given = new HighlanderOptions();
+        (Settings() with { Lease = lease, WaitSlice = TimeSpan.FromMilliseconds(700) }).Apply(given);
+        Assert.Equal(TimeSpan.FromMilliseconds(700), given.WaitSlice);
+    }
+
+    private static RunSettings Settings() => new() { Name = "job", Command = ["true"], ConnectionString = "Host=db.internal;Username=app;Database=jobs" };
+
+    private static ServiceCollection Registered(RunSettings settings)
+    {
+        var services = new ServiceCollection();
+        services.AddClusterSingleton(settings.Name, (_, _, _) => Task.CompletedTask, settings.Apply);
+        return services;
+    }
+
+    [Fact]
+    public void A_json_log_line_carries_the_event_id_and_the_message_parameters_and_the_demo_reads_it_by_id()
+    {
+        var state = new List<KeyValuePair<string, object?>>
+        {
+            new("Name", "job"),
+            new("Pid", 4242),
+            new("KillAfter", TimeSpan.FromMilliseconds(750)),
+            new("Stubborn", true),
+            new("{OriginalFormat}", "Stopping {Name}"),
+        };
+        var line = CliLoggerProvider.JsonLine(
+            new DateTimeOffset(2026, 12, 1, 12, 0, 0, TimeSpan.Zero), "highlander", LogLevel.Warning,
+            new EventId(HighlanderEventIds.CommandKilled, "Killing"), "Stopping job:\nnow", state, "boom");
+
+        Assert.DoesNotContain('\n', line);
+        using var json = System.Text.Json.JsonDocument.Parse(line);
+        var root = json.RootElement;
+        Assert.Equal("2026-12-01T12:00:00.0000000Z", root.GetProperty("timestamp").GetString());
+        Assert.Equal("warning", root.GetProperty("level").GetString());
+        Assert.Equal("highlander", root.GetProperty("category").GetString());
+        Assert.Equal(HighlanderEventIds.CommandKilled, root.GetProperty("eventId").GetInt32());
+        Assert.Equal("Killing", root.GetProperty("eventName").GetString());
+        Assert.Equal("Stopping job:\nnow", root.GetProperty("message").GetString());
+        Assert.Equal("boom", root.GetProperty("exception").GetString());
+        var parameters = root.GetProperty("state");
+        Assert.Equal("job", parameters.GetProperty("Name").GetString());
+        Assert.Equal(4242, parameters.GetProperty("Pid").GetInt32());
+        Assert.Equal("00:00:00.7500000", parameters.GetProperty("KillAfter").GetString());
+        Assert.True(parameters.GetProperty("Stubborn").GetBoolean());
+        Assert.False(parameters.TryGetProperty("{OriginalFormat}", out _));
+
+        var entry = NodeLog.Parse(line);
+        Assert.NotNull(entry);
+        Assert.Equal((HighlanderEventIds.CommandKilled, "warning"), (entry.EventId, entry.Level));
+        Assert.Contains(entry.EventId, NodeLog.ShownEvents);
+        Assert.Null(NodeLog.Parse("12:00:00.000 warn highlander[2003] Stopping job"));
+        Assert.Null(NodeLog.Parse("highlander run: invalid configuration"));
+        Assert.Null(NodeLog.Parse("{not json"));
+    }
+
+    [Fact]
+    public async Task The_journal_keeps_in_process_lives_in_one_order_and_reports_a_start_while_another_runs()
+    {
+        var directory = Directory.CreateTempSubdirectory("highlander-journal-");
+        try
+        {
+            var journal = new LifeJournal(Path.Combine(directory.FullName, "life.log"));
+            var stopped = journal.WaitAsync(e => e.Kind == LifeKind.Stopped && e.Node == "a", timeout: TimeSpan.FromSeconds(10));
+            journal.Record("a", "job", LifeKind.Started, token: 7);
+            journal.Record("b", "job", LifeKind.Started, "too early");
+            journal.Record("a", "job", LifeKind.Stopped);
+
+            Assert.Equal(2, (await stopped).Seq);
+            Assert.Equal(
+                [(LifeKind.Started, "a", "7"), (LifeKind.Started, "b", null), (LifeKind.Stopped, "a", null)],
+                journal.Events.Select(e => (e.Kind, e.Node, e.Token)));
+            Assert.Equal("too early", journal.Events[1].Detail);
+            var violation = Assert.Single(journal.Violations);
+            Assert.Contains("job started on b", violation, StringComparison.Ordinal);
+
+            // Another reader of the same file sees the same lines in the same order.
+            var reader = new LifeJournal(journal.Path);
+            Assert.Equal(3, reader.Poll().Count);
+            Assert.Equal(journal.Violations, reader.Violations);
+            await Assert.ThrowsAsync<TimeoutException>(() => reader.WaitAsync(e => e.Kind == LifeKind.Killed, timeout: TimeSpan.FromMilliseconds(100)));
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task The_journal_script_waits_for_the_kernel_lock_and_says_it_overlapped_until_the_first_child_stops()
+    {
+        var directory = Directory.CreateTempSubdirectory("highlander-journal-");
+        var journal = new LifeJournal(Path.Combine(directory.FullName, "life.log"));
+        var script = Path.Combine(directory.FullName, "child.sh");
+        await LifeJournal.WriteChildScriptAsync(script);
+        var processes = new List<int>();
+        try
+        {
+            var a = Start("a", "5");
+            var aStarted = await journal.WaitAsync(e => e.Kind == LifeKind.Started && e.Node == "a");
+            var aGrandchild = await journal.WaitAsync(e => e.Kind == LifeKind.Grandchild && e.Node == "a");
+            processes.Add(int.Parse(aGrandchild.Detail!, CultureInfo.InvariantCulture));
+            Assert.Equal(("job", a, "5", true), (aStarted.Singleton, aStarted.Pid, aStarted.Token, aStarted.FromScript));
+
+            Start("b", null);
+            var overlap = await journal.WaitAsync(e => e.Kind == LifeKind.Overlap && e.Node == "b");
+            Assert.DoesNotContain(journal.Events, e => e.Kind == LifeKind.Started && e.Node == "b");
+
+            Assert.True(Native.SignalProcess(a, Native.SigTerm));
+            var aStopped = await journal.WaitAsync(e => e.Kind == LifeKind.Stopped && e.Node == "a", overlap.Seq);
+            var bStarted = await journal.WaitAsync(e => e.Kind == LifeKind.Started && e.Node == "b", overlap.Seq);
+            Assert.True(aStopped.Seq < bStarted.Seq, journal.Describe());
+            Assert.Null(bStarted.Token);
+            var violation = Assert.Single(journal.Violations);
+            Assert.Contains("started on b", violation, StringComparison.Ordinal);
+            Assert.Equal(bStarted, journal.Current("job"));
+        }
+        finally
+        {
+            foreach (var pid in processes)
+            {
+                Native.SignalProcess(pid, Native.SigKill);
+            }
+
+            await journal.WaitAsync(e => e.Kind == LifeKind.Grandchild && e.Node == "b", timeout: TimeSpan.FromSeconds(5))
+                .ContinueWith(t => t.IsCompletedSuccessfully && Native.SignalProcess(int.Parse(t.Result.Detail!, CultureInfo.InvariantCulture), Native.SigKill), TaskScheduler.Default);
+            directory.Delete(recursive: true);
+        }
+
+        int Start(string node, string? token)
+        {
+            var info = new ProcessStartInfo("sh") { ArgumentList = { script } };
+            foreach (var (name, value) in journal.ChildEnvironment(nap: TimeSpan.FromMinutes(5)))
+            {
+                info.Environment[name] = value;
+            }
+
+            info.Environment["HIGHLANDER_NODE"] = node;
+            info.Environment["HIGHLANDER_NAME"] = "job";
+            info.Environment["HIGHLANDER_FENCING_TOKEN"] = token;
+            using var process = Process.Start(info)!;
+            processes.Add(process.Id);
+            return process.Id;
+        }
+    }
+
+    [Fact]
+    public void The_demo_fails_an_overlap_the_lease_promises_to_prevent_and_only_notes_one_it_cannot()
+    {
+        var directory = Directory.CreateTempSubdirectory("highlander-journal-");
+        try
+        {
+            var path = Path.Combine(directory.FullName, "life.log");
+            var injected = DateTimeOffset.UtcNow;
+            var at = (DateTimeOffset.UtcNow - DateTimeOffset.UnixEpoch).Ticks * 100;
+            string Line(string kind, string node, int pid, int ms, string token) => $"{kind} {node} demo {pid} {at + (ms * 1_000_000L)} {token} script\n";
+            File.WriteAllText(path, Line("start", "n1", 100, 0, "1") + Line("overlap", "n2", 200, 1, "2") + Line("stop", "n1", 100, 5, "-") + Line("start", "n2", 200, 6, "2"));
+            var journal = new LifeJournal(path);
+            journal.Poll();
+            var events = journal.Events;
+            var (child, next) = (events[0], events[3]);
+
+            var findings = new DemoFindings();
+            var promised = FaultJudge.Judge("kill -9", orderGuaranteed: true, TimeSpan.FromSeconds(10), "n1", child, 1, injected, next, events, oldChildAlive: false, findings);
+            Assert.Equal(("TWO CHILDREN AT ONCE", false, false, "n2"), (promised.Verdict, promised.Ok, promised.OldStoppedFirst, promised.LeaderAfter));
+            Assert.Single(findings.Violations);
+
+            var notPromised = FaultJudge.Judge("backend killed", orderGuaranteed: false, TimeSpan.FromSeconds(10), "n1", child, 1, injected, next, events, oldChildAlive: false, findings);
+            Assert.True(notPromised.Ok);
+            Assert.Equal(TimeSpan.FromMilliseconds(4), notPromised.KnownOverlap);
+            Assert.Equal("overlap 4 ms: needs fencing", notPromised.Verdict);
+            Assert.Single(findings.Violations);
+            Assert.Single(findings.Notes);
+
+            var clean = new LifeJournal(Path.Combine(directory.FullName, "clean.log"));
+            File.WriteAllText(clean.Path, Line("start", "n1", 100, 0, "1") + Line("stop", "n1", 100, 5, "-") + Line("start", "n2", 200, 6, "2"));
+            clean.Poll();
+            var ok = FaultJudge.Judge("graceful", orderGuaranteed: true, TimeSpan.FromSeconds(10), "n1", clean.Events[0], 1, injected, clean.Events[2], clean.Events, oldChildAlive: false, findings);
+            Assert.Equal(("ok", true, true), (ok.Verdict, ok.Ok, ok.OldStoppedFirst));
+            Assert.StartsWith("stopped after", ok.OldChild, StringComparison.Ordinal);
+            Assert.Empty(clean.Violations);
+
+            var lost = FaultJudge.Judge("cut off", orderGuaranteed: true, TimeSpan.FromSeconds(10), "n1", clean.Events[0], 3, injected, null, clean.Events, oldChildAlive: false, findings);
+            Assert.Equal(("NOT RECOVERED within 10s", false), (lost.Verdict, lost.Ok));
+            Assert.Equal(2, findings.Violations.Count);
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
     }
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using HighlanderPG.Cli.Configuration;
+using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Cli.Running;
 using Microsoft.Extensions.Logging;
 
@@ -24,7 +25,7 @@ internal static class RunCommand
         var stopTimeout = CliOptions.Duration("--stop-timeout", "Time the command gets between SIGTERM and SIGKILL (default 5s).");
         var safetyMargin = CliOptions.Duration("--safety-margin", "Subtracted from the lease on this node's clock (default 1s).");
         var lockDelay = CliOptions.Duration("--lock-delay", "After a server restart, no lock is taken until the server has been up this long (default: the lease).");
-        var waitSlice = CliOptions.Duration("--wait-slice", "Bound of a follower's blocking wait for the lock, shorter than the lease (default 5s, or a third of the lease if that is not shorter).");
+        var waitSlice = CliOptions.Duration("--wait-slice", "Bound of a follower's blocking wait for the lock, shorter than the lease (default: the library's, 5s or a third of the lease if that is shorter).");
         var restart = new Option<string?>("--restart") { Description = "When the command exits: always (default), on-failure (exit 0 is final), never.", HelpName = "POLICY" };
         restart.AcceptOnlyFromAmong(RestartValues);
         var maxRestarts = new Option<int?>("--max-restarts") { Description = "Restart intensity: at most this many restarts within --restart-window (default 5); more ends highlander with exit code 1.", HelpName = "N" };
@@ -39,11 +40,13 @@ internal static class RunCommand
         var wait = CliOptions.Duration("--wait", "With --once: how long to wait for a name held elsewhere (default 0s: give up at once).");
         var logLevel = new Option<string?>("--log-level") { Description = "trace, debug, information (default), warning (default with --once), error, critical or none. Logs go to stderr.", HelpName = "LEVEL" };
         logLevel.AcceptOnlyFromAmong(LogLevels);
+        var logFormat = new Option<string?>("--log-format") { Description = "text (default: one line per message) or json (one JSON object per line, with the event id and the message's parameters; see docs/cli.md).", HelpName = "FORMAT" };
+        logFormat.AcceptOnlyFromAmong("text", "json");
 
         var command = new Command("run", "Run COMMAND while this node holds NAME, so on one node at a time. Usage: highlander run --name NAME [options] -- COMMAND [ARGS...]")
         {
             name, connection, ns, nodeId, lease, heartbeat, stopTimeout, safetyMargin, lockDelay, waitSlice, restart, maxRestarts, restartWindow, restartDelay,
-            fencing, fencingSchema, endpoint, allowWeak, allowPooler, once, wait, logLevel,
+            fencing, fencingSchema, endpoint, allowWeak, allowPooler, once, wait, logLevel, logFormat,
         };
         command.Validators.Add(result =>
         {
@@ -114,6 +117,7 @@ internal static class RunCommand
                 Once = isOnce,
                 Wait = parse.GetValue(wait) ?? TimeSpan.Zero,
                 LogLevel = parse.GetValue(logLevel) is { } level ? Enum.Parse<LogLevel>(level, ignoreCase: true) : isOnce ? LogLevel.Warning : LogLevel.Information,
+                LogFormat = parse.GetValue(logFormat) == "json" ? LogFormat.Json : LogFormat.Text,
             };
             return RunHost.RunAsync(settings, resolved, cancellationToken);
         });

@@ -1,12 +1,11 @@
 using System.Diagnostics;
-using System.Text.RegularExpressions;
 using HighlanderPG.Cli.Processes;
 using HighlanderPG.Testing;
 
 namespace HighlanderPG.Cli.Demo;
 
 /// <summary>One node of the demo: a <c>highlander run</c> process of this same tool, connected through its own fault proxy.</summary>
-internal sealed partial class DemoNode(string id, FaultProxy proxy, Func<DemoNode, LaunchSpec> spec, Action<DemoNode, string> onLine, string logPath)
+internal sealed class DemoNode(string id, FaultProxy proxy, Func<DemoNode, LaunchSpec> spec, Action<DemoNode, string> onLine, string logPath)
 {
     private readonly Lock _gate = new();
     private Process? _process;
@@ -103,8 +102,4 @@ internal sealed partial class DemoNode(string id, FaultProxy proxy, Func<DemoNod
             onLine(this, line);
         }
     }
-
-    /// <summary>A node's log line (see CliLoggerProvider): time, level, category[event id], message.</summary>
-    [GeneratedRegex(@"^\d\d:\d\d:\d\d\.\d{3} (?<level>\w{4}) (?<category>[^\[ ]+)\[(?<id>\d+)\] (?<message>.*)$")]
-    public static partial Regex LogLine();
 }

@@ -65,7 +65,10 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
     }
 
     /// <summary>The singleton's delegate: one run of the command.</summary>
-    public async Task RunAsync(ILeadership leadership, TimeSpan stopTimeout, CancellationToken stopping)
+    /// <param name="leadership">The run's leadership.</param>
+    /// <param name="killAfter">How long after SIGTERM the command's group is SIGKILLed: a little before the library's stop budget ends, so a stubborn command is a kill, not an escalation.</param>
+    /// <param name="stopping">Fires when the command must stop.</param>
+    public async Task RunAsync(ILeadership leadership, TimeSpan killAfter, CancellationToken stopping)
     {
         ArgumentNullException.ThrowIfNull(leadership);
         // Told to stop already (the lease was lost as it was granted): not a run, so cron mode's one run is not used up.
@@ -113,13 +116,13 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
                 stopped = await Task.WhenAny(exited, stopRequested.Task).ConfigureAwait(false) != exited;
                 if (stopped)
                 {
-                    await StopAsync(group, exited, KillAfter(stopTimeout)).ConfigureAwait(false);
+                    await StopAsync(group, exited, killAfter).ConfigureAwait(false);
                 }
             }
 
             await exited.ConfigureAwait(false);
             exitCode = process.ExitCode;
-            await ClearGroupAsync(group, gently: !stopped, KillAfter(stopTimeout)).ConfigureAwait(false);
+            await ClearGroupAsync(group, gently: !stopped, killAfter).ConfigureAwait(false);
         }
         finally
         {
@@ -178,9 +181,6 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         {
         }
     }
-
-    /// <summary>SIGKILL comes a little before the library's stop budget ends, so a stubborn command is a kill, not an escalation.</summary>
-    private static TimeSpan KillAfter(TimeSpan stopTimeout) => stopTimeout - TimeSpan.FromTicks(Math.Min(TimeSpan.FromMilliseconds(250).Ticks, stopTimeout.Ticks / 4));
 
     private async Task StopAsync(int group, Task exited, TimeSpan killAfter)
     {

@@ -1,8 +1,9 @@
-using System.Diagnostics;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Cli.Processes;
+using HighlanderPG.Hosting;
+using HighlanderPG.Supervision;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -15,7 +16,7 @@ namespace HighlanderPG.Cli.Running;
 /// </summary>
 internal static partial class RunHost
 {
-    /// <summary>The library's option names in its validation messages, and the flags that set them.</summary>
+    /// <summary>The library's option names (as its validation problems list them), and the flags that set them.</summary>
     private static readonly (string Option, string Flag)[] OptionFlags =
     [
         (nameof(HighlanderOptions.LeaseDuration), "--lease"),
@@ -49,7 +50,7 @@ internal static partial class RunHost
         }
 
         await ProcessLauncher.Shared.WarmUpAsync().ConfigureAwait(false);
-        using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug);
+        using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug, settings.LogFormat);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
         builder.Logging.ClearProviders();
         builder.Logging.AddProvider(loggerProvider);
@@ -73,8 +74,15 @@ internal static partial class RunHost
         });
         builder.Services.AddClusterSingleton(
             settings.Name,
-            (leadership, services, ct) => child.RunAsync(leadership, services.GetRequiredService<IOptions<HighlanderOptions>>().Value.StopTimeout, ct),
+            (leadership, services, ct) => child.RunAsync(leadership, ChildKillAfter(services.GetRequiredService<IOptions<HighlanderOptions>>().Value), ct),
             settings.Apply);
+
+        // The library's own check, before the host is built, so that each problem can name the flags of its options.
+        if (Problems(settings, builder.Services) is { Count: > 0 } problems)
+        {
+            Say.Error("run", "invalid configuration:\n" + string.Join("\n", problems.Select(p => "  - " + p)));
+            return ExitCodes.Usage;
+        }
 
         using var host = builder.Build();
         var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("highlander");
@@ -92,7 +100,8 @@ internal static partial class RunHost
         }
         catch (Exception ex) when (ValidationFailures(ex) is { } failures)
         {
-            Say.Error("run", "invalid configuration:\n" + string.Join("\n", failures.Select(f => "  - " + f)) + FlagHint(failures));
+            // Not expected (the same check ran above), but the host's own validation stays the last word.
+            Say.Error("run", "invalid configuration:\n" + string.Join("\n", failures.Select(f => "  - " + f)));
             return ExitCodes.Usage;
         }
 
@@ -158,7 +167,9 @@ internal static partial class RunHost
         {
             var stopping = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
             var stoppingTask = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
-            var deadline = Stopwatch.GetTimestamp() + (long)(settings.Wait.TotalSeconds * Stopwatch.Frequency);
+            // One timer for --wait; everything else wakes the loop as it happens: a change of this node's view (the
+            // library also publishes every failed connection attempt), the command's start, or a stop request.
+            var deadline = Task.Delay(settings.Wait, CancellationToken.None);
             nextChange = changes.MoveNextAsync().AsTask();
             LeaderInfo? heldBy = null;
             int? result = null;
@@ -178,7 +189,7 @@ internal static partial class RunHost
                     }
                     else
                     {
-                        nextChange = Task.Delay(Timeout.Infinite, stopping).ContinueWith(_ => false, TaskScheduler.Default);
+                        nextChange = stoppingTask.ContinueWith(_ => false, TaskScheduler.Default);
                     }
                 }
 
@@ -188,7 +199,7 @@ internal static partial class RunHost
                     heldBy = seen;
                 }
 
-                var timeUp = Stopwatch.GetTimestamp() >= deadline;
+                var timeUp = deadline.IsCompleted;
                 if (stopping.IsCancellationRequested && gate.TryGiveUp())
                 {
                     Say.Error("run", $"interrupted before '{settings.Name}' could be taken; the command did not run");
@@ -205,10 +216,14 @@ internal static partial class RunHost
                     Say.Error("run", $"'{settings.Name}' is held by {holder} (backend pid {heldBy.BackendPid}{(heldBy.ClientAddress is { } address ? ", client " + address : "")}); the command did not run");
                     result = ExitCodes.HeldElsewhere;
                 }
+                else if (timeUp)
+                {
+                    // Past --wait with nothing to report yet (still connecting, or nobody seen holding it): the next change decides.
+                    await Task.WhenAny(nextChange, gate.Started.Task, stoppingTask).ConfigureAwait(false);
+                }
                 else
                 {
-                    // Changes wake this at once; the short tick notices connection errors (which change no state) and the deadline.
-                    await Task.WhenAny(nextChange, gate.Started.Task, stoppingTask, Task.Delay(100)).ConfigureAwait(false);
+                    await Task.WhenAny(nextChange, gate.Started.Task, stoppingTask, deadline).ConfigureAwait(false);
                 }
             }
 
@@ -247,11 +262,34 @@ internal static partial class RunHost
         _ => null,
     };
 
-    private static string FlagHint(IReadOnlyList<string> failures)
+    /// <summary>
+    /// What the library's validator finds wrong with the options these settings make and the singletons registered in
+    /// <paramref name="services"/>, one line per problem, each followed by the flags that set the options it names.
+    /// </summary>
+    internal static IReadOnlyList<string> Problems(RunSettings settings, IServiceCollection services)
     {
-        var named = OptionFlags.Where(f => failures.Any(m => m.Contains(f.Option, StringComparison.Ordinal))).Select(f => $"{f.Option} is {f.Flag}").ToList();
-        return named.Count == 0 ? "" : $"\n  ({string.Join(", ", named)})";
+        var options = new HighlanderOptions();
+        settings.Apply(options);
+        var registrations = services.Select(d => d.IsKeyedService ? null : d.ImplementationInstance).OfType<SingletonRegistration>();
+        return [.. HighlanderOptionsValidator.Check(options, registrations).Select(Describe)];
     }
+
+    /// <summary>A problem's message, and which flag sets each option it concerns, e.g. <c>(LeaseDuration is --lease)</c>.</summary>
+    internal static string Describe(OptionProblem problem)
+    {
+        var named = problem.Options
+            .Distinct(StringComparer.Ordinal)
+            .SelectMany(option => OptionFlags.Where(f => f.Option == option).Select(f => $"{f.Option} is {f.Flag}"))
+            .ToList();
+        return named.Count == 0 ? problem.Message : $"{problem.Message} ({string.Join(", ", named)})";
+    }
+
+    /// <summary>
+    /// How long after SIGTERM the command's process group is SIGKILLed: a little before the library's stop budget ends,
+    /// so that a stubborn command is a kill, not an escalation. The one place the CLI derives it.
+    /// </summary>
+    private static TimeSpan ChildKillAfter(HighlanderOptions options) =>
+        options.StopTimeout - TimeSpan.FromTicks(Math.Min(TimeSpan.FromMilliseconds(250).Ticks, options.StopTimeout.Ticks / 4));
 
     [LoggerMessage(EventId = HighlanderEventIds.RunContending, Level = LogLevel.Information, Message = "Node {NodeId} contends for '{Name}' on {DataSource} (lease {Lease}, {Mode} mode)")]
     private static partial void LogStarting(ILogger logger, string nodeId, string name, string dataSource, string lease, string mode);

@@ -1,3 +1,4 @@
+using HighlanderPG.Cli.Diagnostics;
 using Microsoft.Extensions.Logging;
 
 namespace HighlanderPG.Cli.Running;
@@ -52,6 +53,8 @@ internal sealed record RunSettings
 
     public LogLevel LogLevel { get; init; } = LogLevel.Information;
 
+    public LogFormat LogFormat { get; init; } = LogFormat.Text;
+
     /// <summary>Maps the options onto the library's; the library validates them when the host starts.</summary>
     public void Apply(HighlanderOptions options)
     {
@@ -65,10 +68,8 @@ internal sealed record RunSettings
         options.SafetyMargin = SafetyMargin ?? options.SafetyMargin;
         options.LockDelayAfterServerStart = LockDelay ?? options.LockDelayAfterServerStart;
 
-        // The library's default wait slice (5 s) must be shorter than the lease: with a short --lease and no --wait-slice,
-        // use a third of the lease (as the library's own tests do: 1 s for a 3 s lease) rather than refuse the lease.
-        options.WaitSlice = WaitSlice
-            ?? (options.WaitSlice >= options.LeaseDuration ? TimeSpan.FromMilliseconds(Math.Max(1, (long)options.LeaseDuration.TotalMilliseconds / 3)) : options.WaitSlice);
+        // Only when given: the library's default fits the lease.
+        options.WaitSlice = WaitSlice ?? options.WaitSlice;
         options.Fencing = Fencing;
         options.FencingSchema = FencingSchema ?? options.FencingSchema;
         options.Endpoint = Endpoint;
