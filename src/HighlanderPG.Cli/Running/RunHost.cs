@@ -1,4 +1,5 @@
 using HighlanderPG.Diagnostics;
+using HighlanderPG.Leasing;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Cli.Processes;
@@ -74,7 +75,7 @@ internal static partial class RunHost
         });
         builder.Services.AddClusterSingleton(
             settings.Name,
-            (leadership, services, ct) => child.RunAsync(leadership, ChildKillAfter(services.GetRequiredService<IOptions<HighlanderOptions>>().Value), ct),
+            (leadership, services, ct) => child.RunAsync(leadership, LeaseTimings.From(services.GetRequiredService<IOptions<HighlanderOptions>>().Value).ChildKillAfter, ct),
             settings.Apply);
 
         // The library's own check, before the host is built, so that each problem can name the flags of its options.
@@ -283,13 +284,6 @@ internal static partial class RunHost
             .ToList();
         return named.Count == 0 ? problem.Message : $"{problem.Message} ({string.Join(", ", named)})";
     }
-
-    /// <summary>
-    /// How long after SIGTERM the command's process group is SIGKILLed: a little before the library's stop budget ends,
-    /// so that a stubborn command is a kill, not an escalation. The one place the CLI derives it.
-    /// </summary>
-    private static TimeSpan ChildKillAfter(HighlanderOptions options) =>
-        options.StopTimeout - TimeSpan.FromTicks(Math.Min(TimeSpan.FromMilliseconds(250).Ticks, options.StopTimeout.Ticks / 4));
 
     [LoggerMessage(EventId = HighlanderEventIds.RunContending, Level = LogLevel.Information, Message = "Node {NodeId} contends for '{Name}' on {DataSource} (lease {Lease}, {Mode} mode)")]
     private static partial void LogStarting(ILogger logger, string nodeId, string name, string dataSource, string lease, string mode);
