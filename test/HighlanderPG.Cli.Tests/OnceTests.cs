@@ -5,7 +5,7 @@ namespace HighlanderPG.Cli.Tests;
 
 /// <summary><c>highlander run --once</c>: cron mode.</summary>
 [Collection(CliServer.Name)]
-public sealed class OnceTests(ServerFixture pg) : IDisposable
+public sealed class OnceTests(PostgresFixture pg) : IDisposable
 {
     private readonly LifeFile _life = new();
     private readonly string _name = "cron-" + Guid.NewGuid().ToString("N")[..8];

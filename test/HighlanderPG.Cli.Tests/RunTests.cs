@@ -8,7 +8,7 @@ namespace HighlanderPG.Cli.Tests;
 
 /// <summary><c>highlander run</c> in service mode: real nodes as processes, real faults, the child's life in a file.</summary>
 [Collection(CliServer.Name)]
-public sealed class RunTests(ServerFixture pg) : IDisposable
+public sealed class RunTests(PostgresFixture pg) : IDisposable
 {
     private readonly LifeFile _life = new();
     private readonly string _name = "job-" + Guid.NewGuid().ToString("N")[..8];

@@ -6,7 +6,7 @@ namespace HighlanderPG.Cli.Tests;
 
 /// <summary><c>highlander status</c>.</summary>
 [Collection(CliServer.Name)]
-public sealed class StatusTests(ServerFixture pg) : IDisposable
+public sealed class StatusTests(PostgresFixture pg) : IDisposable
 {
     private readonly LifeFile _life = new();
     private readonly string _name = "status-" + Guid.NewGuid().ToString("N")[..8];

@@ -1,9 +1,10 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
 
 namespace HighlanderPG.Tests.Hosting;
 
-/// <summary>Nodes as separate processes (samples/HighlanderPG.Sample): a crashed holder, and the default escalation.</summary>
+/// <summary>Nodes as separate processes (test/HighlanderPG.TestNode): a crashed holder, and the default escalation.</summary>
 [Collection(SharedServer.Name)]
 public sealed class ProcessNodeTests(PostgresFixture pg)
 {
@@ -41,7 +42,7 @@ public sealed class ProcessNodeTests(PostgresFixture pg)
         var exited = cluster.Recorder.Events.Single(e => e.Kind == LifeKind.Killed && e.Node == "stubborn");
         Assert.True(exited.Seq < next.Seq, cluster.Recorder.Describe());
         Assert.NotEqual(0, exitCode);
-        Assert.Contains("escalating singleton 'ticker'", leader.Output);
+        Assert.Contains($"[{HighlanderEventIds.Escalating}]", leader.Output); // logged (synchronously) before the process ended itself
         Assert.DoesNotContain(cluster.Recorder.Events, e => e.Kind == LifeKind.Stopped && e.Node == "stubborn");
         cluster.Recorder.AssertNoOverlap();
     }
@@ -71,7 +72,7 @@ public sealed class ProcessNodeTests(PostgresFixture pg)
             Assert.True(exited.Seq < next.Seq, cluster.Recorder.Describe());
             Assert.NotEqual(0, await leader.Exited);
             Assert.Contains("STARVING", leader.Output);
-            Assert.Contains("escalating singleton 'ticker'", leader.Output);
+            Assert.Contains($"[{HighlanderEventIds.Escalating}]", leader.Output); // logged (synchronously) before the process ended itself
             Assert.DoesNotContain(cluster.Recorder.Events, e => e.Kind == LifeKind.Stopped && e.Node == "starved");
             cluster.Recorder.AssertNoOverlap();
         }

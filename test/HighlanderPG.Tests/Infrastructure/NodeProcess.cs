@@ -3,7 +3,7 @@ using System.Diagnostics;
 namespace HighlanderPG.Tests.Infrastructure;
 
 /// <summary>
-/// A HighlanderPG node as a separate OS process (samples/HighlanderPG.Sample, singleton "ticker"), reporting its
+/// A HighlanderPG node as a separate OS process (test/HighlanderPG.TestNode, singleton "ticker"), reporting its
 /// child's life into the test's recorder from the lines it prints.
 /// </summary>
 public sealed class NodeProcess : IAsyncDisposable
@@ -35,12 +35,11 @@ public sealed class NodeProcess : IAsyncDisposable
 
     public static NodeProcess Start(TestCluster cluster, string nodeId, string connectionString, bool ignoreCancellation = false, string? starveThreadPoolWhenFileExists = null)
     {
-        var dll = Path.Combine(AppContext.BaseDirectory, "HighlanderPG.Sample.dll");
+        var dll = Path.Combine(AppContext.BaseDirectory, "HighlanderPG.TestNode.dll");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = AppContext.BaseDirectory };
         psi.ArgumentList.Add(dll);
         var probe = new HighlanderOptions();
         TestCluster.TestTimings(probe);
-        psi.Environment["DOTNET_ENVIRONMENT"] = "Production";
         psi.Environment["Highlander__ConnectionString"] = connectionString;
         psi.Environment["Highlander__Namespace"] = cluster.Namespace;
         psi.Environment["Highlander__NodeId"] = nodeId;
@@ -52,10 +51,10 @@ public sealed class NodeProcess : IAsyncDisposable
         psi.Environment["Highlander__ReconnectMinDelay"] = probe.ReconnectMinDelay.ToString();
         psi.Environment["Highlander__ReconnectMaxDelay"] = probe.ReconnectMaxDelay.ToString();
         psi.Environment["Highlander__LockDelayAfterServerStart"] = probe.LockDelayAfterServerStart.ToString();
-        psi.Environment["Sample__IgnoreCancellation"] = ignoreCancellation ? "true" : "false";
+        psi.Environment["TestNode__IgnoreCancellation"] = ignoreCancellation ? "true" : "false";
         if (starveThreadPoolWhenFileExists is not null)
         {
-            psi.Environment["Sample__StarveThreadPoolWhenFileExists"] = starveThreadPoolWhenFileExists;
+            psi.Environment["TestNode__StarveThreadPoolWhenFileExists"] = starveThreadPoolWhenFileExists;
         }
 
         psi.Environment["DOTNET_DbgEnableMiniDump"] = "0";
