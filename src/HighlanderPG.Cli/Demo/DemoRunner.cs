@@ -5,6 +5,7 @@ using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Processes;
 using HighlanderPG.Discovery;
 using HighlanderPG.Testing;
+using HighlanderPG.Testing.Journal;
 using Npgsql;
 using Spectre.Console;
 
@@ -43,7 +44,7 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
     private string _connection = "";
     private string _namespace = "";
     private string _workDir = "";
-    private ChildLog _log = null!;
+    private LifeJournal _log = null!;
     private long _key;
     private volatile Discovered _discovered = new(null, null, [], [], false);
 
@@ -125,7 +126,7 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
             // n1 first, so the story starts with a known leader; then the two followers.
             _view.SetStep("starting node n1");
             await _nodes[0].StartAsync().ConfigureAwait(false);
-            if (await WaitChildAsync(e => e.Kind == "start", 0, TimeSpan.FromSeconds(30), budget).ConfigureAwait(false) is null)
+            if (await WaitChildAsync(e => e.Kind == LifeKind.Started, 0, TimeSpan.FromSeconds(30), budget).ConfigureAwait(false) is null)
             {
                 _violations.Add("the first node's child did not start within 30 s");
                 return ExitCodes.Failure;
@@ -198,9 +199,9 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
     private async Task<bool> SetUpAsync(CancellationToken cancellationToken)
     {
         _workDir = Directory.CreateTempSubdirectory("highlander-demo-").FullName;
-        _log = new ChildLog(Path.Combine(_workDir, "child.log"));
+        _log = new LifeJournal(Path.Combine(_workDir, "child.log"));
         var script = Path.Combine(_workDir, "child.sh");
-        await File.WriteAllTextAsync(script, ChildLog.Script, cancellationToken).ConfigureAwait(false);
+        await LifeJournal.WriteChildScriptAsync(script, cancellationToken).ConfigureAwait(false);
         if (external is not null)
         {
             _connection = external.ConnectionString;
@@ -253,9 +254,7 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
                     {
                         // Not on the command line: a password would show in ps.
                         [ConnectionResolver.EnvironmentVariable] = nodeConnection,
-                        ["DEMO_LOG"] = _log.Path,
-                        ["DEMO_LOCK"] = Path.Combine(_workDir, "child.lock"),
-                    },
+                    }.Concat(_log.ChildEnvironment().Select(v => KeyValuePair.Create(v.Key, (string?)v.Value))).ToDictionary(),
                 },
                 OnNodeLine,
                 Path.Combine(_workDir, id + ".log"));
@@ -358,8 +357,8 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
         string title,
         bool orderGuaranteed,
         CancellationToken cancellationToken,
-        Func<DemoNode, ChildEvent, Task> inject,
-        Func<DemoNode, ChildEvent, Task>? afterward)
+        Func<DemoNode, LifeEvent, Task> inject,
+        Func<DemoNode, LifeEvent, Task>? afterward)
     {
         var (leader, child) = await WaitSteadyAsync(cancellationToken).ConfigureAwait(false);
         var mark = _log.Count;
@@ -368,11 +367,11 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
         await inject(leader, child).ConfigureAwait(false);
 
         var bound = title == "server restart" ? TimeSpan.FromSeconds(15) : Lease + TimeSpan.FromSeconds(7);
-        var next = await WaitChildAsync(e => e.Kind == "start", mark, bound, cancellationToken).ConfigureAwait(false);
+        var next = await WaitChildAsync(e => e.Kind == LifeKind.Started, mark, bound, cancellationToken).ConfigureAwait(false);
         var events = _log.Events;
-        var overlap = events.Any(e => e.Kind == "overlap" && e.Index >= mark && (next is null || e.Index < next.Index));
-        var stop = events.FirstOrDefault(e => e.Kind == "stop" && e.Pid == child.Pid);
-        var oldChild = stop is not null && (next is null || stop.Index < next.Index) ? $"stopped after {Ms(stop.At - injected)}"
+        var overlap = events.Any(e => e.Kind == LifeKind.Overlap && e.Seq >= mark && (next is null || e.Seq < next.Seq));
+        var stop = events.FirstOrDefault(e => e.Kind == LifeKind.Stopped && e.Pid == child.Pid);
+        var oldChild = stop is not null && (next is null || stop.Seq < next.Seq) ? $"stopped after {Ms(stop.At - injected)}"
             : overlap ? "STILL RUNNING when the new one started"
             : !Native.ProcessAlive(child.Pid) ? "killed with its node"
             : "still running";
@@ -394,7 +393,7 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
         else if (overlap)
         {
             // Not a broken promise: the lease cannot cover this (docs/cli.md, "What the demo shows"); fencing tokens do.
-            var seen = events.First(e => e.Kind == "overlap" && e.Index >= mark);
+            var seen = events.First(e => e.Kind == LifeKind.Overlap && e.Seq >= mark);
             knownOverlap = stop is not null ? stop.At - seen.At : null;
             verdict = $"overlap{(knownOverlap is { } length ? " " + Ms(length) : "")}: needs fencing";
             _notes.Add("pg_terminate_backend frees the lock before its holder can know: the holder stops its child at once, but another node may start first. That is what fencing tokens are for (HIGHLANDER_FENCING_TOKEN): guard writes with them.");
@@ -413,12 +412,12 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
     }
 
     /// <summary>All three nodes run, one child runs, and the database agrees on its node (and, shortly, sees both followers).</summary>
-    private async Task<(DemoNode Leader, ChildEvent Child)> WaitSteadyAsync(CancellationToken cancellationToken)
+    private async Task<(DemoNode Leader, LifeEvent Child)> WaitSteadyAsync(CancellationToken cancellationToken)
     {
         var started = Stopwatch.GetTimestamp();
         while (true)
         {
-            var child = _log.Running();
+            var child = RunningChild();
             var discovered = _discovered;
             if (child is not null && _nodes.All(n => n.IsRunning && !n.CutOff) && discovered.Leader == child.Node)
             {
@@ -438,46 +437,49 @@ internal sealed class DemoRunner(TimeSpan duration, ResolvedConnection? external
         }
     }
 
-    private async Task<ChildEvent?> WaitChildAsync(Func<ChildEvent, bool> match, int after, TimeSpan timeout, CancellationToken cancellationToken)
+    /// <summary>The child running now, per the journal: the last start with no stop, if its process is alive.</summary>
+    private LifeEvent? RunningChild() => _log.Current(SingletonName) is { } child && Native.ProcessAlive(child.Pid) ? child : null;
+
+    private async Task<LifeEvent?> WaitChildAsync(Func<LifeEvent, bool> match, int after, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var until = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
-        while (Stopwatch.GetTimestamp() < until)
+        try
         {
-            if (_log.Events.Skip(after).FirstOrDefault(match) is { } found)
-            {
-                return found;
-            }
-
-            await Task.Delay(50, cancellationToken).ConfigureAwait(false);
+            return await _log.WaitAsync(match, after, timeout, cancellationToken).ConfigureAwait(false);
         }
-
-        return null;
+        catch (TimeoutException)
+        {
+            return null;
+        }
     }
 
     private async Task WatchChildLogAsync(CancellationToken cancellationToken)
     {
+        var shown = 0;
         while (!cancellationToken.IsCancellationRequested)
         {
             try
             {
-                foreach (var e in _log.Poll())
+                _log.Poll();
+                var events = _log.Events;
+                foreach (var e in events.Skip(shown))
                 {
                     var token = e.Token is null ? "" : $", fencing token {e.Token}";
                     switch (e.Kind)
                     {
-                        case "start":
+                        case LifeKind.Started:
                             _view.Event($"child started on {e.Node} (pid {e.Pid}{token})", "green");
                             break;
-                        case "stop":
+                        case LifeKind.Stopped:
                             _view.Event($"child stopped on {e.Node} (pid {e.Pid})", "cyan");
                             break;
-                        case "overlap":
+                        case LifeKind.Overlap:
                             _view.Event($"child on {e.Node} (pid {e.Pid}) found another child still alive", "red bold");
                             break;
                     }
                 }
 
-                _view.SetChild(_log.Running());
+                shown = events.Count;
+                _view.SetChild(RunningChild());
             }
             catch (IOException)
             {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using HighlanderPG.Testing.Journal;
 using Spectre.Console;
 using Spectre.Console.Rendering;
 
@@ -23,7 +24,7 @@ internal sealed class DemoView(bool live, TimeSpan limit)
     private IReadOnlyList<string> _followers = [];
     private IReadOnlyList<string> _connected = [];
     private bool _databaseReachable = true;
-    private ChildEvent? _child;
+    private LifeEvent? _child;
 
     public bool Live { get; } = live;
 
@@ -67,7 +68,7 @@ internal sealed class DemoView(bool live, TimeSpan limit)
         }
     }
 
-    public void SetChild(ChildEvent? child)
+    public void SetChild(LifeEvent? child)
     {
         lock (_gate)
         {
