@@ -4,11 +4,13 @@
 //   TestNode__Singleton                     the singleton's name (default "ticker")
 //   TestNode__IgnoreCancellation=true       a child that will not stop when told to (the default escalation ends us)
 //   TestNode__StarveThreadPoolWhenFileExists=PATH   once PATH exists, every thread-pool thread blocks for good
+//   TestNode__Journal=PATH                  the child journals its start and stop there (HighlanderPG.Testing's LifeJournal)
 // Standard output: "STARTED <node> epoch=<n>" and "STOPPED <node>" (and "STARVING"), one line each, flushed at once.
 // Standard error: every log message as "level category[event id] message", written synchronously, so the line of an
 // escalation is out before the process ends itself.
 using System.Globalization;
 using HighlanderPG;
+using HighlanderPG.Testing.Journal;
 using HighlanderPG.TestNodeProgram;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -34,6 +36,8 @@ namespace HighlanderPG.TestNodeProgram
     {
         protected override async Task ExecuteAsync(CancellationToken stoppingToken)
         {
+            var journal = configuration["TestNode:Journal"] is { Length: > 0 } path ? new LifeJournal(path) : null;
+            journal?.Record(leadership.NodeId, leadership.Name, LifeKind.Started, token: leadership.FencingEpoch);
             Say($"STARTED {leadership.NodeId} epoch={leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "-"}");
             try
             {
@@ -52,6 +56,7 @@ namespace HighlanderPG.TestNodeProgram
             }
             finally
             {
+                journal?.Record(leadership.NodeId, leadership.Name, LifeKind.Stopped);
                 Say($"STOPPED {leadership.NodeId}");
             }
         }

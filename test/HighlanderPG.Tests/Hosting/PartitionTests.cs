@@ -55,8 +55,9 @@ public sealed class PartitionTests(ITestOutputHelper output)
             Assert.Equal(cutLink.HostAddress, await ClientAddressAsync(Via(otherLink), "highlander/cut"));
             Assert.Equal(otherLink.HostAddress, await ClientAddressAsync(Via(otherLink), "highlander/other"));
 
-            var mark = cluster.Recorder.Count;
+            var mark = cluster.Recorder.Mark();
             var cutAt = Stopwatch.GetTimestamp();
+            var cutWall = DateTimeOffset.UtcNow;
             await cutLink.PartitionAsync();
             var cutTook = Stopwatch.GetElapsedTime(cutAt);
             var stopped = await cluster.Recorder.WaitStoppedAsync("job", "cut", mark);
@@ -64,8 +65,8 @@ public sealed class PartitionTests(ITestOutputHelper output)
 
             output.WriteLine(
                 $"partition took {cutTook.TotalMilliseconds:F0} ms; after it began: child of 'cut' stopped at " +
-                $"+{Stopwatch.GetElapsedTime(cutAt, stopped.Timestamp).TotalMilliseconds:F0} ms, child of 'other' started at " +
-                $"+{Stopwatch.GetElapsedTime(cutAt, next.Timestamp).TotalMilliseconds:F0} ms (lease 3 s)");
+                $"+{(stopped.At - cutWall).TotalMilliseconds:F0} ms, child of 'other' started at " +
+                $"+{(next.At - cutWall).TotalMilliseconds:F0} ms (lease 3 s)");
             output.WriteLine(cluster.Recorder.Describe());
 
             Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());

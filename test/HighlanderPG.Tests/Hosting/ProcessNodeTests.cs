@@ -4,27 +4,13 @@ using HighlanderPG.Tests.Infrastructure;
 
 namespace HighlanderPG.Tests.Hosting;
 
-/// <summary>Nodes as separate processes (test/HighlanderPG.TestNode): a crashed holder, and the default escalation.</summary>
+/// <summary>
+/// Nodes as separate processes (test/HighlanderPG.TestNode): the default escalation ends the process. The scenarios every
+/// kind of node shares (SIGKILL, SIGTERM, cut-off) are in ProcessNodeScenarios.
+/// </summary>
 [Collection(SharedServer.Name)]
 public sealed class ProcessNodeTests(PostgresFixture pg)
 {
-    [Fact]
-    public async Task A_SIGKILLed_leader_process_is_replaced_by_a_follower()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        await using var leader = NodeProcess.Start(cluster, "proc", pg.ConnectionString);
-        await cluster.Recorder.WaitStartedAsync("ticker", node: "proc");
-        var follower = await cluster.StartNodeAsync("in-test", singletons: ["ticker"]);
-        await follower.WaitForLeaderAsync("ticker", "proc");
-
-        var mark = cluster.Recorder.Count;
-        leader.Kill(cluster.Recorder);
-        var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");
-        Assert.NotEqual(0, await leader.Exited);
-        Assert.True(next.Seq > mark);
-        cluster.Recorder.AssertNoOverlap();
-    }
-
     [Fact]
     public async Task By_default_a_child_that_will_not_stop_ends_its_process_before_the_lease_can_pass()
     {
@@ -35,7 +21,7 @@ public sealed class ProcessNodeTests(PostgresFixture pg)
         var follower = await cluster.StartNodeAsync("in-test", singletons: ["ticker"]);
         await follower.WaitForLeaderAsync("ticker", "stubborn");
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         proxy.SetMode(ProxyMode.Blackhole);
         var exitCode = await leader.Exited.WaitAsync(TimeSpan.FromSeconds(60));
         var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");
@@ -63,7 +49,7 @@ public sealed class ProcessNodeTests(PostgresFixture pg)
             // Blackholed, the server frees the lock only when the lease runs out, not when the process dies: so the
             // follower's start after the exit shows that the process ended before the lease could pass. Starved, no timer,
             // no task continuation and no heartbeat runs in that process: only the lease guard's own thread can end it.
-            var mark = cluster.Recorder.Count;
+            var mark = cluster.Recorder.Mark();
             proxy.SetMode(ProxyMode.Blackhole);
             await File.WriteAllTextAsync(trigger, "");
             var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");

@@ -1,0 +1,64 @@
+using HighlanderPG.Diagnostics;
+using HighlanderPG.TestKit.Scenarios;
+using HighlanderPG.Tests.Infrastructure;
+
+namespace HighlanderPG.Tests.Scenarios;
+
+/// <summary>
+/// The shared fault scenarios (<see cref="ProcessFaultScenarios{TNode}"/>) with nodes as separate OS processes (the test
+/// node program, test/HighlanderPG.TestNode), whose children journal their own lives.
+/// </summary>
+[Collection(SharedServer.Name)]
+public sealed class ProcessNodeScenarios(PostgresFixture pg) : ProcessFaultScenarios<ProcessScenarioNode>(pg.ConnectionString)
+{
+    private readonly JournalDirectory _life = new();
+    private readonly string _namespace = "test-" + Guid.NewGuid().ToString("N")[..12];
+    private readonly List<NodeProcess> _nodes = [];
+
+    protected override LifeJournal Journal => _life.Journal;
+
+    protected override string Singleton => NodeProcess.Singleton;
+
+    protected override Task<ProcessScenarioNode> StartNodeAsync(string id, string connectionString)
+    {
+        var process = NodeProcess.Start(_life.Journal, _namespace, id, connectionString);
+        _nodes.Add(process);
+        return Task.FromResult(new ProcessScenarioNode(process));
+    }
+
+    protected override async Task AfterKillAsync(ProcessScenarioNode leader, LifeEvent child) =>
+        Assert.NotEqual(0, await leader.Process.Exited.WaitAsync(TimeSpan.FromSeconds(30)));
+
+    public override async Task DisposeAsync()
+    {
+        foreach (var node in _nodes)
+        {
+            await node.DisposeAsync();
+        }
+
+        await base.DisposeAsync();
+        _life.Dispose();
+    }
+}
+
+/// <summary>A test node process as a scenario node.</summary>
+public sealed class ProcessScenarioNode(NodeProcess process) : IProcessScenarioNode
+{
+    public NodeProcess Process { get; } = process;
+
+    public string Id => Process.NodeId;
+
+    public Task WaitFollowingAsync(string leader) => Process.WaitLoggedAsync(HighlanderEventIds.Following);
+
+    public async Task StepDownAsync()
+    {
+        Process.Terminate();
+        Assert.Equal(0, await Process.Exited.WaitAsync(TimeSpan.FromSeconds(15)));
+    }
+
+    public void Kill() => Process.Kill();
+
+    public bool Logged(int eventId) => Process.Logged(eventId);
+
+    public string Describe() => Process.Output;
+}
