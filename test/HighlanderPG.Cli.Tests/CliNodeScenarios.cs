@@ -21,9 +21,9 @@ public sealed class CliNodeScenarios(PostgresFixture pg) : ProcessFaultScenarios
 
     protected override string Singleton => _name;
 
-    protected override Task<CliScenarioNode> StartNodeAsync(string id, string connectionString)
+    protected override Task<CliScenarioNode> StartNodeAsync(string id, string connectionString, bool stubbornChild = false)
     {
-        var cli = CliProcess.Start(["run", "--name", _name, "--node-id", id, .. RunTests.Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, connectionString));
+        var cli = CliProcess.Start(["run", "--name", _name, "--node-id", id, .. RunTests.Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, connectionString, stubbornChild));
         _nodes.Add(cli);
         return Task.FromResult(new CliScenarioNode(id, cli));
     }
@@ -39,6 +39,19 @@ public sealed class CliNodeScenarios(PostgresFixture pg) : ProcessFaultScenarios
         // The parent-death signal kills the command; the watchdog kills what the command started.
         await ProcessWatch.AssertGoneAsync(child.Pid, "a's child");
         await ProcessWatch.AssertGoneAsync(int.Parse(_grandchild!.Detail!, System.Globalization.CultureInfo.InvariantCulture), "a's child's own child");
+    }
+
+    /// <summary>
+    /// The stubborn script cannot journal its own end (SIGKILL), so the order is the kernel lock's: the follower's script
+    /// writes <c>overlap</c> (see the scenario's no-overlap check) if it started while this one was alive.
+    /// </summary>
+    protected override async Task AssertStubbornChildEndedFirstAsync(CliScenarioNode leader, LifeEvent child, int mark, LifeEvent next)
+    {
+        Assert.Equal("stubborn", child.Detail);
+        Assert.True(next.FromScript, Journal.Describe()); // the follower's start was witnessed by the kernel lock
+        await ProcessWatch.AssertGoneAsync(child.Pid, "a's stubborn child");
+        Assert.True(leader.Logged(HighlanderEventIds.CommandKilled) || leader.Logged(HighlanderEventIds.CommandEscalated), leader.Describe()); // SIGKILLed by highlander, not gone by itself
+        Assert.True(leader.Logged(HighlanderEventIds.LeaseExpiring), leader.Describe());
     }
 
     public override async Task DisposeAsync()

@@ -30,8 +30,17 @@ public abstract class FaultScenarios<TNode> : IAsyncLifetime
     /// <summary>The singleton's name, as the journal has it.</summary>
     protected abstract string Singleton { get; }
 
-    /// <summary>Starts a node with the test timings (lease 3 s); it contends for <see cref="Singleton"/> at once.</summary>
-    protected abstract Task<TNode> StartNodeAsync(string id, string connectionString);
+    /// <summary>
+    /// Starts a node with the test timings (lease 3 s); it contends for <see cref="Singleton"/> at once. With
+    /// <paramref name="stubbornChild"/>, its child ignores being told to stop, and the node's escalation is what ends it.
+    /// </summary>
+    protected abstract Task<TNode> StartNodeAsync(string id, string connectionString, bool stubbornChild = false);
+
+    /// <summary>
+    /// What the kind checks, once <paramref name="next"/> started on the follower, about how the cut-off leader's stubborn
+    /// child (<paramref name="child"/>) was ended: by its escalation, and before <paramref name="next"/>.
+    /// </summary>
+    protected abstract Task AssertStubbornChildEndedFirstAsync(TNode leader, LifeEvent child, int mark, LifeEvent next);
 
     /// <summary>What the kind checks of its own about a cut-off leader after the scenario's assertions.</summary>
     protected virtual Task AfterCutOffAsync(TNode leader) => Task.CompletedTask;
@@ -93,6 +102,25 @@ public abstract class FaultScenarios<TNode> : IAsyncLifetime
         Assert.True(a.Logged(HighlanderEventIds.LeaseExpiring), a.Describe()); // lease about to expire: stopping children
         await AfterCutOffAsync(a);
         proxy.SetMode(ProxyMode.Pass); // healed: a reconnects as a follower (and stops promptly at the end of the test)
+    }
+
+    [Fact]
+    public async Task A_cut_off_leader_whose_child_will_not_stop_ends_it_before_another_node_starts()
+    {
+        var proxy = StartProxy();
+        var a = await StartNodeAsync("a", proxy.ConnectionString(ConnectionString), stubbornChild: true);
+        var first = await Journal.WaitStartedAsync(Singleton, node: "a");
+        var b = await StartNodeAsync("b", ConnectionString);
+        await b.WaitFollowingAsync("a");
+
+        var mark = Journal.Mark();
+        proxy.SetMode(ProxyMode.Blackhole);
+        var next = await Journal.WaitStartedAsync(Singleton, mark, node: "b");
+        await AssertStubbornChildEndedFirstAsync(a, first, mark, next);
+        Journal.Poll();
+        Assert.DoesNotContain(Journal.Events, e => e.Kind == LifeKind.Stopped && e.Node == "a"); // it never stopped by itself
+        Journal.AssertNoOverlap();
+        proxy.SetMode(ProxyMode.Pass); // healed, so that what is left of a stops promptly at the end of the test
     }
 }
 

@@ -7,7 +7,8 @@ namespace HighlanderPG.Tests.Hosting;
 
 /// <summary>
 /// Real faults against the shared server with in-process nodes: a killed backend, a reset connection, a child that will not
-/// stop. The scenarios every kind of node shares (a cut-off leader, a graceful hand-over) are in InProcessNodeScenarios.
+/// stop at shutdown. The scenarios every kind of node shares (a cut-off leader, with a child that stops or one that will
+/// not, a graceful hand-over) are in InProcessNodeScenarios.
 /// </summary>
 [Collection(SharedServer.Name)]
 public sealed class FaultTests(PostgresFixture pg)
@@ -83,50 +84,6 @@ public sealed class FaultTests(PostgresFixture pg)
         Assert.True(status.State == SingletonState.Leading ? next.Node == "reset" : next.Node == "other", cluster.Recorder.Describe());
         var leading = await (next.Node == "reset" ? leader : follower).WaitForStateAsync("job", SingletonState.Leading);
         Assert.True(leading.FencingEpoch > first.FencingEpoch, $"epoch {leading.FencingEpoch} after {first.FencingEpoch}");
-    }
-
-    [Fact]
-    public async Task A_child_that_ignores_cancellation_is_escalated_before_the_lease_can_pass()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        cluster.Behavior.IgnoreCancellation = true;
-        await using var proxy = ProxyTo(pg.ConnectionString);
-        var escalations = new List<EscalationContext>();
-        var leader = await cluster.StartNodeAsync("stuck", connectionString: proxy.ConnectionString(pg.ConnectionString), configure: o => o.OnEscalation = ctx =>
-        {
-            lock (escalations)
-            {
-                escalations.Add(ctx);
-            }
-
-            // What the default (ending the process) does to the child, done to this in-process child only.
-            cluster.Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, ctx.Reason);
-            cluster.Behavior.Kill();
-            return ValueTask.CompletedTask;
-        });
-        await cluster.Recorder.WaitStartedAsync("job", node: "stuck");
-        var follower = await cluster.StartNodeAsync("other");
-        await follower.WaitForLeaderAsync("job", "stuck");
-
-        var mark = cluster.Recorder.Mark();
-        proxy.SetMode(ProxyMode.Blackhole);
-        var escalated = await cluster.Recorder.WaitAsync(e => e.Kind == LifeKind.Escalated, mark);
-        var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
-        Assert.True(escalated.Seq < next.Seq, cluster.Recorder.Describe());
-        cluster.Recorder.AssertNoOverlap();
-
-        var context = Assert.Single(escalations);
-        Assert.Equal("job", context.Singleton);
-        Assert.Contains("did not stop", context.Reason);
-
-        // Escalated when the child's stop time ran out (at the client deadline, or its whole StopTimeout after it was told to
-        // stop, whichever first), never before it was told: what is left is at most the margin plus that stop time.
-        // That it came before the server could free the lock is shown by the order above, not by a clock reading.
-        var timings = new HighlanderOptions();
-        TestCluster.TestTimings(timings);
-        Assert.NotNull(context.RemainingLease);
-        Assert.True(context.RemainingLease <= timings.SafetyMargin + timings.StopTimeout, $"escalated {context.RemainingLease} before the server could free the lock: before the child had its stop time");
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.Escalating && e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
     }
 
     [Fact]

@@ -5,34 +5,13 @@ using HighlanderPG.Tests.Infrastructure;
 namespace HighlanderPG.Tests.Hosting;
 
 /// <summary>
-/// Nodes as separate processes (test/HighlanderPG.TestNode): the default escalation ends the process. The scenarios every
-/// kind of node shares (SIGKILL, SIGTERM, cut-off) are in ProcessNodeScenarios.
+/// Nodes as separate processes (test/HighlanderPG.TestNode): a starved node ends its own process. The scenarios every kind
+/// of node shares (SIGKILL, SIGTERM, cut-off, a child that will not stop ending its process by default) are in
+/// ProcessNodeScenarios.
 /// </summary>
 [Collection(SharedServer.Name)]
 public sealed class ProcessNodeTests(PostgresFixture pg)
 {
-    [Fact]
-    public async Task By_default_a_child_that_will_not_stop_ends_its_process_before_the_lease_can_pass()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        await using var proxy = FaultTests.ProxyTo(pg.ConnectionString);
-        await using var leader = NodeProcess.Start(cluster, "stubborn", proxy.ConnectionString(pg.ConnectionString), ignoreCancellation: true);
-        await cluster.Recorder.WaitStartedAsync("ticker", node: "stubborn");
-        var follower = await cluster.StartNodeAsync("in-test", singletons: ["ticker"]);
-        await follower.WaitForLeaderAsync("ticker", "stubborn");
-
-        var mark = cluster.Recorder.Mark();
-        proxy.SetMode(ProxyMode.Blackhole);
-        var exitCode = await leader.Exited.WaitAsync(TimeSpan.FromSeconds(60));
-        var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");
-        var exited = cluster.Recorder.Events.Single(e => e.Kind == LifeKind.Killed && e.Node == "stubborn");
-        Assert.True(exited.Seq < next.Seq, cluster.Recorder.Describe());
-        Assert.NotEqual(0, exitCode);
-        Assert.Contains($"[{HighlanderEventIds.Escalating}]", leader.Output); // logged (synchronously) before the process ended itself
-        Assert.DoesNotContain(cluster.Recorder.Events, e => e.Kind == LifeKind.Stopped && e.Node == "stubborn");
-        cluster.Recorder.AssertNoOverlap();
-    }
-
     [Fact]
     public async Task A_node_whose_thread_pool_is_starved_ends_its_process_before_the_lease_can_pass()
     {

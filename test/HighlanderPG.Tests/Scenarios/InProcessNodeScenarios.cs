@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.TestKit.Scenarios;
 using HighlanderPG.Tests.Infrastructure;
 
@@ -13,8 +14,54 @@ public sealed class InProcessNodeScenarios(PostgresFixture pg) : FaultScenarios<
 
     protected override string Singleton => "job";
 
-    protected override async Task<InProcessScenarioNode> StartNodeAsync(string id, string connectionString) =>
-        new(await _cluster.StartNodeAsync(id, connectionString: connectionString), _cluster.Logs);
+    private readonly List<EscalationContext> _escalations = [];
+
+    protected override async Task<InProcessScenarioNode> StartNodeAsync(string id, string connectionString, bool stubbornChild = false)
+    {
+        if (!stubbornChild)
+        {
+            return new(await _cluster.StartNodeAsync(id, connectionString: connectionString), _cluster.Logs);
+        }
+
+        // Every child of the cluster ignores cancellation from now on (the follower's too), until the escalation ends them.
+        _cluster.Behavior.IgnoreCancellation = true;
+        return new(await _cluster.StartNodeAsync(id, connectionString: connectionString, configure: o => o.OnEscalation = ctx =>
+        {
+            lock (_escalations)
+            {
+                _escalations.Add(ctx);
+            }
+
+            // What the default (ending the process) does to the child, done to this in-process child only.
+            _cluster.Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, ctx.Reason);
+            _cluster.Behavior.Kill();
+            return ValueTask.CompletedTask;
+        }), _cluster.Logs);
+    }
+
+    protected override async Task AssertStubbornChildEndedFirstAsync(InProcessScenarioNode leader, LifeEvent child, int mark, LifeEvent next)
+    {
+        var escalated = await Journal.WaitAsync(e => e.Kind == LifeKind.Escalated, mark);
+        Assert.True(escalated.Seq < next.Seq, Journal.Describe());
+
+        EscalationContext context;
+        lock (_escalations)
+        {
+            context = Assert.Single(_escalations);
+        }
+
+        Assert.Equal("job", context.Singleton);
+        Assert.Contains("did not stop", context.Reason);
+
+        // Escalated when the child's stop time ran out (at the client deadline, or its whole StopTimeout after it was told to
+        // stop, whichever first), never before it was told: what is left is at most the margin plus that stop time.
+        // That it came before the server could free the lock is shown by the order above, not by a clock reading.
+        var timings = new HighlanderOptions();
+        TestCluster.TestTimings(timings);
+        Assert.NotNull(context.RemainingLease);
+        Assert.True(context.RemainingLease <= timings.SafetyMargin + timings.StopTimeout, $"escalated {context.RemainingLease} before the server could free the lock: before the child had its stop time");
+        Assert.Contains(_cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.Escalating && e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
+    }
 
     protected override Task AfterCutOffAsync(InProcessScenarioNode leader)
     {

@@ -19,15 +19,26 @@ public sealed class ProcessNodeScenarios(PostgresFixture pg) : ProcessFaultScena
 
     protected override string Singleton => NodeProcess.Singleton;
 
-    protected override Task<ProcessScenarioNode> StartNodeAsync(string id, string connectionString)
+    protected override Task<ProcessScenarioNode> StartNodeAsync(string id, string connectionString, bool stubbornChild = false)
     {
-        var process = NodeProcess.Start(_life.Journal, _namespace, id, connectionString);
+        var process = NodeProcess.Start(_life.Journal, _namespace, id, connectionString, ignoreCancellation: stubbornChild);
         _nodes.Add(process);
         return Task.FromResult(new ProcessScenarioNode(process));
     }
 
     protected override async Task AfterKillAsync(ProcessScenarioNode leader, LifeEvent child) =>
         Assert.NotEqual(0, await leader.Process.Exited.WaitAsync(TimeSpan.FromSeconds(30)));
+
+    /// <summary>By default (no escalation handler) the node ends its own process: its exit is the child's end.</summary>
+    protected override async Task AssertStubbornChildEndedFirstAsync(ProcessScenarioNode leader, LifeEvent child, int mark, LifeEvent next)
+    {
+        var exitCode = await leader.Process.Exited.WaitAsync(TimeSpan.FromSeconds(60));
+        Journal.Poll();
+        var exited = Journal.Events.Single(e => e.Kind == LifeKind.Killed && e.Node == leader.Id);
+        Assert.True(exited.Seq < next.Seq, Journal.Describe());
+        Assert.NotEqual(0, exitCode);
+        Assert.True(leader.Process.Logged(HighlanderEventIds.Escalating), leader.Process.Output); // logged (synchronously) before the process ended itself
+    }
 
     public override async Task DisposeAsync()
     {
