@@ -4,7 +4,9 @@
 //   TestNode__Singleton                     the singleton's name (default "ticker")
 //   TestNode__IgnoreCancellation=true       a child that will not stop when told to (the default escalation ends us)
 //   TestNode__StarveThreadPoolWhenFileExists=PATH   once PATH exists, every thread-pool thread blocks for good
-//   TestNode__Journal=PATH                  the child journals its start and stop there (HighlanderPG.Testing's LifeJournal)
+//   TestNode__Journal=PATH                  the child journals its start and stop there (HighlanderPG.Testing's LifeJournal),
+//                                           holding the journal's kernel lock (flock on PATH.lock) while it lives, as the
+//                                           journal's script child does: a start that finds it taken journals an overlap
 // Standard output: "STARTED <node> epoch=<n>" and "STOPPED <node>" (and "STARVING"), one line each, flushed at once.
 // Standard error: every log message as "level category[event id] message", written synchronously, so the line of an
 // escalation is out before the process ends itself.
@@ -37,7 +39,24 @@ namespace HighlanderPG.TestNodeProgram
         protected override async Task ExecuteAsync(CancellationToken stoppingToken)
         {
             var journal = configuration["TestNode:Journal"] is { Length: > 0 } path ? new LifeJournal(path) : null;
-            journal?.Record(leadership.NodeId, leadership.Name, LifeKind.Started, token: leadership.FencingEpoch);
+            FileStream? alive = null;
+            if (journal is not null)
+            {
+                // The kernel frees the lock only when this process is dead (even by SIGKILL or FailFast): the next child's
+                // start witnesses that this one is gone, whenever the test gets to see the exit.
+                alive = TryLock(journal.LockPath);
+                if (alive is null)
+                {
+                    journal.Record(leadership.NodeId, leadership.Name, LifeKind.Overlap);
+                    while ((alive = TryLock(journal.LockPath)) is null)
+                    {
+                        await Task.Delay(10, CancellationToken.None);
+                    }
+                }
+
+                journal.Record(leadership.NodeId, leadership.Name, LifeKind.Started, KernelLockWitness, leadership.FencingEpoch);
+            }
+
             Say($"STARTED {leadership.NodeId} epoch={leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "-"}");
             try
             {
@@ -56,8 +75,26 @@ namespace HighlanderPG.TestNodeProgram
             }
             finally
             {
+                // Journaled before the lock is freed, and both before the node may release its advisory lock.
                 journal?.Record(leadership.NodeId, leadership.Name, LifeKind.Stopped);
+                alive?.Dispose();
                 Say($"STOPPED {leadership.NodeId}");
+            }
+        }
+
+        /// <summary>The detail of a start witnessed by the journal's kernel lock (the test kit's JournalExtensions has the same).</summary>
+        private const string KernelLockWitness = "flock";
+
+        /// <summary>Takes the lock file exclusively (on Unix, FileShare.None is flock(LOCK_EX | LOCK_NB)), or null if another has it.</summary>
+        private static FileStream? TryLock(string path)
+        {
+            try
+            {
+                return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException)
+            {
+                return null;
             }
         }
 

@@ -6,7 +6,16 @@ namespace HighlanderPG.TestKit.Journal;
 /// <summary>What the tests wait for and assert on a <see cref="LifeJournal"/> (the one child-life journal).</summary>
 public static class JournalExtensions
 {
+    /// <summary>
+    /// The detail of a start that an in-process child journaled once it held the journal's kernel lock (as the test node
+    /// program's child does): like a script start, it is witnessed by the kernel.
+    /// </summary>
+    public const string KernelLockWitness = "flock";
+
     private static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>Whether the kernel lock witnessed this start: every child before it that took the lock was dead.</summary>
+    public static bool IsWitnessed(this LifeEvent e) => e.Kind == LifeKind.Started && (e.FromScript || e.Detail is KernelLockWitness);
 
     /// <summary>
     /// Reads what other processes appended, then returns the number of events: pass it as <c>after</c> to wait only for
@@ -35,8 +44,9 @@ public static class JournalExtensions
     /// <summary>
     /// Asserts at-most-once over everything appended so far: no <see cref="LifeKind.Overlap"/> line (a script child found
     /// another one alive), and no start of a singleton while a start of it on some node has not ended (no stop, kill or
-    /// failure from that node since). Two script starts in a row are no breach: the second one held the kernel lock, so
-    /// the first had exited (killed before it could write its stop).
+    /// failure from that node since). Two witnessed starts in a row (<see cref="IsWitnessed"/>: the script's, or the test
+    /// node's) are no breach: the second one held the kernel lock, so the first had exited (killed before it could write
+    /// its stop, or before the test journaled the kill it saw).
     /// </summary>
     /// <remarks>
     /// Lives are matched by node, not by process id: a process node's child journals its own start and stop, while the
@@ -55,7 +65,7 @@ public static class JournalExtensions
                     violations.Add($"a child of {e.Singleton} started on {e.Node} (line {e.Seq}) while another one was alive");
                     break;
                 case LifeKind.Started:
-                    if (running.TryGetValue(e.Singleton, out var other) && !(other.FromScript && e.FromScript))
+                    if (running.TryGetValue(e.Singleton, out var other) && !(other.IsWitnessed() && e.IsWitnessed()))
                     {
                         violations.Add($"{e.Singleton} started on {e.Node} (line {e.Seq}) while still running on {other.Node} (line {other.Seq})");
                     }
