@@ -1,13 +1,14 @@
 using System.Diagnostics;
 using HighlanderPG.Cli.Tests.Infrastructure;
+using HighlanderPG.Diagnostics;
 
 namespace HighlanderPG.Cli.Tests;
 
 /// <summary><c>highlander run --once</c>: cron mode.</summary>
 [Collection(CliServer.Name)]
-public sealed class OnceTests(ServerFixture pg) : IDisposable
+public sealed class OnceTests(PostgresFixture pg) : IDisposable
 {
-    private readonly LifeFile _life = new();
+    private readonly JournalDirectory _life = new();
     private readonly string _name = "cron-" + Guid.NewGuid().ToString("N")[..8];
 
     [Fact]
@@ -15,25 +16,25 @@ public sealed class OnceTests(ServerFixture pg) : IDisposable
     {
         var (code, cli) = await CliProcess.RunAsync(
             ["run", "--once", "--name", _name, "--node-id", "cron1", "--", "sh", "-c", "echo \"ran $HIGHLANDER_NAME on $HIGHLANDER_NODE\"; exit 7"],
-            _life.Environment(pg.ConnectionString));
+            JournalEnvironment.For(_life, pg.ConnectionString));
 
         Assert.True(code == 7, cli.Output);
         Assert.True(cli.Stdout.Contains($"ran {_name} on cron1", StringComparison.Ordinal), cli.Output);
 
         // Released: the next run gets it at once.
-        var (again, second) = await CliProcess.RunAsync(["run", "--once", "--name", _name, "--", "true"], _life.Environment(pg.ConnectionString));
+        var (again, second) = await CliProcess.RunAsync(["run", "--once", "--name", _name, "--", "true"], JournalEnvironment.For(_life, pg.ConnectionString));
         Assert.True(again == 0, second.Output);
     }
 
     [Fact]
     public async Task Once_with_a_held_name_exits_3_at_once_without_running_the_command()
     {
-        await using var holder = CliProcess.Start(["run", "--name", _name, "--node-id", "holder", .. RunTests.Timings, "--", .. _life.Command], _life.Environment(pg.ConnectionString));
-        await _life.WaitStartedAsync("holder");
-        var marker = Path.Combine(Path.GetDirectoryName(_life.Path)!, "ran");
+        await using var holder = CliProcess.Start(["run", "--name", _name, "--node-id", "holder", .. RunTests.Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        await _life.Journal.WaitStartedAsync(_name, node: "holder");
+        var marker = Path.Combine(_life.Path, "ran");
 
         var watch = Stopwatch.StartNew();
-        var (code, cli) = await CliProcess.RunAsync(["run", "--once", "--name", _name, "--", "touch", marker], _life.Environment(pg.ConnectionString));
+        var (code, cli) = await CliProcess.RunAsync(["run", "--once", "--name", _name, "--", "touch", marker], JournalEnvironment.For(_life, pg.ConnectionString));
 
         Assert.True(code == ExitCodes.HeldElsewhere, cli.Output);
         Assert.True(cli.Stderr.Contains("is held by node holder", StringComparison.Ordinal), cli.Output);
@@ -44,23 +45,24 @@ public sealed class OnceTests(ServerFixture pg) : IDisposable
     [Fact]
     public async Task Once_with_wait_runs_the_command_when_the_holder_steps_down_within_the_wait()
     {
-        var holder = CliProcess.Start(["run", "--name", _name, "--node-id", "holder", .. RunTests.Timings, "--", .. _life.Command], _life.Environment(pg.ConnectionString));
+        var holder = CliProcess.Start(["run", "--name", _name, "--node-id", "holder", .. RunTests.Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
         await using (holder)
         {
-            await _life.WaitStartedAsync("holder");
-            var once = CliProcess.Start(["run", "--once", "--wait", "1m", "--log-level", "information", "--name", _name, "--node-id", "cron", "--", "sh", "-c", "echo \"start $HIGHLANDER_NODE $$\" >> \"$LIFE\"; exit 0"], _life.Environment(pg.ConnectionString));
+            await _life.Journal.WaitStartedAsync(_name, node: "holder");
+            var once = CliProcess.Start(["run", "--once", "--wait", "1m", "--log-level", "information", "--name", _name, "--node-id", "cron", "--", "sh", "-c", JournalEnvironment.StartLine + "; exit 0"], JournalEnvironment.For(_life, pg.ConnectionString));
             await using (once)
             {
-                await once.WaitForStderrAsync("is led by holder");
+                await once.WaitLoggedAsync(HighlanderEventIds.Following); // led by holder, the only other node
                 holder.Signal(HighlanderPG.Cli.Processes.Native.SigTerm);
                 Assert.True(await once.WaitForExitAsync(TimeSpan.FromSeconds(30)) == 0, once.Output);
             }
         }
 
-        var lines = _life.Lines();
-        var stop = lines.Single(l => l.Kind == "stop" && l.Node == "holder");
-        var cron = lines.Single(l => l.Kind == "start" && l.Node == "cron");
-        Assert.True(stop.Index < cron.Index, _life.Describe());
+        _life.Journal.Poll();
+        var lines = _life.Journal.Events;
+        var stop = lines.Single(l => l.Kind == LifeKind.Stopped && l.Node == "holder");
+        var cron = lines.Single(l => l.Kind == LifeKind.Started && l.Node == "cron");
+        Assert.True(stop.Seq < cron.Seq, _life.Journal.Describe());
     }
 
     [Fact]

@@ -14,19 +14,16 @@ public sealed class LocalPostgresOptions
 
     /// <summary>
     /// The server's <c>listen_addresses</c>: a comma-separated list of addresses, or <c>*</c>.
-    /// Tests that put clients in network namespaces add the host side of their veth pair here
-    /// (for example <c>"127.0.0.1,10.213.0.1"</c>); tests that put the server in one
-    /// (<see cref="NetworkNamespace"/>) list the namespace side of their links (for example
-    /// <c>"10.213.7.2,10.213.9.6"</c>). <c>127.0.0.1</c> is always added when the list has neither
-    /// it nor a wildcard (in a <see cref="NetworkNamespace"/>, that is the namespace's own loopback,
-    /// which must be up: <see cref="NetworkLab"/> brings it up).
+    /// <c>127.0.0.1</c> is always added when the list has neither it nor a wildcard. The server trusts
+    /// every client that reaches it (see <see cref="LocalPostgresServer"/>): list only addresses of this
+    /// machine that no other machine can reach.
     /// </summary>
     /// <value>The default is <c>"127.0.0.1"</c>.</value>
     public string ListenAddresses { get; set; } = "127.0.0.1";
 
     /// <summary>
-    /// The network namespace to run the server in (a name from <c>ip netns list</c>, for example
-    /// <see cref="NetworkLab.NamespaceName"/>), or <see langword="null"/> for the current one.
+    /// The network namespace to run the server in (a name from <c>ip netns list</c>), or <see langword="null"/>
+    /// for the current one. Internal: only the test kit's network lab (test/HighlanderPG.TestKit) sets it.
     /// When set, <c>pg_ctl start</c> runs through <c>ip netns exec {name}</c> (before
     /// <c>runuser -u postgres --</c> when running as root), so the server and everything it forks live
     /// in the namespace, and it needs root. Stopping needs no namespace (<c>pg_ctl stop</c> signals the
@@ -39,19 +36,20 @@ public sealed class LocalPostgresOptions
     /// connect to <see cref="ConnectHost"/> instead, which defaults to the first address of
     /// <see cref="ListenAddresses"/> that is not a loopback address or wildcard.
     /// </remarks>
-    public string? NetworkNamespace { get; set; }
+    internal string? NetworkNamespace { get; set; }
 
     /// <summary>
     /// The address that <see cref="LocalPostgresServer.ConnectionString"/> (and <see cref="LocalPostgresServer.Host"/>,
     /// the server's readiness check and <see cref="LocalPostgresServer.CreateDatabaseAsync(string, CancellationToken)"/>)
     /// connect to. It must be one the server listens on and reachable from the current namespace.
+    /// Internal, with <see cref="NetworkNamespace"/>.
     /// </summary>
     /// <value>
     /// The default is <see langword="null"/>: <c>127.0.0.1</c> without a <see cref="NetworkNamespace"/>;
     /// with one, the first address of <see cref="ListenAddresses"/> other than <c>127.0.0.1</c>,
     /// <c>localhost</c>, <c>::1</c>, <c>*</c> and <c>0.0.0.0</c> (there must be one).
     /// </value>
-    public string? ConnectHost { get; set; }
+    internal string? ConnectHost { get; set; }
 
     /// <summary>
     /// Extra <c>postgresql.conf</c> settings (name to value, for example

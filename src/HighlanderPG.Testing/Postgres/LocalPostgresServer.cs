@@ -10,23 +10,26 @@ namespace HighlanderPG.Testing;
 /// <summary>
 /// A throwaway PostgreSQL server: its own data directory, TCP port and unix socket directory,
 /// configured for speed rather than durability (<c>fsync = off</c>), with trust
-/// authentication. Dispose it to stop the server and delete its files.
+/// authentication. Dispose it to stop the server and delete its files. <c>highlander demo</c>
+/// runs on one, and so can your own tests of a cluster singleton.
 /// </summary>
 /// <remarks>
 /// <para>
-/// When the current process runs as root, <c>initdb</c> refuses to run, so the server's
-/// directories are given to the <c>postgres</c> user (created by Debian's <c>postgresql</c>
-/// package) and every PostgreSQL program is run through <c>runuser -u postgres --</c>.
+/// It needs PostgreSQL's server programs (<c>initdb</c>, <c>pg_ctl</c>, <c>postgres</c>) on this machine; see
+/// <see cref="FindBinDirectory"/> for where they are looked for (the <c>HIGHLANDER_PG_BINDIR</c> environment
+/// variable first).
 /// </para>
 /// <para>
-/// Trust authentication is admitted from any address (<c>pg_hba.conf</c>), so that clients in
-/// network namespaces can connect. Only use it for throwaway servers on test machines.
+/// Running as root (as on many CI machines and containers): <c>initdb</c> refuses to run as root, so the
+/// server's directories are given to the <c>postgres</c> user (created by Debian's <c>postgresql</c>
+/// package) and every PostgreSQL program is run through <c>runuser -u postgres --</c>. Nothing else is done
+/// as root, and the process needs no root otherwise.
 /// </para>
 /// <para>
-/// The server itself can run in a network namespace (<see cref="LocalPostgresOptions.NetworkNamespace"/>,
-/// for example a <see cref="NetworkLab"/>'s), so that clients in the current namespace reach it over links
-/// that can be cut; it then connects to <see cref="LocalPostgresOptions.ConnectHost"/> rather than
-/// <c>127.0.0.1</c>.
+/// Trust authentication is admitted from any address (<c>pg_hba.conf</c>), but the server listens only on
+/// <see cref="LocalPostgresOptions.ListenAddresses"/> (<c>127.0.0.1</c> by default). Never list an address
+/// that other machines can reach: anyone reaching the port is the superuser. Only use it for throwaway
+/// servers on test and demo machines.
 /// </para>
 /// <para>
 /// A server that is never disposed is still stopped and deleted, best effort, when the
@@ -91,16 +94,16 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     public string ConnectionString { get; }
 
     /// <summary>
-    /// The address clients connect to: <c>127.0.0.1</c> unless <see cref="LocalPostgresOptions.ConnectHost"/>
-    /// or <see cref="LocalPostgresOptions.NetworkNamespace"/> says otherwise (see there).
+    /// The address clients connect to: <c>127.0.0.1</c> (the test kit's network lab can start a server that
+    /// clients reach at another address).
     /// </summary>
     public string Host { get; }
 
     /// <summary>
-    /// The network namespace the server runs in (<see cref="LocalPostgresOptions.NetworkNamespace"/>), or
-    /// <see langword="null"/> for the creator's.
+    /// The network namespace the server runs in, or <see langword="null"/> for the creator's (only the
+    /// test kit's network lab sets one).
     /// </summary>
-    public string? NetworkNamespace => _networkNamespace;
+    internal string? NetworkNamespace => _networkNamespace;
 
     /// <summary>The server's TCP port; it stays the same across restarts.</summary>
     public int Port { get; }
@@ -131,7 +134,6 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     /// <returns>The running server.</returns>
     /// <exception cref="InvalidOperationException">
     /// PostgreSQL is not installed, the <c>postgres</c> user is missing while running as root,
-    /// <see cref="LocalPostgresOptions.NetworkNamespace"/> is set but the process does not run as root,
     /// or a PostgreSQL program failed (the message has the command, its output and the server log).
     /// </exception>
     public static async Task<LocalPostgresServer> StartAsync(LocalPostgresOptions? options = null, CancellationToken cancellationToken = default)
@@ -445,9 +447,10 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
         // doesn't change ownership).
         await File.AppendAllTextAsync(Path.Combine(DataDirectory, "postgresql.conf"), settings.ToString(), cancellationToken).ConfigureAwait(false);
 
-        // Clients in network namespaces connect from addresses other than loopback.
+        // Clients in network namespaces (the test kit's partitions) connect from addresses other than loopback;
+        // listen_addresses is what keeps others out.
         const string hba =
-            "\n# Added by HighlanderPG.Testing: throwaway server, trust from anywhere (network-namespace tests).\n" +
+            "\n# Added by HighlanderPG.Testing: throwaway server, trust from any address it listens on.\n" +
             "host all all 0.0.0.0/0 trust\n" +
             "host all all ::/0 trust\n" +
             "host replication all 0.0.0.0/0 trust\n" +

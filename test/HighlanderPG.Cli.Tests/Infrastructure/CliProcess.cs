@@ -50,6 +50,20 @@ public sealed class CliProcess : IAsyncDisposable
 
     public string Output => $"--- stdout ---\n{Stdout}\n--- stderr ---\n{Stderr}";
 
+    /// <summary>The log lines on standard error with event id <paramref name="eventId"/> (a <c>HighlanderEventIds</c> constant).</summary>
+    public IReadOnlyList<string> LogLines(int eventId) =>
+        Stderr.Split('\n').Where(l => l.Contains($"[{eventId}]", StringComparison.Ordinal)).ToList();
+
+    /// <summary>Whether <c>highlander</c> logged the event <paramref name="eventId"/>.</summary>
+    public bool Logged(int eventId) => LogLines(eventId).Count > 0;
+
+    /// <summary>Whether a <c>CommandExited</c> line gives <paramref name="exitCode"/> as the command's exit code (a word of its own: the pid is "(pid N)").</summary>
+    public bool LoggedCommandExit(int exitCode) =>
+        LogLines(HighlanderPG.Diagnostics.HighlanderEventIds.CommandExited).Any(l => l.Split(' ').Contains(exitCode.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+
+    /// <summary>Waits until <c>highlander</c> logs the event <paramref name="eventId"/> on standard error.</summary>
+    public Task WaitLoggedAsync(int eventId, TimeSpan? timeout = null) => WaitForStderrAsync($"[{eventId}]", timeout);
+
     /// <summary>Starts <c>highlander</c> with <paramref name="args"/>; the environment has no HIGHLANDER_/PG* variables but those given.</summary>
     public static CliProcess Start(IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment = null)
     {
@@ -111,7 +125,7 @@ public sealed class CliProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
-    /// <summary>Waits until standard error has a line containing <paramref name="text"/>.</summary>
+    /// <summary>Waits until standard error has a line containing <paramref name="text"/> (prefer <see cref="WaitLoggedAsync"/> for log events).</summary>
     public Task WaitForStderrAsync(string text, TimeSpan? timeout = null) => WaitForAsync(_stderr, "stderr", text, timeout);
 
     /// <summary>Waits until standard output has a line containing <paramref name="text"/>.</summary>

@@ -162,7 +162,7 @@ public sealed class FencingTests(PostgresFixture pg)
             var other = nodes.Single(n => n.NodeId != leaderId);
             await other.WaitForLeaderAsync("job", leaderId);
 
-            var mark = cluster.Recorder.Count;
+            var mark = cluster.Recorder.Mark();
             await nodes.Single(n => n.NodeId == leaderId).Singletons.StepDownAsync("job");
             started = await cluster.Recorder.WaitStartedAsync("job", mark, notNode: leaderId);
         }
@@ -332,7 +332,7 @@ public sealed class FencingServerTests
         {
             var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
             epochs.Add(leading.FencingEpoch!.Value);
-            var mark = cluster.Recorder.Count;
+            var mark = cluster.Recorder.Mark();
             await server.RestartAsync(mode);
             await cluster.Recorder.WaitStoppedAsync("job", "r", mark);
             await cluster.Recorder.WaitStartedAsync("job", mark);

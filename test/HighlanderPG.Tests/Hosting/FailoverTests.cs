@@ -30,7 +30,7 @@ public sealed class FailoverTests(PostgresFixture pg)
             Assert.NotNull(status.Leader!.SessionStarted);
         }
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         await leader.StopAsync();
         var stopped = await cluster.Recorder.WaitStoppedAsync("job", leader.NodeId, mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark, notNode: leader.NodeId);
@@ -50,7 +50,7 @@ public sealed class FailoverTests(PostgresFixture pg)
         var b = await cluster.StartNodeAsync("b");
         await b.WaitForLeaderAsync("job", "a");
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         await a.Singletons.StepDownAsync("job");
         var stopped = await cluster.Recorder.WaitStoppedAsync("job", "a", mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "b");
@@ -111,7 +111,7 @@ public sealed class FailoverTests(PostgresFixture pg)
         Assert.Equal(SingletonState.Completed, a.Singletons.Get("job")!.State);
 
         // Once a steps down, b runs it.
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         await a.Singletons.StepDownAsync("job");
         await cluster.Recorder.WaitStartedAsync("job", mark, node: "b");
         Assert.Single(cluster.Recorder.Events, e => e.Kind == LifeKind.Started && e.Node == "a");

@@ -5,31 +5,14 @@ using HighlanderPG.Tests.Infrastructure;
 
 namespace HighlanderPG.Tests.Hosting;
 
-/// <summary>Real faults against the shared server: a cut-off leader, a killed backend, a child that will not stop.</summary>
+/// <summary>
+/// Real faults against the shared server with in-process nodes: a killed backend, a reset connection, a child that will not
+/// stop at shutdown. The scenarios every kind of node shares (a cut-off leader, with a child that stops or one that will
+/// not, a graceful hand-over) are in InProcessNodeScenarios.
+/// </summary>
 [Collection(SharedServer.Name)]
 public sealed class FaultTests(PostgresFixture pg)
 {
-    [Fact]
-    public async Task A_cut_off_leader_stops_its_child_before_another_node_starts()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        await using var proxy = ProxyTo(pg.ConnectionString);
-        var leader = await cluster.StartNodeAsync("cut", connectionString: proxy.ConnectionString(pg.ConnectionString));
-        await cluster.Recorder.WaitStartedAsync("job", node: "cut");
-        var follower = await cluster.StartNodeAsync("other");
-        await follower.WaitForLeaderAsync("job", "cut");
-
-        var mark = cluster.Recorder.Count;
-        proxy.SetMode(ProxyMode.Blackhole);
-        var stopped = await cluster.Recorder.WaitStoppedAsync("job", "cut", mark);
-        var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
-        Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
-        cluster.Recorder.AssertNoOverlap();
-        Assert.Contains(cluster.Logs.Entries, e => e.Node == "cut" && e.EventId.Id == HighlanderEventIds.LeaseExpiring); // lease about to expire
-        Assert.NotEqual(SingletonState.Leading, leader.Singletons.Get("job")!.State);
-        Assert.Equal(0, leader.Singletons.Get("job")!.Restarts); // losing the lease is not a crash
-    }
-
     // A session the server ends by itself (pg_terminate_backend, or a reset it sees first) frees the lock at once, before
     // the leader can know: the one fault a lease cannot order (README, Safety: it needs fencing). So these tests do not
     // assert that the old child stopped before the new one started (under CPU load the follower often wins by a few
@@ -60,7 +43,7 @@ public sealed class FaultTests(PostgresFixture pg)
         var key = SingletonKey.Derive(cluster.Namespace, "job");
         var pid = await Db.HolderPidAsync(pg.ConnectionString, key);
         Assert.NotNull(pid);
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         var fault = Stopwatch.GetTimestamp();
         await Db.TerminateAsync(pg.ConnectionString, pid.Value);
 
@@ -87,7 +70,7 @@ public sealed class FaultTests(PostgresFixture pg)
 
         // Both sides of every proxied connection get a TCP reset: the node sees its session broken at once, the
         // server ends the backend and frees the lock.
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         var fault = Stopwatch.GetTimestamp();
         proxy.SetMode(ProxyMode.Reset);
         await cluster.Recorder.WaitStoppedAsync("job", "reset", mark);
@@ -101,50 +84,6 @@ public sealed class FaultTests(PostgresFixture pg)
         Assert.True(status.State == SingletonState.Leading ? next.Node == "reset" : next.Node == "other", cluster.Recorder.Describe());
         var leading = await (next.Node == "reset" ? leader : follower).WaitForStateAsync("job", SingletonState.Leading);
         Assert.True(leading.FencingEpoch > first.FencingEpoch, $"epoch {leading.FencingEpoch} after {first.FencingEpoch}");
-    }
-
-    [Fact]
-    public async Task A_child_that_ignores_cancellation_is_escalated_before_the_lease_can_pass()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        cluster.Behavior.IgnoreCancellation = true;
-        await using var proxy = ProxyTo(pg.ConnectionString);
-        var escalations = new List<EscalationContext>();
-        var leader = await cluster.StartNodeAsync("stuck", connectionString: proxy.ConnectionString(pg.ConnectionString), configure: o => o.OnEscalation = ctx =>
-        {
-            lock (escalations)
-            {
-                escalations.Add(ctx);
-            }
-
-            // What the default (ending the process) does to the child, done to this in-process child only.
-            cluster.Recorder.Record(ctx.NodeId, ctx.Singleton, LifeKind.Escalated, ctx.Reason);
-            cluster.Behavior.Kill();
-            return ValueTask.CompletedTask;
-        });
-        await cluster.Recorder.WaitStartedAsync("job", node: "stuck");
-        var follower = await cluster.StartNodeAsync("other");
-        await follower.WaitForLeaderAsync("job", "stuck");
-
-        var mark = cluster.Recorder.Count;
-        proxy.SetMode(ProxyMode.Blackhole);
-        var escalated = await cluster.Recorder.WaitAsync(e => e.Kind == LifeKind.Escalated, mark);
-        var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
-        Assert.True(escalated.Seq < next.Seq, cluster.Recorder.Describe());
-        cluster.Recorder.AssertNoOverlap();
-
-        var context = Assert.Single(escalations);
-        Assert.Equal("job", context.Singleton);
-        Assert.Contains("did not stop", context.Reason);
-
-        // Escalated when the child's stop time ran out (at the client deadline, or its whole StopTimeout after it was told to
-        // stop, whichever first), never before it was told: what is left is at most the margin plus that stop time.
-        // That it came before the server could free the lock is shown by the order above, not by a clock reading.
-        var timings = new HighlanderOptions();
-        TestCluster.TestTimings(timings);
-        Assert.NotNull(context.RemainingLease);
-        Assert.True(context.RemainingLease <= timings.SafetyMargin + timings.StopTimeout, $"escalated {context.RemainingLease} before the server could free the lock: before the child had its stop time");
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.Escalating && e.Level == Microsoft.Extensions.Logging.LogLevel.Critical);
     }
 
     [Fact]
@@ -162,7 +101,7 @@ public sealed class FaultTests(PostgresFixture pg)
         var b = await cluster.StartNodeAsync("other");
         await b.WaitForLeaderAsync("job", "stuck");
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         await a.StopAsync();
         var escalated = await cluster.Recorder.WaitAsync(e => e.Kind == LifeKind.Escalated, mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");

@@ -123,7 +123,7 @@ public sealed class OptionsValidationTests
     private static async Task<OptionsValidationException> StartAndFailAsync(Action<IServiceCollection> configure)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-        builder.Services.AddSingleton(new LifeRecorder());
+        builder.Services.AddSingleton(new LifeJournal(Path.Combine(Path.GetTempPath(), "never-written.log")));
         builder.Services.AddSingleton(new ChildBehavior());
         configure(builder.Services);
         using var host = builder.Build();

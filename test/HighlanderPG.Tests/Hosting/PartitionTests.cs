@@ -1,6 +1,7 @@
 using HighlanderPG.Diagnostics;
 using System.Diagnostics;
 using HighlanderPG.Testing;
+using HighlanderPG.TestKit.Network;
 using HighlanderPG.Tests.Infrastructure;
 using Npgsql;
 using Xunit.Abstractions;
@@ -38,11 +39,7 @@ public sealed class PartitionTests(ITestOutputHelper output)
         var cutLink = lab.Links[0];
         var otherLink = lab.Links[1];
         output.WriteLine($"namespace {lab.NamespaceName}; cut: {cutLink}; other: {otherLink}");
-        await using var server = await LocalPostgresServer.StartAsync(new LocalPostgresOptions
-        {
-            NetworkNamespace = lab.NamespaceName,
-            ListenAddresses = $"{cutLink.NamespaceAddress},{otherLink.NamespaceAddress}",
-        });
+        await using var server = await lab.StartServerAsync(cutLink, otherLink);
         Assert.Equal(cutLink.NamespaceAddress, server.Host);
         string Via(NetworkLink link) => new NpgsqlConnectionStringBuilder(server.ConnectionString) { Host = link.NamespaceAddress }.ConnectionString;
 
@@ -58,8 +55,9 @@ public sealed class PartitionTests(ITestOutputHelper output)
             Assert.Equal(cutLink.HostAddress, await ClientAddressAsync(Via(otherLink), "highlander/cut"));
             Assert.Equal(otherLink.HostAddress, await ClientAddressAsync(Via(otherLink), "highlander/other"));
 
-            var mark = cluster.Recorder.Count;
+            var mark = cluster.Recorder.Mark();
             var cutAt = Stopwatch.GetTimestamp();
+            var cutWall = DateTimeOffset.UtcNow;
             await cutLink.PartitionAsync();
             var cutTook = Stopwatch.GetElapsedTime(cutAt);
             var stopped = await cluster.Recorder.WaitStoppedAsync("job", "cut", mark);
@@ -67,8 +65,8 @@ public sealed class PartitionTests(ITestOutputHelper output)
 
             output.WriteLine(
                 $"partition took {cutTook.TotalMilliseconds:F0} ms; after it began: child of 'cut' stopped at " +
-                $"+{Stopwatch.GetElapsedTime(cutAt, stopped.Timestamp).TotalMilliseconds:F0} ms, child of 'other' started at " +
-                $"+{Stopwatch.GetElapsedTime(cutAt, next.Timestamp).TotalMilliseconds:F0} ms (lease 3 s)");
+                $"+{(stopped.At - cutWall).TotalMilliseconds:F0} ms, child of 'other' started at " +
+                $"+{(next.At - cutWall).TotalMilliseconds:F0} ms (lease 3 s)");
             output.WriteLine(cluster.Recorder.Describe());
 
             Assert.True(stopped.Seq < next.Seq, cluster.Recorder.Describe());
@@ -87,12 +85,8 @@ public sealed class PartitionTests(ITestOutputHelper output)
     public async Task A_server_in_a_network_namespace_needs_an_address_reachable_from_here()
     {
         // Checked before anything is created, so it needs neither root nor a namespace that exists.
-        var error = await Assert.ThrowsAsync<ArgumentException>(() => LocalPostgresServer.StartAsync(new LocalPostgresOptions
-        {
-            NetworkNamespace = "hl-no-such-namespace",
-            ListenAddresses = "127.0.0.1",
-        }));
-        Assert.Contains(nameof(LocalPostgresOptions.ConnectHost), error.Message);
+        var error = await Assert.ThrowsAsync<ArgumentException>(() => LocalPostgresServer.StartAsync(NetworkLab.ServerOptions("hl-no-such-namespace", "127.0.0.1")));
+        Assert.Contains("ConnectHost", error.Message);
     }
 
     private static async Task<string?> ClientAddressAsync(string connectionString, string applicationName) =>

@@ -1,51 +1,17 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
 
 namespace HighlanderPG.Tests.Hosting;
 
-/// <summary>Nodes as separate processes (samples/HighlanderPG.Sample): a crashed holder, and the default escalation.</summary>
+/// <summary>
+/// Nodes as separate processes (test/HighlanderPG.TestNode): a starved node ends its own process. The scenarios every kind
+/// of node shares (SIGKILL, SIGTERM, cut-off, a child that will not stop ending its process by default) are in
+/// ProcessNodeScenarios.
+/// </summary>
 [Collection(SharedServer.Name)]
 public sealed class ProcessNodeTests(PostgresFixture pg)
 {
-    [Fact]
-    public async Task A_SIGKILLed_leader_process_is_replaced_by_a_follower()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        await using var leader = NodeProcess.Start(cluster, "proc", pg.ConnectionString);
-        await cluster.Recorder.WaitStartedAsync("ticker", node: "proc");
-        var follower = await cluster.StartNodeAsync("in-test", singletons: ["ticker"]);
-        await follower.WaitForLeaderAsync("ticker", "proc");
-
-        var mark = cluster.Recorder.Count;
-        leader.Kill(cluster.Recorder);
-        var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");
-        Assert.NotEqual(0, await leader.Exited);
-        Assert.True(next.Seq > mark);
-        cluster.Recorder.AssertNoOverlap();
-    }
-
-    [Fact]
-    public async Task By_default_a_child_that_will_not_stop_ends_its_process_before_the_lease_can_pass()
-    {
-        await using var cluster = new TestCluster(pg.ConnectionString);
-        await using var proxy = FaultTests.ProxyTo(pg.ConnectionString);
-        await using var leader = NodeProcess.Start(cluster, "stubborn", proxy.ConnectionString(pg.ConnectionString), ignoreCancellation: true);
-        await cluster.Recorder.WaitStartedAsync("ticker", node: "stubborn");
-        var follower = await cluster.StartNodeAsync("in-test", singletons: ["ticker"]);
-        await follower.WaitForLeaderAsync("ticker", "stubborn");
-
-        var mark = cluster.Recorder.Count;
-        proxy.SetMode(ProxyMode.Blackhole);
-        var exitCode = await leader.Exited.WaitAsync(TimeSpan.FromSeconds(60));
-        var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");
-        var exited = cluster.Recorder.Events.Single(e => e.Kind == LifeKind.Killed && e.Node == "stubborn");
-        Assert.True(exited.Seq < next.Seq, cluster.Recorder.Describe());
-        Assert.NotEqual(0, exitCode);
-        Assert.Contains("escalating singleton 'ticker'", leader.Output);
-        Assert.DoesNotContain(cluster.Recorder.Events, e => e.Kind == LifeKind.Stopped && e.Node == "stubborn");
-        cluster.Recorder.AssertNoOverlap();
-    }
-
     [Fact]
     public async Task A_node_whose_thread_pool_is_starved_ends_its_process_before_the_lease_can_pass()
     {
@@ -62,7 +28,7 @@ public sealed class ProcessNodeTests(PostgresFixture pg)
             // Blackholed, the server frees the lock only when the lease runs out, not when the process dies: so the
             // follower's start after the exit shows that the process ended before the lease could pass. Starved, no timer,
             // no task continuation and no heartbeat runs in that process: only the lease guard's own thread can end it.
-            var mark = cluster.Recorder.Count;
+            var mark = cluster.Recorder.Mark();
             proxy.SetMode(ProxyMode.Blackhole);
             await File.WriteAllTextAsync(trigger, "");
             var next = await cluster.Recorder.WaitStartedAsync("ticker", mark, node: "in-test");
@@ -71,7 +37,7 @@ public sealed class ProcessNodeTests(PostgresFixture pg)
             Assert.True(exited.Seq < next.Seq, cluster.Recorder.Describe());
             Assert.NotEqual(0, await leader.Exited);
             Assert.Contains("STARVING", leader.Output);
-            Assert.Contains("escalating singleton 'ticker'", leader.Output);
+            Assert.Contains($"[{HighlanderEventIds.Escalating}]", leader.Output); // logged (synchronously) before the process ended itself
             Assert.DoesNotContain(cluster.Recorder.Events, e => e.Kind == LifeKind.Stopped && e.Node == "starved");
             cluster.Recorder.AssertNoOverlap();
         }

@@ -48,7 +48,7 @@ public sealed class RobustnessTests(PostgresFixture pg)
         var other = await cluster.StartNodeAsync("other", services: Blocking);
         await other.WaitForLeaderAsync("job", "cut");
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         proxy.SetMode(ProxyMode.Blackhole);
         var stopped = await cluster.Recorder.WaitStoppedAsync("job", "cut", mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark, node: "other");
@@ -99,7 +99,7 @@ public sealed class RobustnessTests(PostgresFixture pg)
 
         await node.WaitForStateAsync("blocker", SingletonState.Leading);
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         await node.StopAsync().WaitAsync(TimeSpan.FromSeconds(60));
 
         // The blocker is escalated when its stop time runs out; the job, told on its own, stopped long before that.
@@ -183,7 +183,7 @@ public sealed class RobustnessTests(PostgresFixture pg)
         // Any backend's crash makes the server reinitialise; take the follower's lock session (connected, since it follows).
         var victim = await Db.ScalarAsync<int>(server.ConnectionString, "SELECT pid FROM pg_stat_activity WHERE application_name = 'highlander/b'");
         Assert.True(victim > 0, "no backend to crash"); // never `kill -9 0`: that would kill the test's own process group
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         using (var kill = System.Diagnostics.Process.Start("kill", ["-9", victim.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
         {
             await kill.WaitForExitAsync();

@@ -17,7 +17,7 @@ public sealed class ServerFaultTests
         var first = await cluster.Recorder.WaitStartedAsync("job");
         var b = await cluster.StartNodeAsync("b");
 
-        var mark = cluster.Recorder.Count;
+        var mark = cluster.Recorder.Mark();
         await server.RestartAsync(ShutdownMode.Fast);
         var stopped = await cluster.Recorder.WaitStoppedAsync("job", first.Node, mark);
         var next = await cluster.Recorder.WaitStartedAsync("job", mark);

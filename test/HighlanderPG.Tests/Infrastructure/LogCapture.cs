@@ -55,8 +55,11 @@ public sealed class LogCapture
 
     public sealed record LogEntry(string Node, string Category, LogLevel Level, EventId EventId, string Message, Exception? Exception)
     {
-        /// <summary>When it was logged (<see cref="System.Diagnostics.Stopwatch"/> timestamp, as the recorder's events).</summary>
+        /// <summary>When it was logged (<see cref="System.Diagnostics.Stopwatch"/> timestamp), to order entries against a fault.</summary>
         public long Timestamp { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+
+        /// <summary>When it was logged (wall clock, as the journal's events), for failure messages.</summary>
+        public DateTimeOffset At { get; } = DateTimeOffset.UtcNow;
     }
 
     private sealed class Provider(LogCapture capture, string node) : ILoggerProvider

@@ -23,7 +23,7 @@ public sealed class ChildBehavior
 }
 
 /// <summary>A cluster singleton child that records its life.</summary>
-public sealed class RecordingService(LifeRecorder recorder, ChildBehavior behavior, ILeadership leadership) : BackgroundService
+public sealed class RecordingService(LifeJournal recorder, ChildBehavior behavior, ILeadership leadership) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

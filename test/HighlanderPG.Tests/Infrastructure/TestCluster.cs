@@ -4,11 +4,12 @@ using Microsoft.Extensions.Logging;
 
 namespace HighlanderPG.Tests.Infrastructure;
 
-/// <summary>Several HighlanderPG nodes in one test process: separate hosts, separate sessions, one recorder.</summary>
+/// <summary>Several HighlanderPG nodes in one test process: separate hosts, separate sessions, one child-life journal.</summary>
 public sealed class TestCluster : IAsyncDisposable
 {
     private readonly List<TestNode> _nodes = [];
     private readonly List<EscalationContext> _unexpectedEscalations = [];
+    private readonly JournalDirectory _journal = new();
 
     public TestCluster(string connectionString)
     {
@@ -21,7 +22,8 @@ public sealed class TestCluster : IAsyncDisposable
     /// <summary>Each test has its own namespace, so tests sharing a server never contend for each other's keys.</summary>
     public string Namespace { get; }
 
-    public LifeRecorder Recorder { get; } = new();
+    /// <summary>The children's lives, in order (the one journal; the recording child writes to it in-process).</summary>
+    public LifeJournal Recorder => _journal.Journal;
 
     public ChildBehavior Behavior { get; } = new();
 
@@ -100,15 +102,21 @@ public sealed class TestCluster : IAsyncDisposable
     private string DescribeLogs(IReadOnlySet<string> nodes)
     {
         var entries = Logs.Entries.Where(e => nodes.Contains(e.Node)).ToList();
-        var start = Recorder.Events.Count > 0 ? Recorder.Events[0].Timestamp : entries.FirstOrDefault()?.Timestamp ?? 0;
-        return string.Join("\n", entries.Select(e => $"  +{System.Diagnostics.Stopwatch.GetElapsedTime(start, e.Timestamp).TotalMilliseconds:F0}ms {e.Node} {e.EventId.Id} {e.Level} {e.Message}"));
+        return string.Join("\n", entries.Select(e => $"  {e.At:HH:mm:ss.fff} {e.Node} {e.EventId.Id} {e.Level} {e.Message}"));
     }
 
     public async ValueTask DisposeAsync()
     {
-        foreach (var node in _nodes)
+        try
         {
-            await node.DisposeAsync();
+            foreach (var node in _nodes)
+            {
+                await node.DisposeAsync();
+            }
+        }
+        finally
+        {
+            _journal.Dispose();
         }
 
         lock (_unexpectedEscalations)

@@ -1,8 +1,9 @@
 using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
+using HighlanderPG.Testing;
 
-namespace HighlanderPG.Testing;
+namespace HighlanderPG.TestKit.Network;
 
 /// <summary>
 /// A network namespace of its own, joined to the current network namespace by veth links, whose links
@@ -72,6 +73,27 @@ public sealed class NetworkLab : IAsyncDisposable
 
     /// <summary>The links between the current namespace and <see cref="NamespaceName"/>, in creation order.</summary>
     public IReadOnlyList<NetworkLink> Links => _links.AsReadOnly();
+
+    /// <summary>
+    /// Options for a <see cref="LocalPostgresServer"/> that runs inside the network namespace
+    /// <paramref name="namespaceName"/> and listens on <paramref name="listenAddresses"/> (the namespace sides of the
+    /// links its clients use); clients here connect to the first of them that is not a loopback address or wildcard.
+    /// Starting it needs root (<c>ip netns exec</c>); the options are checked when the server starts.
+    /// </summary>
+    /// <param name="namespaceName">The namespace (for example <see cref="NamespaceName"/>).</param>
+    /// <param name="listenAddresses">The server's <c>listen_addresses</c>.</param>
+    /// <returns>The options.</returns>
+    public static LocalPostgresOptions ServerOptions(string namespaceName, string listenAddresses) =>
+        new() { NetworkNamespace = namespaceName, ListenAddresses = listenAddresses };
+
+    /// <summary>
+    /// Starts a throwaway server inside this lab's namespace, listening on the namespace side of every one of
+    /// <paramref name="links"/>; its <see cref="LocalPostgresServer.ConnectionString"/> goes over the first.
+    /// </summary>
+    /// <param name="links">The links its clients use.</param>
+    /// <returns>The running server.</returns>
+    public Task<LocalPostgresServer> StartServerAsync(params NetworkLink[] links) =>
+        LocalPostgresServer.StartAsync(ServerOptions(NamespaceName, string.Join(',', links.Select(l => l.NamespaceAddress))));
 
     /// <summary>Whether <see cref="DisposeAsync"/> was called.</summary>
     internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;

@@ -1,4 +1,4 @@
-namespace HighlanderPG.Testing;
+namespace HighlanderPG.TestKit.Network;
 
 /// <summary>
 /// One veth link of a <see cref="NetworkLab"/>: a <c>/30</c> with <see cref="HostAddress"/> in the current
