@@ -15,25 +15,33 @@
 highlander_pg_bindir() {
   local dir
   for dir in ${HIGHLANDER_PG_BINDIR:+"$HIGHLANDER_PG_BINDIR"} /usr/lib/postgresql/*/bin; do
-    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+    if [ -f "$dir/initdb" ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
       echo "$dir"
       return 0
     fi
   done
-  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
-    dirname "$(command -v initdb)"
-    return 0
-  fi
+  local -a path
+  IFS=: read -r -a path <<<"$PATH"
+  for dir in "${path[@]}"; do
+    if [ -f "$dir/initdb" ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+      echo "$dir"
+      return 0
+    fi
+  done
   return 1
 }
 
 # Whether a system program is installed (also in sbin directories, which are not on a normal user's PATH).
 highlander_have_program() {
   local dir
-  for dir in /usr/sbin /sbin /usr/bin /bin; do
-    [ -x "$dir/$1" ] && return 0
+  local -a path
+  IFS=: read -r -a path <<<"$PATH"
+  for dir in /usr/sbin /sbin /usr/bin /bin "${path[@]}"; do
+    if [ -f "$dir/$1" ] && [ -x "$dir/$1" ]; then
+      return 0
+    fi
   done
-  command -v "$1" >/dev/null 2>&1
+  return 1
 }
 
 # The Debian packages that are missing for "demo" or "tests", one a line.
