@@ -79,7 +79,8 @@ internal sealed partial class LockSession
 
         try
         {
-            cts.CancelAfter(timeout);
+            // The wait's end comes from the node's TimeProvider (not CancelAfter's own timer), like every other timeout.
+            using var timer = _time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, timeout, Timeout.InfiniteTimeSpan);
             await connection.WaitAsync(cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
@@ -248,6 +249,18 @@ internal sealed partial class LockSession
         if (long.TryParse(payload, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var key))
         {
             _ledger.OnReleaseAnnounced(key);
+        }
+    }
+
+    private static void CancelQuietly(CancellationTokenSource cts)
+    {
+        try
+        {
+            cts.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The wait ended (and disposed its source) as the timer fired.
         }
     }
 }
