@@ -17,6 +17,7 @@ internal sealed class LeaseGuard : IDisposable
     private readonly Action _onStopPoint;
     private readonly object _gate = new();
     private readonly List<Watch> _watches = [];
+    private readonly List<(IReadOnlyCollection<Lease> Leases, TaskCompletionSource Done)> _unwatchedWaiters = [];
     private long _stopAt = long.MaxValue;
     private bool _disposed;
     private bool _running;
@@ -78,6 +79,37 @@ internal sealed class LeaseGuard : IDisposable
         return watch;
     }
 
+    /// <summary>
+    /// Completes once no watch refers to any of <paramref name="leases"/> (at once if none does): every child that ran
+    /// under them is known to be gone. The lock session keeps a retired connection, and so its locks, until then.
+    /// </summary>
+    public async Task WhenUnwatchedAsync(IReadOnlyCollection<Lease> leases, CancellationToken cancellationToken)
+    {
+        TaskCompletionSource done;
+        lock (_gate)
+        {
+            if (!IsWatched(leases))
+            {
+                return;
+            }
+
+            done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _unwatchedWaiters.Add((leases, done));
+        }
+
+        try
+        {
+            await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _unwatchedWaiters.RemoveAll(w => w.Done == done);
+            }
+        }
+    }
+
     /// <summary>Ends the guard once no watch is left (children still watched stay guarded after the session ended).</summary>
     public void Dispose()
     {
@@ -95,8 +127,19 @@ internal sealed class LeaseGuard : IDisposable
         {
             _watches.Remove(watch);
             Monitor.Pulse(_gate);
+            for (var i = _unwatchedWaiters.Count - 1; i >= 0; i--)
+            {
+                var (leases, done) = _unwatchedWaiters[i];
+                if (!IsWatched(leases))
+                {
+                    _unwatchedWaiters.RemoveAt(i);
+                    done.TrySetResult(); // continuations run asynchronously, outside this lock
+                }
+            }
         }
     }
+
+    private bool IsWatched(IReadOnlyCollection<Lease> leases) => _watches.Exists(w => leases.Contains(w.Lease));
 
     private void EnsureRunning()
     {

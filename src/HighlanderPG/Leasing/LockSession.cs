@@ -182,14 +182,14 @@ internal sealed partial class LockSession : ILockSession
 
             // Children are told first, status second, logs last: whoever sees the log sees the state it describes.
             var sinceAck = _clock.HasAck ? _timings.DeadlineAfterAck - _clock.UntilDeadline : TimeSpan.Zero;
-            var hadLeases = LoseAll(reason, byDeadline);
+            var lost = LoseAll(reason, byDeadline);
             if (!stopping.IsCancellationRequested)
             {
                 LastError = reason;
             }
 
             SetConnected(false, reason);
-            Retire(connection, session.Abandoned);
+            Retire(connection, session.Abandoned, lost);
 
             // A session that broke right after connecting gets no fresh start of the backoff: only one that lasted.
             if (connectedAt != long.MinValue && _time.GetElapsedTime(connectedAt) >= _timings.Lease)
@@ -218,7 +218,7 @@ internal sealed partial class LockSession : ILockSession
                 {
                     Log.ConnectFailed(_logger, error!, _dataSourceName, retry);
                 }
-                else if (error is not null || hadLeases)
+                else if (error is not null || lost.Count > 0)
                 {
                     Log.SessionLost(_logger, error, reason);
                 }
@@ -306,8 +306,8 @@ internal sealed partial class LockSession : ILockSession
         return start.Connection;
     }
 
-    /// <summary>Every held lease is lost with the session. Returns whether there were any.</summary>
-    private bool LoseAll(string reason, bool byDeadline)
+    /// <summary>Every held lease is lost with the session. Returns them.</summary>
+    private List<Lease> LoseAll(string reason, bool byDeadline)
     {
         _guard.ClearStopPoint();
         var lost = _ledger.LoseAll();
@@ -325,7 +325,7 @@ internal sealed partial class LockSession : ILockSession
         _guard.Poke();
 
         Volatile.Write(ref _backendPid, 0);
-        return lost.Count > 0;
+        return lost;
     }
 
     private void SetConnected(bool connected, string? reason)
@@ -340,34 +340,57 @@ internal sealed partial class LockSession : ILockSession
         ConnectionChanged?.Invoke(reason);
     }
 
-    private static void Retire(NpgsqlConnection? connection, Task? abandoned)
+    /// <summary>
+    /// Closes a given-up session's connection in the background, which ends its backend and frees its locks: only once every
+    /// child that ran under its <paramref name="lost"/> leases is gone, or the lease has passed since now.
+    /// </summary>
+    /// <remarks>
+    /// A session given up while its connection still works (a statement cancelled by <c>pg_cancel_backend</c>, a role's
+    /// <c>statement_timeout</c>, <c>out of shared memory</c>) still holds its locks: closing it at once would free them
+    /// while the children are still stopping (up to the stop timeout), and another node could start the same singleton.
+    /// Kept open, the backend keeps the locks until the children are gone (invariant 4 of docs/lease-protocol.md: never
+    /// unlock while a child may still run); it is idle meanwhile, so the server ends it the lease after it last heard from
+    /// it, which is no later than the cap. A session the server already ended (killed backend, reset) lost its locks
+    /// anyway: nothing changes. See docs/lease-protocol.md, "Faults and what each does".
+    /// </remarks>
+    private void Retire(NpgsqlConnection? connection, Task? abandoned, List<Lease> lost)
     {
         if (connection is null)
         {
             return;
         }
 
-        // A round trip may be stuck (blackholed): then the connection is disposed once it fails on its own (command timeout).
-        _ = DisposeAfterAsync(connection, abandoned ?? Task.CompletedTask);
+        _ = RetireAsync(connection, abandoned ?? Task.CompletedTask, lost);
+    }
 
-        static async Task DisposeAfterAsync(NpgsqlConnection connection, Task abandoned)
+    private async Task RetireAsync(NpgsqlConnection connection, Task abandoned, List<Lease> lost)
+    {
+        using var cap = new CancellationTokenSource(_timings.Lease, _time);
+        try
         {
-            try
-            {
-                await abandoned.ConfigureAwait(false);
-            }
-            catch
-            {
-                // The session is already given up; its stuck operation's error says nothing new.
-            }
+            // A round trip may be stuck (blackholed): then the connection is disposed once it fails on its own (command timeout).
+            await abandoned.ConfigureAwait(false);
+        }
+        catch
+        {
+            // The session is already given up; its stuck operation's error says nothing new.
+        }
 
-            try
-            {
-                await connection.DisposeAsync().ConfigureAwait(false);
-            }
-            catch
-            {
-            }
+        try
+        {
+            await _guard.WhenUnwatchedAsync(lost, cap.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // The lease has passed: the server may have ended the session by now, and with it its locks.
+        }
+
+        try
+        {
+            await connection.DisposeAsync().ConfigureAwait(false);
+        }
+        catch
+        {
         }
     }
 

@@ -68,5 +68,39 @@ public sealed class LeaseGuardTests
         await escalated.Task.WaitAsync(Limit);
     }
 
+    [Fact]
+    public async Task Unwatched_completes_once_no_child_of_the_given_leases_is_watched_any_more()
+    {
+        var time = new FakeTimeProvider();
+        using var guard = new LeaseGuard(time, "n1", () => { });
+        var first = new Lease(1, 1, time.GetUtcNow());
+        var second = new Lease(2, 1, time.GetUtcNow());
+        var other = new Lease(3, 1, time.GetUtcNow());
+        var firstWatch = guard.Start(first, () => true, _ => { });
+        var secondWatch = guard.Start(second, () => true, _ => { });
+        using var otherWatch = guard.Start(other, () => true, _ => { });
+
+        Assert.True(guard.WhenUnwatchedAsync([], CancellationToken.None).IsCompletedSuccessfully); // nothing to wait for
+        var gone = guard.WhenUnwatchedAsync([first, second], CancellationToken.None);
+        firstWatch.Dispose();
+        Assert.False(gone.IsCompleted); // the second child may still run
+        secondWatch.Dispose();
+        await gone.WaitAsync(Limit); // a watch of another lease does not hold it up
+    }
+
+    [Fact]
+    public async Task Unwatched_is_cancelled_while_a_child_is_still_watched()
+    {
+        var time = new FakeTimeProvider();
+        using var guard = new LeaseGuard(time, "n1", () => { });
+        var lease = new Lease(1, 1, time.GetUtcNow());
+        using var watch = guard.Start(lease, () => true, _ => { });
+        using var cap = new CancellationTokenSource(TimeSpan.FromSeconds(5), time);
+
+        var gone = guard.WhenUnwatchedAsync([lease], cap.Token);
+        time.Advance(TimeSpan.FromSeconds(5));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => gone.WaitAsync(Limit));
+    }
+
     private static long Ticks(TimeProvider time, TimeSpan span) => LeaseTimings.ToTimestampDelta(span, time);
 }
