@@ -34,7 +34,14 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
         _life.Journal.AssertNoOverlap();
         Assert.True(a.Logged(HighlanderEventIds.CommandKilled), a.Output); // did not stop within the stop timeout of SIGTERM: SIGKILL
         Assert.True(a.LoggedCommandExit(137), a.Output); // 128 + SIGKILL
-        Assert.False(a.Logged(HighlanderEventIds.Escalating), a.Output); // killed within its budget: no escalation
+
+        // The SIGKILL comes from the command's own stop budget (ChildKillAfter, shortly before --stop-timeout ends), not
+        // from an escalation. On a starved machine the kill can be reaped only after the budget ended, and the library
+        // then escalates too (the CLI's handler kills the group again, harmlessly): order is asserted, not speed.
+        var stderr = a.Stderr;
+        var killed = stderr.IndexOf($"[{HighlanderEventIds.CommandKilled}]", StringComparison.Ordinal);
+        var escalated = stderr.IndexOf($"[{HighlanderEventIds.Escalating}]", StringComparison.Ordinal);
+        Assert.True(escalated < 0 || killed < escalated, a.Output);
     }
 
     [Fact]
