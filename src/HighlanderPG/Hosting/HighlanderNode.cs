@@ -72,7 +72,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         Log.NodeStarting(_logger, _options.NodeId, _registrations.Count, dataSourceName, _options.LeaseDuration);
 
         var timings = LeaseTimings.From(_options);
-        var session = new LockSession(_options, timings, _lockDataSource, dataSourceName, _time, _logger);
+        var session = new LockSession(_options, timings, _lockDataSource, dataSourceName, _registrations.Count, _time, _logger);
         Session = session;
         _runners = _registrations.Select(r =>
         {

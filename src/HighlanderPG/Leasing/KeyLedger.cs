@@ -11,12 +11,22 @@ internal sealed class KeyLedger
     private readonly Dictionary<long, Want> _wants = [];
     private readonly Dictionary<long, Lease> _held = [];
     private readonly Dictionary<long, LeaderInfo> _holders = [];
+    private readonly HashSet<long> _staleHolders = []; // keys whose last seen holder may have changed (asked again at the next failed try)
+    private readonly HashSet<int> _watched = []; // holder pids the follower waiter is watching right now
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _releases = [];
     private readonly Dictionary<long, long> _unfenced = []; // key -> when to try its epoch bump (next)
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _inflightReleases = [];
     private bool _wantsChanged;
     private bool _poke;
     private int _generation;
+    private int _heartbeatsSinceFullTry;
+
+    /// <summary>
+    /// Every this many heartbeats, a follower tries every wanted key, also those whose holder the waiter watches: the
+    /// backstop for an event the waiter or a notification could have missed. In between, a heartbeat tries only the keys
+    /// nobody watches, so that its cost does not grow with the number of singletons.
+    /// </summary>
+    public const int HeartbeatsPerFullTry = 10;
 
     /// <summary>Registers that a runner wants <paramref name="key"/>; throws when it is already wanted or held.</summary>
     public Want AddWant(long key, string name)
@@ -97,6 +107,72 @@ internal sealed class KeyLedger
         }
     }
 
+    /// <summary>
+    /// What the follower waiter should watch: one wanted key per distinct holder (its lowest), the holder with the most
+    /// wanted keys first (the waiter blocks on that one and polls the others). Holders whose keys may have changed hands
+    /// are left out until they are asked again.
+    /// </summary>
+    public List<(int HolderPid, long Key)> WatchTargets()
+    {
+        lock (_gate)
+        {
+            return _wants.Keys
+                .Where(k => !_held.ContainsKey(k) && !_staleHolders.Contains(k) && _holders.ContainsKey(k))
+                .GroupBy(k => _holders[k].BackendPid)
+                .OrderByDescending(g => g.Count()).ThenBy(g => g.Key)
+                .Select(g => (g.Key, g.Min()))
+                .ToList();
+        }
+    }
+
+    /// <summary>The waiter watches these holders now (their end wakes it at once), or none (<see langword="null"/>: it is not waiting).</summary>
+    public void SetWatched(IEnumerable<int>? holderPids)
+    {
+        lock (_gate)
+        {
+            _watched.Clear();
+            if (holderPids is not null)
+            {
+                _watched.UnionWith(holderPids);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The waiter saw <paramref name="key"/> freed: its holder ended or released it. Every key seen held by that holder
+    /// may have changed hands: they are tried at the next turn, and their holders asked again.
+    /// </summary>
+    public void HolderGone(long key)
+    {
+        lock (_gate)
+        {
+            if (_holders.TryGetValue(key, out var gone))
+            {
+                foreach (var (k, holder) in _holders)
+                {
+                    if (holder.BackendPid == gone.BackendPid)
+                    {
+                        _staleHolders.Add(k);
+                    }
+                }
+
+                _watched.Remove(gone.BackendPid);
+            }
+
+            _staleHolders.Add(key);
+            _poke = true;
+        }
+    }
+
+    /// <summary>Of <paramref name="failed"/> (keys this node could not take), those whose holder is not known (or may have changed).</summary>
+    public long[] NeedHolder(IEnumerable<long> failed)
+    {
+        lock (_gate)
+        {
+            return [.. failed.Where(k => !_holders.ContainsKey(k) || _staleHolders.Contains(k))];
+        }
+    }
+
     /// <summary>Something may have freed a wanted lock: try at the next turn.</summary>
     public void Poke()
     {
@@ -113,6 +189,8 @@ internal sealed class KeyLedger
         {
             if (_wants.ContainsKey(key))
             {
+                // Whoever takes it next is asked after the try fails.
+                _staleHolders.Add(key);
                 _poke = true;
             }
         }
@@ -161,9 +239,11 @@ internal sealed class KeyLedger
     }
 
     /// <summary>
-    /// What the loop should do next: the queued releases (moved in flight), or else, when something may have changed
-    /// (a release was announced, the waiter saw a lock freed, a runner started wanting, or a heartbeat is due), the keys
-    /// to try. Never a key already held: session locks are re-entrant.
+    /// What the loop should do next: the queued releases (moved in flight), or else the keys to try. When something may
+    /// have changed (a release was announced, the waiter saw a lock freed, a runner started wanting), every wanted key;
+    /// at a heartbeat, only the keys whose holder nobody watches (not known, possibly changed, or not watched by the
+    /// waiter), and every <see cref="HeartbeatsPerFullTry"/>th heartbeat every wanted key. Never a key already held:
+    /// session locks are re-entrant.
     /// </summary>
     public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed)
     {
@@ -174,7 +254,15 @@ internal sealed class KeyLedger
             long[] toTry = [];
             if (releases.Count == 0 && lockDelayPassed && (heartbeatDue || _poke || _wantsChanged))
             {
-                toTry = [.. _wants.Keys.Where(k => !_held.ContainsKey(k))];
+                var full = _poke || _wantsChanged || ++_heartbeatsSinceFullTry >= HeartbeatsPerFullTry;
+                toTry = full
+                    ? [.. _wants.Keys.Where(k => !_held.ContainsKey(k))]
+                    : [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && !IsWatched(k))];
+                if (full)
+                {
+                    _heartbeatsSinceFullTry = 0;
+                }
+
                 _poke = false;
                 _wantsChanged = false;
             }
@@ -183,6 +271,9 @@ internal sealed class KeyLedger
             return (releases, toTry);
         }
     }
+
+    private bool IsWatched(long key) =>
+        !_staleHolders.Contains(key) && _holders.TryGetValue(key, out var holder) && _watched.Contains(holder.BackendPid);
 
     /// <summary>The server unlocked these leases' keys: they are no longer held.</summary>
     public void Released(List<(Lease Lease, TaskCompletionSource Done)> releases)
@@ -215,6 +306,7 @@ internal sealed class KeyLedger
                 var lease = new Lease(key, _generation, acquiredAt);
                 _held[key] = lease;
                 _holders.Remove(key);
+                _staleHolders.Remove(key);
                 if (fencing)
                 {
                     // The runner gets the lease once its epoch is bumped.
@@ -242,6 +334,7 @@ internal sealed class KeyLedger
         {
             foreach (var key in keys)
             {
+                _staleHolders.Remove(key);
                 var before = _holders.GetValueOrDefault(key);
                 if (holders.TryGetValue(key, out var holder))
                 {
@@ -375,6 +468,8 @@ internal sealed class KeyLedger
             _held.Clear();
             _unfenced.Clear();
             _holders.Clear();
+            _staleHolders.Clear();
+            _watched.Clear();
             foreach (var (_, done) in _releases.Concat(_inflightReleases))
             {
                 done.TrySetResult();

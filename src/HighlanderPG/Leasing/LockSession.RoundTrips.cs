@@ -116,10 +116,12 @@ internal sealed partial class LockSession
         // (pg_locks is comparatively costly, and not needed to start a child). With fencing, the runner gets the lease once
         // its epoch is bumped (FenceAsync).
         Grant(_ledger.Taken(got, _options.Fencing, _time.GetUtcNow()));
-        var failed = keys.Except(got).ToArray();
-        if (failed.Length > 0)
+        // Only the holders not known (or possibly changed) are asked: a key whose holder the waiter watches cannot have
+        // changed hands unnoticed, so a follower's steady state never asks pg_locks (whose cost grows with every lock).
+        var unknown = _ledger.NeedHolder(keys.Except(got));
+        if (unknown.Length > 0)
         {
-            await UpdateHoldersAsync(connection, session, failed).ConfigureAwait(false);
+            await UpdateHoldersAsync(connection, session, unknown).ConfigureAwait(false);
         }
 
         WantsChanged?.Invoke();

@@ -38,7 +38,7 @@ internal sealed partial class LockSession : ILockSession
     private int _backendPid;
     private long _lockDelayUntil;
 
-    public LockSession(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, string dataSourceName, TimeProvider time, ILogger logger)
+    public LockSession(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, string dataSourceName, int singletons, TimeProvider time, ILogger logger)
     {
         _options = options;
         _timings = timings;
@@ -47,7 +47,7 @@ internal sealed partial class LockSession : ILockSession
         _logger = logger;
         _clock = new LeaseClock(time, timings);
         _guard = new LeaseGuard(time, options.NodeId, OnStopPoint);
-        _bootstrap = new SessionBootstrap(options, timings, dataSource, logger);
+        _bootstrap = new SessionBootstrap(options, timings, dataSource, singletons, logger);
     }
 
     /// <inheritdoc/>
@@ -104,6 +104,19 @@ internal sealed partial class LockSession : ILockSession
 
     /// <summary>Keys this node wants but does not hold, with the backend pid of their last seen holder.</summary>
     public List<(long Key, int? HolderPid)> GetWaitTargets() => _ledger.GetWaitTargets();
+
+    /// <summary>One wanted key per distinct holder, for the follower waiter (<see cref="KeyLedger.WatchTargets"/>).</summary>
+    public List<(int HolderPid, long Key)> WatchTargets() => _ledger.WatchTargets();
+
+    /// <summary>The waiter watches these holders now, or none.</summary>
+    public void SetWatched(IEnumerable<int>? holderPids) => _ledger.SetWatched(holderPids);
+
+    /// <summary>The waiter saw <paramref name="key"/> freed: try every wanted key now, and ask again who holds that holder's keys.</summary>
+    public void HolderGone(long key)
+    {
+        _ledger.HolderGone(key);
+        Wake();
+    }
 
     /// <summary>Asks the loop to try the wanted locks now (a lock may have been freed).</summary>
     public void Poke()
@@ -399,7 +412,7 @@ internal sealed partial class LockSession : ILockSession
     private static string Describe(Exception ex) => ex switch
     {
         LeaseExpiringException => "the lease is about to expire: the server did not answer in time",
-        PostgresException pg => $"{pg.SqlState}: {pg.MessageText}",
+        PostgresException pg => $"{pg.SqlState}: {pg.MessageText}{ServerChecks.DescribeOutOfLocks(pg.SqlState)}",
         NpgsqlException { InnerException: { } inner } npg => $"{npg.Message} ({inner.Message})",
         _ => ex.Message,
     };

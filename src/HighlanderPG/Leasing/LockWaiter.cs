@@ -6,20 +6,71 @@ using Npgsql;
 namespace HighlanderPG.Leasing;
 
 /// <summary>
-/// The follower's accelerator: a second connection that blocks on a lock held by another node, so that this node
-/// learns within milliseconds when that holder's backend ends (crash, kill) or unlocks, instead of at its next heartbeat.
+/// The follower's accelerator: a second connection that watches every other node holding a lock this node wants, so
+/// that this node learns within milliseconds when any of those holders' backends ends (crash, kill) or unlocks, instead
+/// of at its next heartbeat.
 /// </summary>
 /// <remarks>
-/// It asks for the <em>shared</em> lock and releases it in the same statement, so it never holds anything that would keep
-/// the exclusive lock from the lock session. A blocked lock wait holds a snapshot (which holds back VACUUM), so each wait
-/// is bounded by <c>lock_timeout</c> (<see cref="LeaseTimings.WaitSlice"/>); <c>pg_advisory_unlock_all()</c> after a
-/// failed wait undoes a lock granted in the same instant that <c>lock_timeout</c> fired. With holders on several nodes,
-/// it watches them in turn; the lock session's heartbeat retries every wanted lock as the backstop.
+/// <para>
+/// One statement per wait slice (<see cref="LeaseTimings.WaitSlice"/>), a PL/pgSQL block that runs on the server: it
+/// takes one key of each distinct holder (<see cref="KeyLedger.WatchTargets"/>) in <em>shared</em> mode and gives it
+/// back at once, so it never holds anything that would keep the exclusive lock from a lock session. It blocks on the
+/// key of the holder with the most keys (woken the moment that holder's lock is freed) and, with several holders,
+/// looks at the others every <see cref="PollInterval"/>; it returns the first key it found freed. Its lock waits end
+/// by <c>lock_timeout</c> inside an exception block, so an idle follower makes the server log no error; a blocked
+/// lock wait holds a snapshot (which holds back VACUUM), hence the slices. The lock session's heartbeat skips the keys
+/// whose holder is watched (every <see cref="KeyLedger.HeartbeatsPerFullTry"/>th heartbeat tries them all, the
+/// backstop). See docs/lease-protocol.md, "The follower waiter".
+/// </para>
 /// </remarks>
 internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, LockSession session, TimeProvider time, ILogger logger)
 {
+    /// <summary>How often the waiter looks at the holders it does not block on.</summary>
+    public static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(20);
+
+    /// <summary>
+    /// The watch, run by the server. Its parameters come from session settings set in the same batch (a DO block takes
+    /// none): the keys (comma-separated), the slice and the poll interval in milliseconds; it leaves the freed key in
+    /// <c>highlander.watch_freed</c> (empty when the slice ended with every holder still there).
+    /// </summary>
+    internal const string WatchBlock = """
+        DO $watch$
+        DECLARE
+            keys    bigint[] := string_to_array(current_setting('highlander.watch_keys'), ',')::bigint[];
+            ends    timestamptz := clock_timestamp() + make_interval(secs => current_setting('highlander.watch_slice_ms')::float8 / 1000);
+            poll    int := current_setting('highlander.watch_poll_ms')::int;
+            k       bigint;
+            left_ms int;
+        BEGIN
+            LOOP
+                FOREACH k IN ARRAY keys LOOP
+                    IF pg_try_advisory_lock_shared(k) THEN
+                        PERFORM pg_advisory_unlock_shared(k);
+                        PERFORM set_config('highlander.watch_freed', k::text, false);
+                        RETURN;
+                    END IF;
+                END LOOP;
+                left_ms := ceil(extract(epoch FROM ends - clock_timestamp()) * 1000)::int;
+                EXIT WHEN left_ms <= 0;
+                IF cardinality(keys) > 1 THEN
+                    left_ms := least(left_ms, poll);
+                END IF;
+                PERFORM set_config('lock_timeout', left_ms::text, true);
+                BEGIN
+                    PERFORM pg_advisory_lock_shared(keys[1]);
+                    PERFORM pg_advisory_unlock_shared(keys[1]);
+                    PERFORM set_config('highlander.watch_freed', keys[1]::text, false);
+                    RETURN;
+                EXCEPTION WHEN lock_not_available THEN
+                    -- lock_timeout may fire in the instant the lock is granted: never keep a shared lock.
+                    PERFORM pg_advisory_unlock_all();
+                END;
+            END LOOP;
+        END
+        $watch$
+        """;
+
     private readonly SemaphoreSlim _changed = new(0, 1);
-    private int _rotation;
 
     public async Task RunAsync(CancellationToken stopping)
     {
@@ -33,12 +84,6 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
                 {
                     await WaitUntilTargetsAsync(stopping).ConfigureAwait(false);
                     await using var connection = await dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
-                    await using (var set = new NpgsqlCommand("SELECT set_config('lock_timeout', $1, false)", connection))
-                    {
-                        set.Parameters.Add(new NpgsqlParameter<string> { TypedValue = ((long)timings.WaitSlice.TotalMilliseconds).ToString(CultureInfo.InvariantCulture) });
-                        await set.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
-                    }
-
                     backoff.Reset();
                     await ServeAsync(connection, stopping).ConfigureAwait(false);
                 }
@@ -48,6 +93,8 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
                 }
                 catch (Exception ex)
                 {
+                    // Until it is back, the lock session's heartbeats try every wanted key again.
+                    session.SetWatched(null);
                     Log.WaiterError(logger, ex);
                     try
                     {
@@ -62,6 +109,7 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
         }
         finally
         {
+            session.SetWatched(null);
             session.WantsChanged -= Signal;
         }
     }
@@ -79,57 +127,43 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
 
     private async Task WaitUntilTargetsAsync(CancellationToken stopping)
     {
-        while (PickTarget() is null)
+        while (session.WatchTargets().Count == 0)
         {
+            session.SetWatched(null);
             await _changed.WaitAsync(stopping).ConfigureAwait(false);
         }
-    }
-
-    /// <summary>A wanted key with a known holder (another backend), rotating over distinct holders.</summary>
-    private long? PickTarget()
-    {
-        var targets = session.GetWaitTargets().Where(t => t.HolderPid is not null).ToList();
-        if (targets.Count == 0)
-        {
-            return null;
-        }
-
-        var byHolder = targets.GroupBy(t => t.HolderPid).Select(g => g.First().Key).ToList();
-        _rotation = (_rotation + 1) % byHolder.Count;
-        return byHolder[_rotation];
     }
 
     private async Task ServeAsync(NpgsqlConnection connection, CancellationToken stopping)
     {
         while (!stopping.IsCancellationRequested)
         {
-            var target = PickTarget();
-            if (target is null)
+            var targets = session.WatchTargets();
+            if (targets.Count == 0)
             {
+                session.SetWatched(null);
                 await _changed.WaitAsync(stopping).ConfigureAwait(false);
                 continue;
             }
 
-            // Stop waiting on this key when the wanted set changes (e.g. this node took it through a notification).
-            bool freed;
+            // Stop watching when the holders change (e.g. a new one appeared, or this node took a key through a notification).
+            long? freed;
             using (var changed = CancellationTokenSource.CreateLinkedTokenSource(stopping))
             {
-                var watch = WatchForChangeAsync(target.Value, changed);
+                var watch = WatchForChangeAsync(targets, changed);
+                session.SetWatched(targets.Select(t => t.HolderPid));
                 try
                 {
-                    await using var cmd = new NpgsqlCommand("SELECT pg_advisory_lock_shared($1), pg_advisory_unlock_shared($1)", connection);
-                    cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = target.Value });
-                    await cmd.ExecuteNonQueryAsync(changed.Token).ConfigureAwait(false);
-                    freed = true;
+                    freed = await WatchOnceAsync(connection, targets, changed.Token).ConfigureAwait(false);
                 }
-                catch (PostgresException ex) when (ex.SqlState is PostgresErrorCodes.LockNotAvailable or PostgresErrorCodes.QueryCanceled)
+                catch (PostgresException ex) when (ex.SqlState is PostgresErrorCodes.QueryCanceled && !stopping.IsCancellationRequested)
                 {
-                    freed = false;
+                    freed = null;
                     await UnlockAllAsync(connection).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (!stopping.IsCancellationRequested)
                 {
-                    freed = false;
+                    freed = null;
                     await UnlockAllAsync(connection).ConfigureAwait(false);
                 }
                 finally
@@ -139,24 +173,58 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
                 }
             }
 
-            if (freed)
+            if (freed is { } key)
             {
-                // The holder is gone or unlocked: try now, and wait for that try to report the new holder (if any)
+                // A holder is gone or unlocked: try now, and wait for that try to report the new holders (if any)
                 // before choosing again, rather than spinning on a holder that is already gone.
-                session.Poke();
+                session.HolderGone(key);
                 await _changed.WaitAsync(stopping).ConfigureAwait(false);
             }
         }
     }
 
-    private async Task WatchForChangeAsync(long key, CancellationTokenSource cancelWait)
+    /// <summary>One wait slice on the server; returns the key found freed, or null when every holder is still there.</summary>
+    private async Task<long?> WatchOnceAsync(NpgsqlConnection connection, List<(int HolderPid, long Key)> targets, CancellationToken cancellationToken)
+    {
+        var poll = PollInterval < timings.WaitSlice ? PollInterval : timings.WaitSlice;
+        await using var batch = new NpgsqlBatch(connection);
+        var settings = new NpgsqlBatchCommand(
+            "SELECT set_config('highlander.watch_keys', $1, false), set_config('highlander.watch_slice_ms', $2, false), " +
+            "set_config('highlander.watch_poll_ms', $3, false), set_config('highlander.watch_freed', '', false)");
+        settings.Parameters.Add(new NpgsqlParameter<string> { TypedValue = string.Join(',', targets.Select(t => t.Key.ToString(CultureInfo.InvariantCulture))) });
+        settings.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Milliseconds(timings.WaitSlice) });
+        settings.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Milliseconds(poll) });
+        batch.BatchCommands.Add(settings);
+        batch.BatchCommands.Add(new NpgsqlBatchCommand(WatchBlock));
+        batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT current_setting('highlander.watch_freed') AS freed"));
+
+        string? freed = null;
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        do
+        {
+            var isResult = reader.FieldCount == 1 && reader.GetName(0) == "freed";
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                if (isResult)
+                {
+                    freed = reader.GetString(0);
+                }
+            }
+        }
+        while (await reader.NextResultAsync(cancellationToken).ConfigureAwait(false));
+
+        return long.TryParse(freed, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var key) ? key : null;
+    }
+
+    private async Task WatchForChangeAsync(List<(int HolderPid, long Key)> watching, CancellationTokenSource cancelWait)
     {
         try
         {
             while (!cancelWait.IsCancellationRequested)
             {
                 await _changed.WaitAsync(cancelWait.Token).ConfigureAwait(false);
-                if (!session.GetWaitTargets().Any(t => t.Key == key && t.HolderPid is not null))
+                // The same holders, each by the same key (the order only chooses which one the server blocks on).
+                if (!session.WatchTargets().ToHashSet().SetEquals(watching))
                 {
                     await cancelWait.CancelAsync().ConfigureAwait(false);
                     return;
@@ -168,9 +236,11 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
         }
     }
 
+    private static string Milliseconds(TimeSpan span) => Math.Max(1, (long)Math.Ceiling(span.TotalMilliseconds)).ToString(CultureInfo.InvariantCulture);
+
     private static async Task UnlockAllAsync(NpgsqlConnection connection)
     {
-        // lock_timeout may fire in the instant the lock is granted; never keep a shared lock that would block the holder-to-be.
+        // A cancel may land between taking a key and giving it back: never keep a shared lock that would block the holder-to-be.
         await using var cmd = new NpgsqlCommand("SELECT pg_advisory_unlock_all()", connection);
         await cmd.ExecuteNonQueryAsync(CancellationToken.None).ConfigureAwait(false);
     }

@@ -26,4 +26,26 @@ internal static class ServerChecks
 
         return null;
     }
+
+    /// <summary>
+    /// Whether the server's shared lock table can hold this node's singletons: PostgreSQL sizes it for
+    /// <c>max_locks_per_transaction</c> × (<c>max_connections</c> + <c>max_prepared_transactions</c>) locks in all, shared
+    /// by every session (https://www.postgresql.org/docs/current/runtime-config-locks.html), and one node may come to hold
+    /// every singleton. Returns why not, or <see langword="null"/>.
+    /// </summary>
+    public static string? CheckLockCapacity(int singletons, int maxLocksPerTransaction, int maxConnections, int maxPreparedTransactions)
+    {
+        var capacity = (long)maxLocksPerTransaction * (maxConnections + maxPreparedTransactions);
+        if (singletons <= capacity)
+        {
+            return null;
+        }
+
+        return $"this node runs {singletons} singletons, and one node may come to hold all of them, but the server's lock table holds {capacity} locks in all, shared by every session (max_locks_per_transaction {maxLocksPerTransaction} x (max_connections {maxConnections} + max_prepared_transactions {maxPreparedTransactions})): the server would refuse with 'out of shared memory'. Raise max_locks_per_transaction on the server (it takes a restart), or run fewer singletons.";
+    }
+
+    /// <summary>What to say about an error of a lock statement that means the server's lock table is full (<c>53200</c>).</summary>
+    public static string? DescribeOutOfLocks(string sqlState) => sqlState == "53200"
+        ? " (the server's lock table is full: it holds max_locks_per_transaction x (max_connections + max_prepared_transactions) locks in all; raise max_locks_per_transaction, which takes a server restart)"
+        : null;
 }

@@ -19,7 +19,7 @@ internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid,
 /// server-side lease (<c>idle_session_timeout</c>, from <see cref="LeaseTimings"/>), creates the fencing table when
 /// fencing is on, listens for release announcements, and computes the lock-delay after a server (re)start.
 /// </summary>
-internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, ILogger logger)
+internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, int singletons, ILogger logger)
 {
     /// <summary>
     /// Opens and prepares the session. On any failure the connection is disposed and the error thrown
@@ -38,12 +38,15 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
             int versionNum;
             double uptimeSeconds;
             string version;
+            int maxLocks, maxConnections, maxPrepared;
             await using (var cmd = new NpgsqlCommand(
                 "SELECT pg_backend_pid(), pg_is_in_recovery(), current_setting('server_version_num')::int, " +
                 // The server's (re)start: the postmaster's start, or a later reinitialisation after a backend crash, which
                 // shows as the checkpointer's start (visible with pg_read_all_stats or as superuser; otherwise null).
                 "extract(epoch from clock_timestamp() - GREATEST(pg_postmaster_start_time(), " +
-                "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')))::float8, current_setting('server_version')",
+                "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')))::float8, current_setting('server_version'), " +
+                // The shared lock table's size (ServerChecks.CheckLockCapacity).
+                "current_setting('max_locks_per_transaction')::int, current_setting('max_connections')::int, current_setting('max_prepared_transactions')::int",
                 connection))
             await using (var reader = await cmd.ExecuteReaderAsync(stopping).ConfigureAwait(false))
             {
@@ -53,9 +56,13 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
                 versionNum = reader.GetInt32(2);
                 uptimeSeconds = reader.GetDouble(3);
                 version = reader.GetString(4);
+                maxLocks = reader.GetInt32(5);
+                maxConnections = reader.GetInt32(6);
+                maxPrepared = reader.GetInt32(7);
             }
 
-            var refusal = ServerChecks.Check(versionNum, version, inRecovery, pid, connection.ProcessID, options);
+            var refusal = ServerChecks.Check(versionNum, version, inRecovery, pid, connection.ProcessID, options)
+                ?? ServerChecks.CheckLockCapacity(singletons, maxLocks, maxConnections, maxPrepared);
             if (refusal is not null)
             {
                 throw new RefusedException(refusal);

@@ -197,4 +197,66 @@ public sealed class KeyLedgerTests
         Assert.Empty(ledger.UnfencedDue(long.MaxValue));
         Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).Releases).Lease.Key);
     }
+    [Fact]
+    public void A_heartbeat_tries_only_keys_whose_holder_nobody_watches_and_every_tenth_heartbeat_tries_all()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        ledger.AddWant(3, "c");
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        var x = new LeaderInfo("x", 7, "highlander/x", null, null);
+        var y = new LeaderInfo("y", 8, "highlander/y", null, null);
+        ledger.UpdateHolders([1L, 2L, 3L], new() { [1L] = x, [2L] = x, [3L] = y });
+
+        // One key per holder, the holder with the most keys first.
+        Assert.Equal([(7, 1L), (8, 3L)], ledger.WatchTargets());
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order()); // nobody watches yet
+
+        ledger.SetWatched([7, 8]);
+        ledger.Poke(); // a full try starts the count again
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        for (var i = 1; i < KeyLedger.HeartbeatsPerFullTry; i++)
+        {
+            Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        }
+
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order()); // the backstop
+        Assert.Empty(ledger.NeedHolder([1L, 2L, 3L])); // and no need to ask who holds them
+
+        ledger.SetWatched([7]);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        ledger.SetWatched(null);
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order());
+    }
+
+    [Fact]
+    public void A_holder_seen_gone_makes_all_its_keys_tried_and_asked_again_without_reporting_a_change_until_asked()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        ledger.AddWant(3, "c");
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        var x = new LeaderInfo("x", 7, "highlander/x", null, null);
+        var y = new LeaderInfo("y", 8, "highlander/y", null, null);
+        ledger.UpdateHolders([1L, 2L, 3L], new() { [1L] = x, [2L] = x, [3L] = y });
+        ledger.SetWatched([7, 8]);
+
+        ledger.HolderGone(1);
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L], ledger.NeedHolder([1L, 2L, 3L]).Order());
+        Assert.Equal([(8, 3L)], ledger.WatchTargets()); // x is not watched until it is known again
+        Assert.Equal(x, ledger.GetHolder(1)); // still shown until asked
+
+        // Asked: key 1 moved to y, key 2 is still x's (a false alarm for it: no change reported).
+        Assert.Equal([(1L, (LeaderInfo?)y)], ledger.UpdateHolders([1L, 2L], new() { [1L] = y, [2L] = x }));
+        Assert.Empty(ledger.NeedHolder([1L, 2L, 3L]));
+        Assert.Equal([(8, 1L), (7, 2L)], ledger.WatchTargets());
+
+        // An announced release makes that key's holder unknown until asked, and the key is tried.
+        ledger.OnReleaseAnnounced(3);
+        Assert.Equal([3L], ledger.NeedHolder([1L, 2L, 3L]));
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+    }
 }

@@ -32,4 +32,16 @@ public sealed class ServerChecksTests
         Assert.Contains("pooler", refusal);
         Assert.Null(ServerChecks.Check(150018, "15.18", false, 1234, 98765, new HighlanderOptions { AllowSessionModePooler = true }));
     }
+    [Fact]
+    public void The_lock_table_must_hold_every_singleton_of_the_node_and_the_refusal_names_the_setting()
+    {
+        Assert.Null(ServerChecks.CheckLockCapacity(6400, maxLocksPerTransaction: 64, maxConnections: 100, maxPreparedTransactions: 0));
+        var refusal = ServerChecks.CheckLockCapacity(6401, maxLocksPerTransaction: 64, maxConnections: 100, maxPreparedTransactions: 0);
+        Assert.NotNull(refusal);
+        Assert.Contains("max_locks_per_transaction 64 x (max_connections 100 + max_prepared_transactions 0)", refusal, StringComparison.Ordinal);
+        Assert.Contains("6400 locks", refusal, StringComparison.Ordinal);
+        Assert.Null(ServerChecks.CheckLockCapacity(6500, 64, 100, 2)); // prepared transactions' slots count too
+        Assert.Contains("max_locks_per_transaction", ServerChecks.DescribeOutOfLocks("53200"), StringComparison.Ordinal);
+        Assert.Null(ServerChecks.DescribeOutOfLocks("55P03"));
+    }
 }

@@ -8,7 +8,7 @@ public sealed class WaiterTests(PostgresFixture pg)
 {
     /// <summary>
     /// A blocked lock wait holds a snapshot (backend_xmin), which holds back VACUUM; the follower's wait is restarted
-    /// every WaitSlice (lock_timeout), so no snapshot of it lives long.
+    /// every WaitSlice (the watch block's own deadline), so no snapshot of it lives long.
     /// </summary>
     [Fact]
     public async Task A_follower_waits_on_the_holder_in_bounded_slices()
@@ -37,7 +37,7 @@ public sealed class WaiterTests(PostgresFixture pg)
         }
 
         // The wait is on the holder's lock, and the holder still runs: three waits, one after the other, each bounded.
-        // (Without lock_timeout the first wait would last as long as the holder: no restart at all.)
+        // (Without its deadline the first wait would last as long as the holder: no restart at all.)
         Assert.DoesNotContain(cluster.Recorder.Events, e => e.Node == "waiter");
         Assert.Equal(SingletonState.Following, follower.Singletons.Get("job")!.State);
     }
