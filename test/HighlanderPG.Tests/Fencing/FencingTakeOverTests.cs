@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Fencing;
 using HighlanderPG.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
@@ -246,6 +247,42 @@ public sealed class FencingTakeOverTests(PostgresFixture pg)
         await using (var tx = await connection.BeginTransactionAsync())
         {
             await Assert.ThrowsAsync<StaleEpochException>(() => FencingGuard.AssertEpochAsync(tx, "job", 41, cluster.Namespace, schema));
+        }
+    }
+
+    [Fact]
+    public async Task A_node_role_that_does_not_own_first_version_objects_is_refused_with_what_to_run_until_the_DBA_upgrades_them()
+    {
+        // A DBA created the first version ahead and granted the node role only what the README listed: the node cannot
+        // upgrade (ALTER TABLE needs the owner), so it is refused, no child runs, and the error says what to run; once
+        // the DBA ran the current DDL, the node leads without a restart.
+        var schema = NewSchema();
+        var nodeRole = schema + "_node";
+        var password = Guid.NewGuid().ToString("N");
+        await Db.ScalarAsync<object>(pg.ConnectionString, FirstVersionDdl(schema));
+        await Db.ScalarAsync<object>(pg.ConnectionString, $"""
+            CREATE ROLE {nodeRole} LOGIN PASSWORD '{password}';
+            GRANT USAGE ON SCHEMA {schema} TO {nodeRole};
+            GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {nodeRole};
+            """);
+        try
+        {
+            await using var cluster = new TestCluster(pg.ConnectionString);
+            var connectionString = new NpgsqlConnectionStringBuilder(pg.ConnectionString) { Username = nodeRole, Password = password }.ConnectionString;
+            var node = await cluster.StartNodeAsync("owner-less", connectionString: connectionString, configure: Fenced(schema));
+            var refused = await cluster.Logs.WaitAsync(e => e.Node == "owner-less" && e.EventId.Id == HighlanderEventIds.Refused);
+            Assert.Contains($"fencing objects in schema {schema} are missing or of an older version", refused.Message);
+            Assert.Contains("as their owner", refused.Message);
+            Assert.Equal(0, cluster.Recorder.Count);
+
+            await Db.ScalarAsync<object>(pg.ConnectionString, FencingSql.Ddl(schema));
+            var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
+            Assert.NotNull(leading.FencingEpoch);
+        }
+        finally
+        {
+            await Db.ScalarAsync<object>(pg.ConnectionString, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", nodeRole);
+            await Db.ScalarAsync<object>(pg.ConnectionString, $"DROP OWNED BY {nodeRole}; DROP ROLE {nodeRole};");
         }
     }
 
