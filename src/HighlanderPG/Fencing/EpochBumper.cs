@@ -5,16 +5,21 @@ namespace HighlanderPG.Fencing;
 /// <summary>
 /// Bumps a singleton's fencing epoch for a new acquisition, in its own short durable transaction on the lock session's
 /// connection. A guarded transaction of the old leader holds the row <c>FOR SHARE</c>; the bump waits for it, bounded by a
-/// short <c>lock_timeout</c> (<c>55P03</c> then: the caller retries later) so that the session never blocks for long.
-/// See docs/lease-protocol.md, "Fencing".
+/// short <c>lock_timeout</c> (<c>55P03</c> then: the caller retries soon) so that the session never blocks for long (its
+/// heartbeat keeps the lease). The bump cannot be starved: once the old holder's session has ended, the guard refuses
+/// new guarded transactions before they take the row, and the ones in flight are bounded (each may stay idle at most
+/// the lease: the guard sets <c>idle_in_transaction_session_timeout</c>). See docs/lease-protocol.md, "Fencing".
 /// </summary>
 internal static class EpochBumper
 {
     /// <summary>How long one bump may wait for an old leader's guarded transaction, in milliseconds.</summary>
     private const string LockTimeoutMilliseconds = "100";
 
-    /// <summary>The retry delay after a bump found the row held (<c>55P03</c>).</summary>
-    public static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(250);
+    /// <summary>
+    /// The retry delay after a bump found the row held (<c>55P03</c>): short, so that the bump lands soon after the last
+    /// guarded transaction in flight ends (new ones of a dead holder no longer take the row).
+    /// </summary>
+    public static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(50);
 
     /// <summary>Moves the name to <paramref name="key"/> if it was stored under another key, bumps the epoch and commits; returns the new epoch.</summary>
     public static async Task<long> BumpAsync(NpgsqlConnection connection, HighlanderOptions options, long key, string name)
@@ -45,6 +50,7 @@ internal static class EpochBumper
             bump.Parameters.Add(new NpgsqlParameter<string?> { TypedValue = options.Endpoint, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
             bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
             bump.Parameters.Add(new NpgsqlParameter<long?> { TypedValue = moved is long m ? m : null, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Bigint });
+            bump.Parameters.Add(new NpgsqlParameter<int> { TypedValue = (int)options.LeaseDuration.TotalMilliseconds });
             result = (long)(await bump.ExecuteScalarAsync().ConfigureAwait(false))!;
         }
 

@@ -7,9 +7,14 @@ namespace HighlanderPG.Fencing;
 /// confirms that the epoch is still the singleton's current one and keeps it so until the transaction ends.
 /// </summary>
 /// <remarks>
-/// It calls <c>{schema}.assert_epoch(name, epoch, namespace)</c>, which reads the singleton's row <c>FOR SHARE</c>: a new
-/// leader's epoch bump waits for this transaction, so its writes are ordered before the new epoch; after the bump,
-/// every guarded transaction with the old epoch fails with SQLSTATE <c>HL001</c>. Unguarded writes are not protected.
+/// It calls <c>{schema}.assert_epoch(name, epoch, namespace)</c>, which checks that the epoch is current and that the
+/// holder's lock session is still alive, then reads the singleton's row <c>FOR SHARE</c> and checks both again: a new
+/// leader's epoch bump waits for this transaction, so its writes are ordered before the new epoch. It fails with
+/// SQLSTATE <c>HL001</c> once the holder's session has ended (even before the next leader's bump lands) and after the
+/// bump. It also bounds how long this transaction may stay idle: the lease (<c>idle_in_transaction_session_timeout</c>,
+/// for this transaction only); a client idle longer between two statements has its session ended by the server
+/// (SQLSTATE <c>25P03</c>) and nothing of the transaction commits. Unguarded writes are not protected.
+/// See docs/lease-protocol.md, "Fencing".
 /// </remarks>
 public static class FencingGuard
 {

@@ -17,43 +17,90 @@ internal static partial class FencingSql
 
     public static bool IsValidSchema(string? schema) => schema is not null && SchemaPattern().IsMatch(schema);
 
-    /// <summary>The DDL (idempotent). The schema name is validated (lowercase identifier) before it is put into SQL.</summary>
+    /// <summary>
+    /// The version of the guard function, kept in its comment: a node upgrades objects of an older version (or without
+    /// one) on first use. Version 2 added <c>holder_started</c> and <c>lease_ms</c>, the holder-session check and the
+    /// transaction-local <c>idle_in_transaction_session_timeout</c>.
+    /// </summary>
+    public const string GuardVersion = "highlander fencing guard v2";
+
+    /// <summary>
+    /// The DDL (idempotent; upgrades a table and function of the first version in place). The schema name is validated
+    /// (lowercase identifier) before it is put into SQL. See docs/lease-protocol.md, "Fencing".
+    /// </summary>
     public static string Ddl(string schema)
     {
         EnsureValid(schema);
         return $$"""
             CREATE SCHEMA IF NOT EXISTS {{schema}};
             CREATE TABLE IF NOT EXISTS {{schema}}.leases (
-                key          bigint      PRIMARY KEY,
-                namespace    text        NOT NULL,
-                name         text        NOT NULL,
-                epoch        bigint      NOT NULL CHECK (epoch > 0),
-                node_id      text        NOT NULL,
-                endpoint     text,
-                host         text,
-                holder_pid   integer     NOT NULL,
-                acquired_at  timestamptz NOT NULL,
+                key            bigint      PRIMARY KEY,
+                namespace      text        NOT NULL,
+                name           text        NOT NULL,
+                epoch          bigint      NOT NULL CHECK (epoch > 0),
+                node_id        text        NOT NULL,
+                endpoint       text,
+                host           text,
+                holder_pid     integer     NOT NULL,
+                acquired_at    timestamptz NOT NULL,
+                holder_started timestamptz,
+                lease_ms       integer,
                 UNIQUE (namespace, name)
             );
+            -- Tables of the first version: rows they hold keep NULLs here (then the guard checks the pid only, and sets no timeout).
+            ALTER TABLE {{schema}}.leases ADD COLUMN IF NOT EXISTS holder_started timestamptz, ADD COLUMN IF NOT EXISTS lease_ms integer;
             CREATE OR REPLACE FUNCTION {{schema}}.assert_epoch(p_name text, p_epoch bigint, p_namespace text DEFAULT 'highlander')
             RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
             DECLARE
-                current_epoch bigint;
+                r record;
+                pass integer;
             BEGIN
-                -- FOR SHARE: until the caller's transaction ends, a new leader's epoch bump waits, so every write of this
-                -- transaction is ordered before the next epoch; once bumped, every later call with this epoch fails.
-                SELECT l.epoch INTO current_epoch FROM {{schema}}.leases l
-                 WHERE l.namespace = p_namespace AND l.name = p_name FOR SHARE;
-                IF current_epoch IS NULL OR current_epoch <> p_epoch THEN
-                    RAISE EXCEPTION 'stale fencing epoch % for singleton "%" (namespace "%"): the current epoch is %',
-                        p_epoch, p_name, p_namespace, coalesce(current_epoch::text, 'none')
-                        USING ERRCODE = '{{StaleEpochSqlState}}',
-                              HINT = 'Another node has taken over this singleton: abandon this transaction.';
+                -- Checked twice: first without a lock, so that writers of a holder whose session has ended never take the
+                -- row (a stream of FOR SHARE lockers would starve the next leader's bump); then under FOR SHARE, so that a
+                -- call that passes is ordered before any later bump (which waits for the row until this transaction ends).
+                FOR pass IN 1..2 LOOP
+                    IF pass = 1 THEN
+                        SELECT l.epoch, l.holder_pid, l.holder_started, l.lease_ms INTO r FROM {{schema}}.leases l
+                         WHERE l.namespace = p_namespace AND l.name = p_name;
+                    ELSE
+                        SELECT l.epoch, l.holder_pid, l.holder_started, l.lease_ms INTO r FROM {{schema}}.leases l
+                         WHERE l.namespace = p_namespace AND l.name = p_name FOR SHARE;
+                    END IF;
+                    IF r.epoch IS NULL OR r.epoch <> p_epoch THEN
+                        RAISE EXCEPTION 'stale fencing epoch % for singleton "%" (namespace "%"): the current epoch is %',
+                            p_epoch, p_name, p_namespace, coalesce(r.epoch::text, 'none')
+                            USING ERRCODE = '{{StaleEpochSqlState}}',
+                                  HINT = 'Another node has taken over this singleton: abandon this transaction.';
+                    END IF;
+                    -- The holder's lock session must still be alive: once it has ended, its lock is free and another node
+                    -- may be about to bump. The backend-status snapshot is cached per transaction: clear it first.
+                    -- backend_start tells a reused pid apart; it is NULL when this function's owner may not see the
+                    -- holder role's sessions (then the pid alone is compared: docs/trust-model.md).
+                    PERFORM pg_stat_clear_snapshot();
+                    IF NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(r.holder_pid) a
+                                    WHERE a.pid = r.holder_pid
+                                      AND (r.holder_started IS NULL OR a.backend_start IS NULL OR a.backend_start = r.holder_started)) THEN
+                        RAISE EXCEPTION 'stale fencing epoch % for singleton "%" (namespace "%"): the session of its holder (backend %) has ended',
+                            p_epoch, p_name, p_namespace, r.holder_pid
+                            USING ERRCODE = '{{StaleEpochSqlState}}',
+                                  HINT = 'Another node may take over this singleton at any moment: abandon this transaction.';
+                    END IF;
+                END LOOP;
+                -- The row stays locked until this transaction ends, and the next leader's bump waits for it: bound that by
+                -- the holder's lease. The server ends this session (SQLSTATE 25P03) if the transaction stays idle longer
+                -- (a frozen or dead client). Transaction-local: it ends with the transaction.
+                -- https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT
+                IF r.lease_ms IS NOT NULL AND r.lease_ms > 0 THEN
+                    IF current_setting('idle_in_transaction_session_timeout')::interval = interval '0'
+                       OR current_setting('idle_in_transaction_session_timeout')::interval > r.lease_ms * interval '1 millisecond' THEN
+                        PERFORM set_config('idle_in_transaction_session_timeout', r.lease_ms::text, true);
+                    END IF;
                 END IF;
-                RETURN current_epoch;
+                RETURN r.epoch;
             END
             $fn$;
-            -- Only the roles you grant it to may hold a singleton's row (a long FOR SHARE delays the next leader's start).
+            COMMENT ON FUNCTION {{schema}}.assert_epoch(text, bigint, text) IS '{{GuardVersion}}';
+            -- Only the roles you grant it to may hold a singleton's row (a transaction holding it delays the next leader's start).
             REVOKE EXECUTE ON FUNCTION {{schema}}.assert_epoch(text, bigint, text) FROM PUBLIC;
             """;
     }
@@ -70,35 +117,47 @@ internal static partial class FencingSql
 
     /// <summary>
     /// Bumps the epoch of one newly acquired key past every earlier one of its name. Parameters: key, namespace, name,
-    /// node id, endpoint, host, the moved epoch (or null). Returns the new epoch.
+    /// node id, endpoint, host, the moved epoch (or null), the lease in milliseconds. Returns the new epoch. The row
+    /// records the holder's session (pid and start, so that the guard can tell when it has ended) and its lease (the
+    /// longest a guarded transaction may stay idle).
     /// </summary>
     public static string Bump(string schema)
     {
         EnsureValid(schema);
         return $"""
-            INSERT INTO {schema}.leases AS l (key, namespace, name, epoch, node_id, endpoint, host, holder_pid, acquired_at)
-            VALUES ($1, $2, $3, coalesce($7::bigint, 0) + 1, $4, $5, $6, pg_backend_pid(), clock_timestamp())
+            INSERT INTO {schema}.leases AS l (key, namespace, name, epoch, node_id, endpoint, host, holder_pid, acquired_at, holder_started, lease_ms)
+            VALUES ($1, $2, $3, coalesce($7::bigint, 0) + 1, $4, $5, $6, pg_backend_pid(), clock_timestamp(),
+                    (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a), $8)
             ON CONFLICT (key) DO UPDATE
                SET epoch = GREATEST(l.epoch + 1, excluded.epoch), namespace = excluded.namespace, name = excluded.name,
                    node_id = excluded.node_id, endpoint = excluded.endpoint, host = excluded.host,
-                   holder_pid = excluded.holder_pid, acquired_at = excluded.acquired_at
+                   holder_pid = excluded.holder_pid, acquired_at = excluded.acquired_at,
+                   holder_started = excluded.holder_started, lease_ms = excluded.lease_ms
             RETURNING epoch
             """;
     }
 
-    /// <summary>Whether the fencing objects exist (one parameter: the schema name).</summary>
-    public const string Exists = "SELECT to_regclass(quote_ident($1) || '.leases') IS NOT NULL AND to_regprocedure(quote_ident($1) || '.assert_epoch(text,bigint,text)') IS NOT NULL";
+    /// <summary>
+    /// Whether the fencing objects exist in their current version (one parameter: the schema name): the table with the
+    /// columns the bump writes, and the guard function whose comment is <see cref="GuardVersion"/>.
+    /// </summary>
+    public const string Exists = $"""
+        SELECT to_regclass(quote_ident($1) || '.leases') IS NOT NULL
+           AND (SELECT count(*) FROM pg_attribute
+                 WHERE attrelid = to_regclass(quote_ident($1) || '.leases') AND attname IN ('holder_started', 'lease_ms') AND NOT attisdropped) = 2
+           AND coalesce(obj_description(to_regprocedure(quote_ident($1) || '.assert_epoch(text,bigint,text)'), 'pg_proc') = '{GuardVersion}', false)
+        """;
 
-    /// <summary>Creates the fencing objects unless they exist; concurrent nodes serialize on a transaction advisory lock.</summary>
+    /// <summary>
+    /// Creates the fencing objects unless they exist in their current version, or upgrades older ones (in place: rows,
+    /// epochs and grants are kept); concurrent nodes serialize on a transaction advisory lock. A role that may not upgrade
+    /// them (it does not own them) is refused (retried like any refused server) with what to run.
+    /// </summary>
     public static async Task EnsureCreatedAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken)
     {
-        await using (var check = new NpgsqlCommand(Exists, connection))
+        if (await IsCurrentAsync(connection, null, schema, cancellationToken).ConfigureAwait(false))
         {
-            check.Parameters.Add(new NpgsqlParameter<string> { TypedValue = schema });
-            if ((bool)(await check.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!)
-            {
-                return;
-            }
+            return;
         }
 
         await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
@@ -108,12 +167,33 @@ internal static partial class FencingSql
             await serialize.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        await using (var ddl = new NpgsqlCommand(Ddl(schema), connection, tx))
+        // Another node may have created or upgraded them while this one waited (the ALTER TABLE would lock the table again).
+        if (await IsCurrentAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false))
         {
+            await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        try
+        {
+            await using var ddl = new NpgsqlCommand(Ddl(schema), connection, tx);
             await ddl.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.InsufficientPrivilege)
+        {
+            throw new Leasing.RefusedException(
+                $"The fencing objects in schema {schema} are missing or of an older version, and this role may not create or upgrade them ({ex.MessageText}). " +
+                $"Run the fencing DDL (README, \"Fencing tokens\"; src/HighlanderPG/Fencing/FencingSql.cs) as their owner; it upgrades them in place.");
         }
 
         await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private static async Task<bool> IsCurrentAsync(NpgsqlConnection connection, NpgsqlTransaction? tx, string schema, CancellationToken cancellationToken)
+    {
+        await using var check = new NpgsqlCommand(Exists, connection, tx);
+        check.Parameters.Add(new NpgsqlParameter<string> { TypedValue = schema });
+        return (bool)(await check.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
     }
 
     private static void EnsureValid(string schema)
@@ -124,3 +204,4 @@ internal static partial class FencingSql
         }
     }
 }
+
