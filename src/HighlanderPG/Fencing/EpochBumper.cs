@@ -43,19 +43,95 @@ internal static class EpochBumper
         long result;
         await using (var bump = new NpgsqlCommand(FencingSql.Bump(options.FencingSchema), connection, tx))
         {
-            bump.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
-            bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = options.Namespace });
-            bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
-            bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = options.NodeId });
-            bump.Parameters.Add(new NpgsqlParameter<string?> { TypedValue = options.Endpoint, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
-            bump.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
-            bump.Parameters.Add(new NpgsqlParameter<long?> { TypedValue = moved is long m ? m : null, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Bigint });
-            bump.Parameters.Add(new NpgsqlParameter<int> { TypedValue = (int)options.LeaseDuration.TotalMilliseconds });
+            AddBumpParameters(bump.Parameters, options, key, name, moved is long m ? m : null);
             result = (long)(await bump.ExecuteScalarAsync().ConfigureAwait(false))!;
         }
 
         await tx.CommitAsync().ConfigureAwait(false);
         return result;
+    }
+
+    /// <summary>
+    /// Bumps many newly acquired keys in one transaction and two round trips (after a take-over of many singletons):
+    /// rows held by an old leader's guarded transaction are skipped (<c>FOR UPDATE SKIP LOCKED</c>: returned as busy, for
+    /// a retry), and names stored under another key (a moved name) are left to <see cref="BumpAsync"/> (returned as
+    /// movers). Returns the new epoch of every other key.
+    /// </summary>
+    public static async Task<BatchBump> BumpManyAsync(NpgsqlConnection connection, HighlanderOptions options, IReadOnlyList<(long Key, string Name)> candidates)
+    {
+        var schema = options.FencingSchema;
+        var keys = candidates.Select(c => c.Key).ToArray();
+        var existing = new HashSet<long>();
+        var free = new HashSet<long>();
+        var movers = new HashSet<long>();
+        await using var tx = await connection.BeginTransactionAsync().ConfigureAwait(false);
+        await using (var look = new NpgsqlBatch(connection, tx))
+        {
+            var settings = new NpgsqlBatchCommand("SELECT set_config('lock_timeout', $1, true), set_config('synchronous_commit', 'on', true)");
+            settings.Parameters.Add(new NpgsqlParameter<string> { TypedValue = LockTimeoutMilliseconds });
+            look.BatchCommands.Add(settings);
+            look.BatchCommands.Add(WithKeys(FencingSql.ExistingKeys(schema), keys));
+            look.BatchCommands.Add(WithKeys(FencingSql.LockFreeKeys(schema), keys));
+            var moved = WithKeys(FencingSql.MovedNames(schema), keys);
+            moved.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = [.. candidates.Select(c => c.Name)] });
+            moved.Parameters.Add(new NpgsqlParameter<string> { TypedValue = options.Namespace });
+            look.BatchCommands.Add(moved);
+
+            await using var reader = await look.ExecuteReaderAsync().ConfigureAwait(false);
+            foreach (var into in new[] { null, existing, free, movers })
+            {
+                while (await reader.ReadAsync().ConfigureAwait(false))
+                {
+                    into?.Add(reader.GetInt64(0));
+                }
+
+                await reader.NextResultAsync().ConfigureAwait(false);
+            }
+        }
+
+        var busy = existing.Where(k => !free.Contains(k) && !movers.Contains(k)).ToList();
+        var bumpable = candidates.Where(c => !movers.Contains(c.Key) && (free.Contains(c.Key) || !existing.Contains(c.Key))).ToList();
+        var epochs = new Dictionary<long, long>();
+        if (bumpable.Count > 0)
+        {
+            await using var bump = new NpgsqlBatch(connection, tx);
+            foreach (var (key, name) in bumpable)
+            {
+                var cmd = new NpgsqlBatchCommand(FencingSql.Bump(schema));
+                AddBumpParameters(cmd.Parameters, options, key, name, moved: null);
+                bump.BatchCommands.Add(cmd);
+            }
+
+            await using var reader = await bump.ExecuteReaderAsync().ConfigureAwait(false);
+            foreach (var (key, _) in bumpable)
+            {
+                await reader.ReadAsync().ConfigureAwait(false);
+                epochs[key] = reader.GetInt64(0);
+                await reader.NextResultAsync().ConfigureAwait(false);
+            }
+        }
+
+        await tx.CommitAsync().ConfigureAwait(false);
+        return new BatchBump(epochs, busy, [.. candidates.Where(c => movers.Contains(c.Key))]);
+    }
+
+    private static NpgsqlBatchCommand WithKeys(string sql, long[] keys)
+    {
+        var cmd = new NpgsqlBatchCommand(sql);
+        cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
+        return cmd;
+    }
+
+    private static void AddBumpParameters(NpgsqlParameterCollection parameters, HighlanderOptions options, long key, string name, long? moved)
+    {
+        parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = options.Namespace });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = options.NodeId });
+        parameters.Add(new NpgsqlParameter<string?> { TypedValue = options.Endpoint, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
+        parameters.Add(new NpgsqlParameter<long?> { TypedValue = moved, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Bigint });
+        parameters.Add(new NpgsqlParameter<int> { TypedValue = (int)options.LeaseDuration.TotalMilliseconds });
     }
 
     /// <summary>Why a bump failed for good, for the runner whose acquisition it fails (with what to grant when it was a privilege).</summary>
@@ -67,3 +143,6 @@ internal static class EpochBumper
         return $"Cannot bump the fencing epoch of '{name}' in {options.FencingSchema}.leases: {ex.SqlState}: {ex.MessageText}{hint}";
     }
 }
+
+/// <summary>What a batch bump did: the new epochs, the keys whose row an old leader's guarded transaction holds (retry), and the moved names (bump one by one).</summary>
+internal sealed record BatchBump(Dictionary<long, long> Epochs, List<long> Busy, List<(long Key, string Name)> Movers);

@@ -115,6 +115,27 @@ internal static partial class FencingSql
         return $"WITH moved AS (DELETE FROM {schema}.leases WHERE namespace = $2 AND name = $3 AND key <> $1 RETURNING epoch) SELECT max(epoch) FROM moved";
     }
 
+    /// <summary>Of the given keys (bigint[]), those with a row.</summary>
+    public static string ExistingKeys(string schema)
+    {
+        EnsureValid(schema);
+        return $"SELECT key FROM {schema}.leases WHERE key = ANY($1::bigint[])";
+    }
+
+    /// <summary>Of the given keys (bigint[]), those whose row no guarded transaction holds: locked for the bump, the others skipped.</summary>
+    public static string LockFreeKeys(string schema)
+    {
+        EnsureValid(schema);
+        return $"SELECT key FROM {schema}.leases WHERE key = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED";
+    }
+
+    /// <summary>Of the given keys (bigint[]) and their names (text[], same order) in a namespace, those whose name is stored under another key.</summary>
+    public static string MovedNames(string schema)
+    {
+        EnsureValid(schema);
+        return $"SELECT c.key FROM unnest($1::bigint[], $2::text[]) AS c(key, name) WHERE EXISTS (SELECT 1 FROM {schema}.leases l WHERE l.namespace = $3 AND l.name = c.name AND l.key <> c.key)";
+    }
+
     /// <summary>
     /// Bumps the epoch of one newly acquired key past every earlier one of its name. Parameters: key, namespace, name,
     /// node id, endpoint, host, the moved epoch (or null), the lease in milliseconds. Returns the new epoch. The row

@@ -381,7 +381,13 @@ internal sealed class KeyLedger
     /// Picks one of the <paramref name="due"/> keys to bump, with its singleton's name. A due key whose runner gave up
     /// meanwhile is not bumped, only released.
     /// </summary>
-    public (long Key, string Name)? TakeFenceCandidate(long[] due)
+    public (long Key, string Name)? TakeFenceCandidate(long[] due) => TakeFenceCandidates(due) is [var first, ..] ? first : null;
+
+    /// <summary>
+    /// The <paramref name="due"/> keys to bump, with their singletons' names (all of them: one batch after a take-over of
+    /// many). A due key whose runner gave up meanwhile is not bumped, only released.
+    /// </summary>
+    public List<(long Key, string Name)> TakeFenceCandidates(long[] due)
     {
         lock (_gate)
         {
@@ -394,12 +400,7 @@ internal sealed class KeyLedger
                 }
             }
 
-            foreach (var k in due.Where(_wants.ContainsKey))
-            {
-                return (k, _wants[k].Name);
-            }
-
-            return null;
+            return [.. due.Where(_wants.ContainsKey).Select(k => (k, _wants[k].Name))];
         }
     }
 

@@ -139,20 +139,73 @@ internal sealed partial class LockSession
     }
 
     /// <summary>
-    /// Bumps the fencing epoch of one newly acquired key (<see cref="EpochBumper"/>), then hands the lease to its runner.
-    /// A bump that finds the row held by an old leader's guarded transaction is retried shortly; other keys go on
-    /// meanwhile. An error of the bump itself (e.g. no privilege) fails that acquisition only, not the session.
+    /// Bumps the fencing epochs of newly acquired keys (<see cref="EpochBumper"/>), then hands each lease to its runner:
+    /// one key alone, or many at once in one transaction (a take-over of many singletons costs two round trips, not one
+    /// per key). A bump that finds the row held by an old leader's guarded transaction is retried shortly; other keys go
+    /// on meanwhile. An error of the bump itself (e.g. no privilege) fails those acquisitions only, not the session.
     /// </summary>
     private async Task<long> FenceAsync(NpgsqlConnection connection, SessionIo session, long[] due)
     {
         var sent = _time.GetTimestamp();
-        if (_ledger.TakeFenceCandidate(due) is not { } candidate)
+        var candidates = _ledger.TakeFenceCandidates(due);
+        if (candidates.Count == 0)
         {
             return _time.GetTimestamp();
         }
 
-        var (key, name) = candidate;
+        if (candidates.Count > 1)
+        {
+            // A take-over of many: one transaction for all, not a round trip per key.
+            BatchBump batch;
+            try
+            {
+                batch = await RoundTripAsync(session, () => EpochBumper.BumpManyAsync(connection, _options, candidates)).ConfigureAwait(false);
+            }
+            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.LockNotAvailable)
+            {
+                var later = _time.GetTimestamp() + Delta(EpochBumper.RetryDelay);
+                foreach (var (key, _) in candidates)
+                {
+                    _ledger.FenceDeferred(key, later);
+                }
 
+                return sent + Delta(_timings.Heartbeat);
+            }
+            catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open)
+            {
+                foreach (var (key, name) in candidates)
+                {
+                    FailFence(key, name, ex);
+                }
+
+                return sent + Delta(_timings.Heartbeat);
+            }
+
+            foreach (var (key, epoch) in batch.Epochs)
+            {
+                Grant(_ledger.Fenced(key, epoch));
+            }
+
+            var retryAt = _time.GetTimestamp() + Delta(EpochBumper.RetryDelay);
+            foreach (var key in batch.Busy)
+            {
+                _ledger.FenceDeferred(key, retryAt);
+            }
+
+            foreach (var (key, name) in batch.Movers)
+            {
+                await BumpOneAsync(connection, session, key, name).ConfigureAwait(false);
+            }
+
+            return sent + Delta(_timings.Heartbeat);
+        }
+
+        await BumpOneAsync(connection, session, candidates[0].Key, candidates[0].Name).ConfigureAwait(false);
+        return sent + Delta(_timings.Heartbeat);
+    }
+
+    private async Task BumpOneAsync(NpgsqlConnection connection, SessionIo session, long key, string name)
+    {
         long epoch;
         try
         {
@@ -161,18 +214,22 @@ internal sealed partial class LockSession
         catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.LockNotAvailable)
         {
             _ledger.FenceDeferred(key, _time.GetTimestamp() + Delta(EpochBumper.RetryDelay));
-            return sent + Delta(_timings.Heartbeat);
+            return;
         }
         catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open)
         {
-            var failed = _ledger.FenceFailed(key);
-            failed?.Registration.Dispose();
-            failed?.Done.TrySetException(new InvalidOperationException(EpochBumper.DescribeFailure(_options, name, ex), ex));
-            return sent + Delta(_timings.Heartbeat);
+            FailFence(key, name, ex);
+            return;
         }
 
         Grant(_ledger.Fenced(key, epoch));
-        return sent + Delta(_timings.Heartbeat);
+    }
+
+    private void FailFence(long key, string name, PostgresException ex)
+    {
+        var failed = _ledger.FenceFailed(key);
+        failed?.Registration.Dispose();
+        failed?.Done.TrySetException(new InvalidOperationException(EpochBumper.DescribeFailure(_options, name, ex), ex));
     }
 
     private void Grant(List<(KeyLedger.Want Want, Lease Lease)> granted)
