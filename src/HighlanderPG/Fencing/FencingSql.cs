@@ -158,6 +158,9 @@ internal static partial class FencingSql
             """;
     }
 
+    /// <summary>How long creating or upgrading the fencing objects may wait for a table lock, in milliseconds.</summary>
+    internal const int DdlLockTimeoutMilliseconds = 1000;
+
     /// <summary>
     /// Whether the fencing objects exist in their current version (one parameter: the schema name): the table with the
     /// columns the bump writes, and the guard function whose comment is <see cref="GuardVersion"/>.
@@ -193,6 +196,14 @@ internal static partial class FencingSql
         {
             await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
             return;
+        }
+
+        // ALTER TABLE takes the table's ACCESS EXCLUSIVE lock: queued behind a long guarded transaction (of an older
+        // version, with no idle bound), it would hold up every other guarded transaction and bump behind it. Give up
+        // soon instead (55P03: the session start fails and is retried).
+        await using (var timeout = new NpgsqlCommand($"SELECT set_config('lock_timeout', '{DdlLockTimeoutMilliseconds}', true)", connection, tx))
+        {
+            await timeout.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }
 
         try

@@ -286,6 +286,41 @@ public sealed class FencingTakeOverTests(PostgresFixture pg)
         }
     }
 
+    [Fact]
+    public async Task An_upgrade_waiting_behind_a_long_guarded_transaction_gives_up_soon_instead_of_holding_up_other_writers()
+    {
+        // An old-version writer (no idle bound) keeps a guarded transaction open: the first new node's ALTER TABLE must
+        // not wait behind it for good, since every other guarded transaction would queue behind the ALTER.
+        var schema = NewSchema();
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var key = SingletonKey.Derive(cluster.Namespace, "job");
+        await Db.ScalarAsync<object>(pg.ConnectionString, FirstVersionDdl(schema));
+        await Db.ScalarAsync<object>(pg.ConnectionString, $"INSERT INTO {schema}.leases VALUES ($1, $2, 'job', 7, 'old', NULL, NULL, 1, now())", key, cluster.Namespace);
+        await using var longConnection = new NpgsqlConnection(Unpooled);
+        await longConnection.OpenAsync();
+        var longTx = await longConnection.BeginTransactionAsync();
+        await FencingGuard.AssertEpochAsync(longTx, "job", 7, cluster.Namespace, schema);
+
+        var node = await cluster.StartNodeAsync("upgrader", configure: Fenced(schema));
+        var failed = await cluster.Logs.WaitAsync(e => e.Node == "upgrader" && e.EventId.Id == HighlanderEventIds.ConnectFailed);
+        Assert.Equal(PostgresErrorCodes.LockNotAvailable, Assert.IsType<PostgresException>(failed.Exception).SqlState);
+
+        // Another old-version writer still gets through while the node keeps trying.
+        await using (var other = new NpgsqlConnection(Unpooled))
+        {
+            await other.OpenAsync();
+            await using var tx = await other.BeginTransactionAsync();
+            await FencingGuard.AssertEpochAsync(tx, "job", 7, cluster.Namespace, schema);
+            await tx.CommitAsync();
+        }
+
+        Assert.Equal(0, cluster.Recorder.Count);
+        await longTx.CommitAsync();
+        var leading = await node.WaitForStateAsync("job", SingletonState.Leading);
+        Assert.Equal(8, leading.FencingEpoch);
+        Assert.Equal(FencingSql.GuardVersion, await Db.ScalarAsync<string>(pg.ConnectionString, $"SELECT obj_description('{schema}.assert_epoch(text,bigint,text)'::regprocedure, 'pg_proc')"));
+    }
+
     /// <summary>The DDL of the first version, as shipped before the holder-session check and the idle bound.</summary>
     private static string FirstVersionDdl(string schema) => $$"""
         CREATE SCHEMA IF NOT EXISTS {{schema}};
