@@ -57,7 +57,7 @@ internal static class SvgChart
                 var x = X(tick);
                 var major = tick == decade;
                 svg.Append(CultureInfo.InvariantCulture, $"""<line x1="{x:0.#}" y1="{Top - 4}" x2="{x:0.#}" y2="{height - Bottom}" stroke="{(major ? "#bbb" : "#e4e4e4")}"/>""").AppendLine();
-                svg.Append(CultureInfo.InvariantCulture, $"""<text x="{x:0.#}" y="{height - Bottom + 16}" text-anchor="middle" fill="#333">{Escape(Format.Milliseconds(tick))}</text>""").AppendLine();
+                svg.Append(CultureInfo.InvariantCulture, $"""<text x="{x:0.#}" y="{height - Bottom + 16}" text-anchor="middle" fill="#333">{Tick(tick)}</text>""").AppendLine();
             }
         }
 
@@ -97,4 +97,8 @@ internal static class SvgChart
     }
 
     private static string Escape(string text) => WebUtility.HtmlEncode(text);
+
+    private static string Tick(double ms) => ms >= 1000
+        ? (ms / 1000).ToString("0.###", CultureInfo.InvariantCulture) + " s"
+        : ms.ToString("0.###", CultureInfo.InvariantCulture) + " ms";
 }
