@@ -68,7 +68,8 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
             var seconds = (t1 - t0) / (double)Stopwatch.Frequency;
             var sessionsAfter = await SessionsAsync(names, ct);
             Count(sessionsAfter);
-            var counts = statementLog is null ? null : await statementLog.CountAsync(startMarker!, endMarker!, ct);
+            var read = statementLog is null ? default : await statementLog.ReadAsync(startMarker!, endMarker!, ct);
+            var counts = read.Counts;
             for (var i = 0; i < nodes.Count; i++)
             {
                 var node = nodes[i];
@@ -92,7 +93,13 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
                     counts is null ? null : (lockCounts!.Value.Errors + waitCounts!.Value.Errors) / seconds,
                     ((ProcStat.CpuMilliseconds(node.Pid) ?? 0) - nodeCpu[i]) / (seconds * 1000) * 100,
                     backends is { } ms ? ms / (seconds * 1000) * 100 : null,
-                    ProcStat.RssMiB(node.Pid), seconds));
+                    ProcStat.RssMiB(node.Pid), seconds)
+                {
+                    Statements = new[] { ("lock", lockApp), ("wait", waitApp) }
+                        .SelectMany(p => read.Texts?.GetValueOrDefault(p.Item2)?.Select(t => ($"{p.Item1}: {t.Key}", t.Value)) ?? [])
+                        .OrderByDescending(t => t.Value)
+                        .ToDictionary(t => t.Item1, t => t.Value, StringComparer.Ordinal),
+                });
                 var row = results.Steady[^1];
                 context.Progress(string.Create(CultureInfo.InvariantCulture,
                     $"steady {singletons} {row.Role}: {row.Sessions} session(s), {Rate(row.StatementsPerSecond)} statements/s ({Rate(row.LockStatementsPerSecond)} lock, {Rate(row.WaitStatementsPerSecond)} wait), {Rate(row.ErrorsPerSecond)} errors/s, node CPU {row.NodeCpuPercent:0.00} %, backends {Rate(row.BackendCpuPercent)} %, RSS {row.RssMiB:0} MiB"));

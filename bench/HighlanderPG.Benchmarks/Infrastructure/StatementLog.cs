@@ -40,9 +40,18 @@ internal sealed partial class StatementLog(string logFile, string connectionStri
     }
 
     /// <summary>Statement and error lines per application name between the two markers.</summary>
-    public async Task<IReadOnlyDictionary<string, (int Statements, int Errors)>> CountAsync(string startMarker, string endMarker, CancellationToken cancellationToken)
+    public async Task<IReadOnlyDictionary<string, (int Statements, int Errors)>> CountAsync(string startMarker, string endMarker, CancellationToken cancellationToken) =>
+        (await ReadAsync(startMarker, endMarker, cancellationToken)).Counts;
+
+    /// <summary>
+    /// Statement and error lines per application name between the two markers, and how often each statement text
+    /// (its first 120 characters, whitespace collapsed) ran per application name.
+    /// </summary>
+    public async Task<(IReadOnlyDictionary<string, (int Statements, int Errors)> Counts, IReadOnlyDictionary<string, Dictionary<string, int>> Texts)> ReadAsync(
+        string startMarker, string endMarker, CancellationToken cancellationToken)
     {
         var counts = new Dictionary<string, (int Statements, int Errors)>(StringComparer.Ordinal);
+        var texts = new Dictionary<string, Dictionary<string, int>>(StringComparer.Ordinal);
         var inside = false;
         await using var stream = new FileStream(logFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         using var reader = new StreamReader(stream);
@@ -74,13 +83,25 @@ internal sealed partial class StatementLog(string logFile, string connectionStri
             else if (match.Groups["rest"].Value.StartsWith("statement:", StringComparison.Ordinal) || match.Groups["rest"].Value.StartsWith("execute ", StringComparison.Ordinal))
             {
                 statements++;
+                var rest = match.Groups["rest"].Value;
+                var text = Spaces().Replace(rest[(rest.IndexOf(':', StringComparison.Ordinal) + 1)..].Trim(), " ");
+                text = text.Length > 120 ? text[..120] + "..." : text;
+                if (!texts.TryGetValue(application, out var byText))
+                {
+                    texts[application] = byText = new Dictionary<string, int>(StringComparer.Ordinal);
+                }
+
+                byText[text] = byText.GetValueOrDefault(text) + 1;
             }
 
             counts[application] = (statements, errors);
         }
 
-        return counts;
+        return (counts, texts);
     }
+
+    [GeneratedRegex(@"\s+")]
+    private static partial Regex Spaces();
 
     [GeneratedRegex(@"^bench\|\d+\|(?<app>[^|]*)\|(?<level>[A-Z]+):\s+(?<rest>.*)$")]
     private static partial Regex Line();

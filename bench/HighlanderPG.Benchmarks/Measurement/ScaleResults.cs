@@ -27,7 +27,11 @@ internal sealed class ScaleResults
 internal sealed record SteadyNode(
     int Singletons, string Role, string NodeId, int Running, int Sessions, int LockSessions, int WaitSessions,
     double? StatementsPerSecond, double? LockStatementsPerSecond, double? WaitStatementsPerSecond, double? ErrorsPerSecond,
-    double NodeCpuPercent, double? BackendCpuPercent, double? RssMiB, double WindowSeconds);
+    double NodeCpuPercent, double? BackendCpuPercent, double? RssMiB, double WindowSeconds)
+{
+    /// <summary>What its sessions ran in the window: session ("lock" or "wait") and statement text (cut at 120 characters) to count.</summary>
+    public Dictionary<string, int> Statements { get; init; } = [];
+}
 
 /// <summary>N nodes x M singletons started together.</summary>
 internal sealed record StartTogether(

@@ -205,6 +205,24 @@ internal sealed class ScaleReport(BenchmarkSettings settings, EnvironmentInfo en
             text.AppendLine();
         }
 
+        if (results.Steady.Any(s => s.Statements.Count > 0))
+        {
+            text.AppendLine("## What the idle sessions ran");
+            text.AppendLine();
+            text.AppendLine("Statements in the idle window per node and session, from the server's log (text cut at 120 characters).");
+            text.AppendLine();
+            foreach (var s in results.Steady.Where(s => s.Statements.Count > 0))
+            {
+                text.AppendLine(CultureInfo.InvariantCulture, $"- {s.Singletons} singleton(s), {s.Role} ({s.NodeId}), {s.WindowSeconds:0} s:");
+                foreach (var (statement, count) in s.Statements)
+                {
+                    text.AppendLine(CultureInfo.InvariantCulture, $"  - {count} x {statement.Replace("|", "\\|", StringComparison.Ordinal)}");
+                }
+            }
+
+            text.AppendLine();
+        }
+
         if (results.StartTogether is { } st)
         {
             text.AppendLine("## Started together");
