@@ -51,7 +51,8 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
             var names = nodes.SelectMany(n => new[] { Holder(n.NodeId), HolderWait(n.NodeId) }).ToArray();
             var sessionsBefore = await SessionsAsync(names, ct);
             var nodeCpu = nodes.Select(n => ProcStat.CpuMilliseconds(n.Pid) ?? 0).ToArray();
-            var backendCpu = sessionsBefore.ToDictionary(s => s.Pid, s => ProcStat.CpuMilliseconds(s.Pid));
+            // Backends' CPU only when the server runs on this machine (its pids are ours to read).
+            var backendCpu = postmasterPid is null ? [] : sessionsBefore.ToDictionary(s => s.Pid, s => ProcStat.CpuMilliseconds(s.Pid));
             var startMarker = statementLog is null ? null : await statementLog.MarkAsync(ct);
             var t0 = Stopwatch.GetTimestamp();
             var maxSessions = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -75,7 +76,7 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
                 var node = nodes[i];
                 var lockApp = Holder(node.NodeId);
                 var waitApp = HolderWait(node.NodeId);
-                double? backends = 0;
+                double? backends = postmasterPid is null ? null : 0;
                 foreach (var session in sessionsAfter.Where(s => s.Application == lockApp || s.Application == waitApp))
                 {
                     backends = backendCpu.TryGetValue(session.Pid, out var before) && before is { } b && ProcStat.CpuMilliseconds(session.Pid) is { } a
@@ -146,11 +147,13 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
         var nodesCpu = started.Sum(n => ProcStat.CpuMilliseconds(n.Pid) ?? 0);
         await Task.Delay(TimeSpan.FromSeconds(2), ct);
         var spread = started.Select(n => new NodeCount(n.NodeId, n.RunningCount)).ToList();
+        var first = started.SelectMany(n => n.Running().Values).DefaultIfEmpty(last).Min();
         results.StartTogether = new StartTogether(
-            nodes, singletons, Sample.ToMilliseconds(allReady - t0), Sample.ToMilliseconds(last - t0),
+            nodes, singletons, Sample.ToMilliseconds(started.Min(n => n.Ready.Result) - t0), Sample.ToMilliseconds(allReady - t0),
+            Sample.ToMilliseconds(first - t0), Sample.ToMilliseconds(last - t0),
             serverCpuAfter - serverCpuBefore, nodesCpu, spread);
         context.Progress(string.Create(CultureInfo.InvariantCulture,
-            $"started together: all {nodes} nodes ready after {Format.Milliseconds(results.StartTogether.AllReadyMs)}, all {singletons} singletons running after {Format.Milliseconds(results.StartTogether.AllRunningMs)}; " +
+            $"started together: nodes ready after {Format.Milliseconds(results.StartTogether.FirstReadyMs)} (first) to {Format.Milliseconds(results.StartTogether.AllReadyMs)} (all); singletons running after {Format.Milliseconds(results.StartTogether.FirstRunningMs)} (first) to {Format.Milliseconds(results.StartTogether.AllRunningMs)} (all {singletons}); " +
             $"server CPU {Format.Milliseconds(results.StartTogether.ServerCpuMs ?? double.NaN)}; spread {string.Join(", ", spread.Select(s => $"{s.NodeId}={s.Running}"))}"));
 
         await FailoversAsync(cluster, Settings.ScaleRepetitions, results.Failovers, $"{singletons}", ct);
@@ -201,10 +204,11 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
                 await victim.Process.WaitExitAsync(TimeSpan.FromSeconds(60));
                 var times = takeOvers.Values.OfType<double>().Order().ToList();
                 var failover = new Failover(fault, rep, victim.NodeId, names.Count, leaders, times, takeOvers.Count - times.Count,
-                    Sample.ToMilliseconds(victim.Process.ExitedAt - fault_));
+                    Sample.ToMilliseconds(victim.Process.ExitedAt - fault_),
+                    victim.LastStop > fault_ ? Sample.ToMilliseconds(victim.LastStop - fault_) : null);
                 into.Add(failover);
                 context.Progress(string.Create(CultureInfo.InvariantCulture,
-                    $"{label} {fault} {rep}/{repetitions}: {victim.NodeId} ran {names.Count} (one of {leaders} leading node(s)); all elsewhere: first {Ms(failover.First)}, p50 {Ms(failover.P50)}, last {Ms(failover.Last)}{(failover.Missing > 0 ? $", {failover.Missing} NOT within the cap" : "")}; the victim exited after {Ms(failover.VictimExitMs)}"));
+                    $"{label} {fault} {rep}/{repetitions}: {victim.NodeId} ran {names.Count} (one of {leaders} leading node(s)); all elsewhere: first {Ms(failover.First)}, p50 {Ms(failover.P50)}, last {Ms(failover.Last)}{(failover.Missing > 0 ? $", {failover.Missing} NOT within the cap" : "")}; {(failover.VictimLastStopMs is { } stopped ? $"its last child returned after {Ms(stopped)}, " : "")}the victim exited after {Ms(failover.VictimExitMs)}"));
 
                 var replacement = cluster.StartNode();
                 await replacement.WaitReadyAsync(ReadyTimeout, ct);

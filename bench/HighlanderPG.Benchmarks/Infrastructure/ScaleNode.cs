@@ -14,6 +14,7 @@ internal sealed class ScaleNode : IAsyncDisposable
     private readonly Dictionary<string, List<long>> _starts = new(StringComparer.Ordinal);
     private readonly TaskCompletionSource<long> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private WatchedProcess _process = null!;
+    private long _lastStop;
 
     private ScaleNode(string nodeId) => NodeId = nodeId;
 
@@ -102,6 +103,18 @@ internal sealed class ScaleNode : IAsyncDisposable
         }
     }
 
+    /// <summary>When the last child that returned here returned (0 if none has).</summary>
+    public long LastStop
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lastStop;
+            }
+        }
+    }
+
     public ValueTask DisposeAsync() => _process.DisposeAsync();
 
     private void OnLine(string line, long arrived)
@@ -133,6 +146,7 @@ internal sealed class ScaleNode : IAsyncDisposable
             else if (parts[0] == "STOP")
             {
                 _running.Remove(parts[1]);
+                _lastStop = Math.Max(_lastStop, timestamp);
             }
         }
     }

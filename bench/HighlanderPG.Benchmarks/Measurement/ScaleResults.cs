@@ -35,7 +35,7 @@ internal sealed record SteadyNode(
 
 /// <summary>N nodes x M singletons started together.</summary>
 internal sealed record StartTogether(
-    int Nodes, int Singletons, double AllReadyMs, double AllRunningMs, double? ServerCpuMs, double NodesCpuMs,
+    int Nodes, int Singletons, double FirstReadyMs, double AllReadyMs, double FirstRunningMs, double AllRunningMs, double? ServerCpuMs, double NodesCpuMs,
     IReadOnlyList<NodeCount> Spread);
 
 internal sealed record NodeCount(string NodeId, int Running);
@@ -46,8 +46,10 @@ internal sealed record NodeCount(string NodeId, int Running);
 /// <param name="Leaders">How many live nodes ran at least one singleton when it was hit (the victim included).</param>
 /// <param name="TakeOverMs">Per singleton, from the fault to its child starting on another node; sorted.</param>
 /// <param name="Missing">Singletons not running elsewhere at the cap.</param>
+/// <param name="VictimExitMs">From the fault to the benchmark seeing the victim's process exit.</param>
+/// <param name="VictimLastStopMs">SIGTERM: from the fault to the victim's last child returning (its own timestamp).</param>
 internal sealed record Failover(
-    string Fault, int Repetition, string Victim, int Led, int Leaders, IReadOnlyList<double> TakeOverMs, int Missing, double? VictimExitMs)
+    string Fault, int Repetition, string Victim, int Led, int Leaders, IReadOnlyList<double> TakeOverMs, int Missing, double? VictimExitMs, double? VictimLastStopMs)
 {
     public double? P50 => TakeOverMs.Count == 0 ? null : Summary.Of(TakeOverMs).P50!.Value.Milliseconds;
 

@@ -93,7 +93,7 @@ internal sealed class ScaleReport(BenchmarkSettings settings, EnvironmentInfo en
 
     private static object Describe(Failover f) => new
     {
-        f.Fault, f.Repetition, f.Victim, f.Led, f.Leaders, f.Missing, f.VictimExitMs,
+        f.Fault, f.Repetition, f.Victim, f.Led, f.Leaders, f.Missing, f.VictimExitMs, f.VictimLastStopMs,
         firstMs = f.First, p50Ms = f.P50, lastMs = f.Last, takeOverMs = f.TakeOverMs,
     };
 
@@ -116,10 +116,10 @@ internal sealed class ScaleReport(BenchmarkSettings settings, EnvironmentInfo en
 
         if (results.StartTogether is { } st)
         {
-            text.AppendLine("| started together | all nodes ready | all singletons running | server CPU in that time | nodes' CPU | singletons per node |");
+            text.AppendLine("| started together | nodes ready (first, all) | singletons running (first, all) | server CPU until all ran | nodes' CPU | singletons per node |");
             text.AppendLine("|---|--:|--:|--:|--:|---|");
             text.Append(CultureInfo.InvariantCulture,
-                $"| {st.Nodes} nodes x {st.Singletons} | {Format.Milliseconds(st.AllReadyMs)} | {Format.Milliseconds(st.AllRunningMs)} | {ServerCpu(st)} | {st.NodesCpuMs / 1000:0.0} s | {string.Join(", ", st.Spread.Select(n => n.Running.ToString(CultureInfo.InvariantCulture)))} |").AppendLine();
+                $"| {st.Nodes} nodes x {st.Singletons} | {Format.Milliseconds(st.FirstReadyMs)}, {Format.Milliseconds(st.AllReadyMs)} | {Format.Milliseconds(st.FirstRunningMs)}, {Format.Milliseconds(st.AllRunningMs)} | {ServerCpu(st)} | {st.NodesCpuMs / 1000:0.0} s | {string.Join(", ", st.Spread.Select(n => n.Running.ToString(CultureInfo.InvariantCulture)))} |").AppendLine();
             text.AppendLine();
         }
 
@@ -188,17 +188,18 @@ internal sealed class ScaleReport(BenchmarkSettings settings, EnvironmentInfo en
         {
             text.AppendLine("## Every fail-over");
             text.AppendLine();
-            text.AppendLine("Times from just before the signal to each singleton's child starting on another node (nearest-rank percentiles over its singletons).");
+            text.AppendLine("Times from just before the signal to each singleton's child starting on another node (nearest-rank percentiles over its singletons); " +
+                "for SIGTERM, when the victim's last child returned (the node's own timestamp); when the benchmark saw the victim's process exit.");
             text.AppendLine();
-            text.AppendLine("| nodes x singletons | fault | # | victim | it ran | leading nodes | first | p50 | p90 | last | not within the cap | victim exited after |");
-            text.AppendLine("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+            text.AppendLine("| nodes x singletons | fault | # | victim | it ran | leading nodes | first | p50 | p90 | last | not within the cap | victim's last child returned | victim exited |");
+            text.AppendLine("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
             foreach (var (label, list) in new[] { ("2 x 1", results.SingleFailovers), ($"{settings.ScaleNodes} x {settings.ScaleSingletons}", results.Failovers) })
             {
                 foreach (var f in list)
                 {
                     var p90 = f.TakeOverMs.Count == 0 ? null : (double?)Summary.Of(f.TakeOverMs).P90!.Value.Milliseconds;
                     text.Append(CultureInfo.InvariantCulture,
-                        $"| {label} | {Signal(f.Fault)} | {f.Repetition} | {f.Victim} | {f.Led} | {f.Leaders} | {Ms(f.First)} | {Ms(f.P50)} | {Ms(p90)} | {Ms(f.Last)} | {f.Missing} | {Ms(f.VictimExitMs)} |").AppendLine();
+                        $"| {label} | {Signal(f.Fault)} | {f.Repetition} | {f.Victim} | {f.Led} | {f.Leaders} | {Ms(f.First)} | {Ms(f.P50)} | {Ms(p90)} | {Ms(f.Last)} | {f.Missing} | {Ms(f.VictimLastStopMs)} | {Ms(f.VictimExitMs)} |").AppendLine();
                 }
             }
 
@@ -228,8 +229,8 @@ internal sealed class ScaleReport(BenchmarkSettings settings, EnvironmentInfo en
             text.AppendLine("## Started together");
             text.AppendLine();
             text.AppendLine(CultureInfo.InvariantCulture,
-                $"{st.Nodes} node processes started at once, each registering the same {st.Singletons} singletons. All had started their host after {Format.Milliseconds(st.AllReadyMs)}; " +
-                $"every singleton ran somewhere {Format.Milliseconds(st.AllRunningMs)} after the first spawn. In that time the server's processes used {ServerCpu(st)} and the node processes {st.NodesCpuMs / 1000:0.0} s of CPU (start-up of .NET included).");
+                $"{st.Nodes} node processes started at once, each registering the same {st.Singletons} singletons. The first had started its host {Format.Milliseconds(st.FirstReadyMs)} after the first spawn, all after {Format.Milliseconds(st.AllReadyMs)}; " +
+                $"the first singleton ran after {Format.Milliseconds(st.FirstRunningMs)}, every one of them after {Format.Milliseconds(st.AllRunningMs)}. In that time the server's processes used {ServerCpu(st)} and the node processes {st.NodesCpuMs / 1000:0.0} s of CPU (start-up of .NET included).");
             text.AppendLine();
             text.AppendLine("| node | singletons running 2 s later |");
             text.AppendLine("|---|--:|");
