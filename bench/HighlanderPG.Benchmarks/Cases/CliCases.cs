@@ -76,7 +76,6 @@ internal static class CliCases
         async Task<Measured> IterationAsync(int i, CancellationToken ct)
         {
             var name = string.Create(CultureInfo.InvariantCulture, $"{id}-{i}");
-            var key = SingletonKey.Derive(ns, name);
             var (leader, leaderStarted) = Start(highlander!, context, ns, name, $"cli-lead-{i}");
             await using (leader)
             {
@@ -84,7 +83,8 @@ internal static class CliCases
                 var (follower, followerStarted) = Start(highlander!, context, ns, name, $"cli-follow-{i}");
                 await using (follower)
                 {
-                    await context.Probe.WaitForWaiterAsync(key, LockProbe.Shared, BenchContext.SetupTimeout, ct);
+                    // The follower's wait session blocked on a lock: it is ready to take over.
+                    await context.Probe.WaitForBlockedAsync("highlander-wait/" + NodeId(context, $"cli-follow-{i}"), BenchContext.SetupTimeout, ct);
                     await Task.Delay(context.Dwell(Defaults.HeartbeatInterval), ct);
 
                     var start = Stopwatch.GetTimestamp();
@@ -122,7 +122,7 @@ internal static class CliCases
         var started = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
         var process = WatchedProcess.Start(
             highlander,
-            ["run", "--name", name, "--namespace", ns, "--node-id", $"{context.RunId[..4]}-{nodeId}", "--log-level", context.Settings.Verbose ? "information" : "warning", "--", "sh", "-c", Script],
+            ["run", "--name", name, "--namespace", ns, "--node-id", NodeId(context, nodeId), "--log-level", context.Settings.Verbose ? "information" : "warning", "--", "sh", "-c", Script],
             new Dictionary<string, string> { ["HIGHLANDER_CONNECTION"] = context.ConnectionString },
             (line, at) =>
             {
@@ -133,4 +133,6 @@ internal static class CliCases
             });
         return (process, started.Task);
     }
+
+    private static string NodeId(BenchContext context, string nodeId) => $"{context.RunId[..4]}-{nodeId}";
 }

@@ -178,9 +178,10 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
             foreach (var fault in rep % 2 == 1 ? new[] { "kill", "term" } : ["term", "kill"])
             {
                 await cluster.WaitAllRunningAsync(RunningTimeout, ct);
-                foreach (var node in cluster.Live.Where(n => n.RunningCount == 0))
+                var missing = await WaitForSessionsAsync([.. cluster.Live.Where(n => n.RunningCount == 0).Select(n => HolderWait(n.NodeId))], TimeSpan.FromSeconds(30), ct);
+                if (missing.Count > 0)
                 {
-                    await WaitForSessionAsync(HolderWait(node.NodeId), TimeSpan.FromSeconds(30), ct);
+                    results.Notes.Add($"{label} {fault} {rep}: no wait session seen within 30 s for {string.Join(", ", missing)}; the fault came anyway.");
                 }
 
                 // Let the new node settle into following, then land the fault at a random phase of the heartbeats.
@@ -241,19 +242,23 @@ internal sealed class ScaleCases(BenchContext context, StatementLog? statementLo
         return sessions;
     }
 
-    private async Task<bool> WaitForSessionAsync(string application, TimeSpan timeout, CancellationToken ct)
+    private async Task<bool> WaitForSessionAsync(string application, TimeSpan timeout, CancellationToken ct) =>
+        (await WaitForSessionsAsync([application], timeout, ct)).Count == 0;
+
+    /// <summary>Waits until every one of <paramref name="applications"/> has a session; returns those that still have none at the timeout.</summary>
+    private async Task<IReadOnlyList<string>> WaitForSessionsAsync(string[] applications, TimeSpan timeout, CancellationToken ct)
     {
         var until = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
-        while (Stopwatch.GetTimestamp() < until)
+        while (true)
         {
-            if ((await SessionsAsync([application], ct)).Count > 0)
+            var seen = (await SessionsAsync(applications, ct)).Select(s => s.Application).ToHashSet(StringComparer.Ordinal);
+            var missing = applications.Where(a => !seen.Contains(a)).ToList();
+            if (missing.Count == 0 || Stopwatch.GetTimestamp() >= until)
             {
-                return true;
+                return missing;
             }
 
             await Task.Delay(50, ct);
         }
-
-        return false;
     }
 }

@@ -288,6 +288,11 @@ internal sealed class MarkdownReport(
           trips were sent and answered (the leader's unlock + NOTIFY, the follower's try + holder query), and how many the
           follower needed; in `hl-graceful` a bystander session that only LISTENs on the release channel tells when the NOTIFY
           was delivered.
+        - **`highlander run`** (`cli-*`): two `highlander run` processes (the repository's Release build, default options) with the
+          command `sh -c 'echo started $$; exec sleep 1000'`, which inherits `highlander`'s standard output; the benchmark reads it and
+          stamps each line when it arrives. The fault comes once the follower's wait session (`highlander-wait/<node>`) is seen
+          blocked on a lock in `pg_stat_activity`, after a random dwell. `cli-floor` spawns the same command directly and reads its
+          first line the same way: the least a `highlander run` hand-over can add to the lock's own hand-over.
         - **DistributedLock** is used with its defaults (multiplexing on, keepalive off), holder and waiter each with their own
           connection pool (distinct `Application Name`); "watched" means the holder registered a callback on `HandleLostToken`.
         - **Everything shares 2 cores**: server, waiter and (in-process cases) the holder. Loopback TCP; no network latency. The
