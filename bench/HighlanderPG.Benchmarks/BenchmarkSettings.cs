@@ -20,7 +20,9 @@ internal sealed class BenchmarkSettings
           --connection CS       use this PostgreSQL instead of a throwaway local server
                                 (or set HIGHLANDER_BENCH_CONNECTION); the role needs no special rights
           --out PATH            where to write the Markdown report
-                                (default bench/results/handover-YYYY-MM-DD.md under the repository root)
+                                (default bench/results/handover-YYYY-MM-DD.md under the repository root; with
+                                --suite scale the scale report, default bench/results/scale-YYYY-MM-DD.md; with --suite all
+                                the scale report goes beside it); JSON and SVG are written beside each report
           --cases A,B,...       only these hand-over cases (ids: floor-graceful, floor-crash, dl-graceful, dl-graceful-unwatched,
                                 dl-crash, dl-crash-unwatched, hl-graceful, hl-crash, hl-cutoff, cli-floor, cli-graceful, cli-crash)
           --highlander PATH     the `highlander` CLI for the cli-* cases (default: the repository's
