@@ -73,12 +73,15 @@ internal static class SvgChart
             svg.Append(CultureInfo.InvariantCulture, $"""<text x="{plotLeft - 8}" y="{middle + 4:0.#}" text-anchor="end">{Escape(s.Label)}</text>""").AppendLine();
             var sorted = s.Milliseconds.Order().ToList();
             var opacity = sorted.Count > 200 ? 0.25 : 0.55;
+            svg.Append(CultureInfo.InvariantCulture, $"""<g fill="#2563eb" fill-opacity="{opacity}">""").AppendLine();
             for (var i = 0; i < sorted.Count; i++)
             {
                 // A fixed, sample-independent spread: the golden-ratio sequence over the row's height.
                 var jitter = ((i * 0.6180339887) % 1.0 - 0.5) * (RowHeight - 12);
-                svg.Append(CultureInfo.InvariantCulture, $"""<circle cx="{X(sorted[i]):0.#}" cy="{middle + jitter:0.#}" r="2.4" fill="#2563eb" fill-opacity="{opacity}"/>""").AppendLine();
+                svg.Append(CultureInfo.InvariantCulture, $"""<circle cx="{X(sorted[i]):0.#}" cy="{middle + jitter:0.#}" r="2.4"/>""").AppendLine();
             }
+
+            svg.AppendLine("</g>");
 
             if (sorted.Count > 0)
             {
