@@ -10,21 +10,59 @@ internal sealed class BenchmarkSettings
     public const string Usage = """
         Usage: dotnet run -c Release --project bench/HighlanderPG.Benchmarks -- [options]
 
-          --iterations N        measured iterations per case (default 30)
+          --suite NAME          handover (default: the hand-over latency cases), scale (1 and N singletons per node:
+                                steady-state cost, N nodes started together, fail-over of the node leading the most),
+                                or all (both, one server)
+          --iterations N        measured iterations per hand-over case (default 30)
           --slow-iterations N   iterations of the slow DistributedLock crash case with HandleLostToken watched, run at once (default 5)
           --warmup N            unmeasured iterations before each case (default 1)
           --cap SECONDS         give up waiting for a hand-over after this long and report "> cap" (default 70)
           --connection CS       use this PostgreSQL instead of a throwaway local server
                                 (or set HIGHLANDER_BENCH_CONNECTION); the role needs no special rights
           --out PATH            where to write the Markdown report
-                                (default bench/results/handover-YYYY-MM-DD.md under the repository root)
-          --cases A,B,...       only these cases (ids: floor-graceful, floor-crash, dl-graceful, dl-graceful-unwatched,
-                                dl-crash, dl-crash-unwatched, hl-graceful, hl-crash, hl-cutoff)
+                                (default bench/results/handover-YYYY-MM-DD.md under the repository root; with
+                                --suite scale the scale report, default bench/results/scale-YYYY-MM-DD.md; with --suite all
+                                the scale report goes beside it); JSON and SVG are written beside each report
+          --cases A,B,...       only these hand-over cases (ids: floor-graceful, floor-crash, dl-graceful, dl-graceful-unwatched,
+                                dl-crash, dl-crash-unwatched, hl-graceful, hl-crash, hl-cutoff, cli-floor, cli-graceful, cli-crash)
+          --highlander PATH     the `highlander` CLI for the cli-* cases (default: the repository's
+                                src/HighlanderPG.Cli/bin/Release/net10.0/highlander; build the solution first)
+
+        Scale suite:
+          --scale-nodes N       nodes started together (default 10)
+          --scale-singletons N  singletons per node (default 1000)
+          --scale-repetitions N SIGKILLs and SIGTERMs of the node leading the most, each (default 3)
+          --single-iterations N SIGKILLs and SIGTERMs of a lone singleton's leader, each: the baseline (default 10)
+          --idle-window SECONDS steady-state measuring window (default 30)
+          --settle SECONDS      steady-state settling time before the window (default 8)
+          --fault-settle SECONDS pause before each fail-over, plus a random dwell of up to a heartbeat (default 3)
           --seed N              seed of the random dwell before each fault (default: random, printed in the report)
           --verbose             log HighlanderPG's messages (Information and up) to standard error
         """;
 
+    public string Suite { get; private set; } = "handover";
+
+    public bool RunsHandover => Suite is "handover" or "all";
+
+    public bool RunsScale => Suite is "scale" or "all";
+
     public int Iterations { get; private set; } = 30;
+
+    public string? Highlander { get; private set; }
+
+    public int ScaleNodes { get; private set; } = 10;
+
+    public int ScaleSingletons { get; private set; } = 1000;
+
+    public int ScaleRepetitions { get; private set; } = 3;
+
+    public int SingleIterations { get; private set; } = 10;
+
+    public TimeSpan IdleWindow { get; private set; } = TimeSpan.FromSeconds(30);
+
+    public TimeSpan Settle { get; private set; } = TimeSpan.FromSeconds(8);
+
+    public TimeSpan FaultSettle { get; private set; } = TimeSpan.FromSeconds(3);
 
     public int SlowIterations { get; private set; } = 5;
 
@@ -67,6 +105,43 @@ internal sealed class BenchmarkSettings
             {
                 switch (name)
                 {
+                    case "--suite":
+                        var suite = Value();
+                        settings.Suite = suite is "handover" or "scale" or "all" ? suite : throw new FormatException("--suite must be handover, scale or all.");
+                        shown.Add($"{name} {settings.Suite}");
+                        break;
+                    case "--highlander":
+                        settings.Highlander = Value();
+                        shown.Add($"{name} {settings.Highlander}");
+                        break;
+                    case "--scale-nodes":
+                        settings.ScaleNodes = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.ScaleNodes}");
+                        break;
+                    case "--scale-singletons":
+                        settings.ScaleSingletons = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.ScaleSingletons}");
+                        break;
+                    case "--scale-repetitions":
+                        settings.ScaleRepetitions = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.ScaleRepetitions}");
+                        break;
+                    case "--single-iterations":
+                        settings.SingleIterations = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.SingleIterations}");
+                        break;
+                    case "--idle-window":
+                        settings.IdleWindow = TimeSpan.FromSeconds(PositiveInt(name, Value()));
+                        shown.Add($"{name} {settings.IdleWindow.TotalSeconds}");
+                        break;
+                    case "--settle":
+                        settings.Settle = TimeSpan.FromSeconds(PositiveInt(name, Value()));
+                        shown.Add($"{name} {settings.Settle.TotalSeconds}");
+                        break;
+                    case "--fault-settle":
+                        settings.FaultSettle = TimeSpan.FromSeconds(int.Parse(Value(), NumberStyles.None, CultureInfo.InvariantCulture));
+                        shown.Add($"{name} {settings.FaultSettle.TotalSeconds}");
+                        break;
                     case "--iterations":
                         settings.Iterations = PositiveInt(name, Value());
                         shown.Add($"{name} {settings.Iterations}");
@@ -138,6 +213,7 @@ internal sealed class BenchmarkSettings
         "floor-graceful", "floor-crash",
         "dl-graceful", "dl-graceful-unwatched", "dl-crash", "dl-crash-unwatched",
         "hl-graceful", "hl-crash", "hl-cutoff",
+        "cli-floor", "cli-graceful", "cli-crash",
     ];
 
     public bool Runs(string caseId) => Cases is null || Cases.Contains(caseId);

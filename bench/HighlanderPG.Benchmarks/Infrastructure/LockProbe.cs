@@ -42,6 +42,40 @@ internal sealed class LockProbe : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Waits until a session named <paramref name="applicationName"/> is blocked waiting for a heavyweight lock
+    /// (<c>pg_stat_activity.wait_event_type = 'Lock'</c>), whichever key it waits for.
+    /// </summary>
+    public async Task WaitForBlockedAsync(string applicationName, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var until = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            await _gate.WaitAsync(cancellationToken);
+            try
+            {
+                await using var cmd = new NpgsqlCommand(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", _connection);
+                cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = applicationName });
+                if ((long)(await cmd.ExecuteScalarAsync(cancellationToken))! > 0)
+                {
+                    return;
+                }
+            }
+            finally
+            {
+                _gate.Release();
+            }
+
+            if (DateTime.UtcNow > until)
+            {
+                throw new TimeoutException($"No session '{applicationName}' was seen waiting for a lock within {timeout.TotalSeconds:0} s.");
+            }
+
+            await Task.Delay(5, cancellationToken);
+        }
+    }
+
     /// <summary>Waits until nobody holds <paramref name="key"/> (exclusively).</summary>
     public async Task WaitUntilFreeAsync(long key, TimeSpan timeout, CancellationToken cancellationToken)
     {

@@ -24,6 +24,9 @@ internal sealed record EnvironmentInfo(
     /// <summary>The machine's 1-minute load average when the cases ended.</summary>
     public double? LoadAverageAtEnd { get; init; }
 
+    /// <summary>The commit the library was built from (short hash, marked when src/ had uncommitted changes).</summary>
+    public string Commit { get; init; } = "unknown";
+
     private static readonly string[] SettingNames =
     [
         "idle_session_timeout", "lock_timeout", "statement_timeout", "client_connection_check_interval",
@@ -62,10 +65,14 @@ internal sealed record EnvironmentInfo(
         var machine = string.Create(CultureInfo.InvariantCulture,
             $"{RuntimeInformation.OSDescription} ({RuntimeInformation.OSArchitecture}); {Environment.ProcessorCount} logical cores{(cpu is null ? "" : $" ({cpu})")}; {memory:0.#} GiB memory");
         var root = RepositoryRootFinder.Find();
-        var libraries = $"HighlanderPG {InformationalVersion(typeof(HighlanderOptions).Assembly)} ({GitDescription(root)}); " +
+        var git = GitDescription(root);
+        var libraries = $"HighlanderPG {InformationalVersion(typeof(HighlanderOptions).Assembly)} ({git}); " +
             $"Npgsql {InformationalVersion(typeof(NpgsqlConnection).Assembly)}; " +
             $"DistributedLock.Postgres {InformationalVersion(typeof(PostgresDistributedLock).Assembly)}";
-        return new EnvironmentInfo(machine, RuntimeInformation.FrameworkDescription, version, where, settings, libraries, root);
+        return new EnvironmentInfo(machine, RuntimeInformation.FrameworkDescription, version, where, settings, libraries, root)
+        {
+            Commit = git.StartsWith("commit ", StringComparison.Ordinal) ? git["commit ".Length..] : git,
+        };
     }
 
     private static string? ReadCpuModel()

@@ -53,7 +53,43 @@ internal sealed class MarkdownReport(
         return text.ToString();
     }
 
-    public string Render()
+    /// <summary>Every sample, as JSON.</summary>
+    public string RenderJson() => System.Text.Json.JsonSerializer.Serialize(
+        new
+        {
+            date = started,
+            finished,
+            command = settings.CommandLine,
+            machine = environment.Machine,
+            server = environment.ServerVersion,
+            libraries = environment.Libraries,
+            iterations = settings.Iterations,
+            seed = settings.Seed,
+            cases = results.Select(r => new
+            {
+                id = r.Id,
+                system = r.System,
+                fault = r.Fault,
+                description = r.Description,
+                error = r.Error,
+                p50Ms = r.Summary.P50?.Milliseconds,
+                p90Ms = r.Summary.P90?.Milliseconds,
+                maxMs = r.Summary.Max?.Milliseconds,
+                samplesMs = r.Samples.Select(s => s.Milliseconds),
+                censored = r.Samples.Select(s => s.Censored),
+                components = r.Components,
+                notes = r.Notes,
+            }),
+        },
+        new System.Text.Json.JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.CamelCase });
+
+    /// <summary>A dot plot of every case's samples.</summary>
+    public string RenderChart() => SvgChart.Render(
+        $"Hand-over: from the fault to the work running again ({started:yyyy-MM-dd}, commit {environment.Commit})",
+        [.. results.Where(r => r.Samples.Count > 0).Select(r => new SvgChart.Series(
+            $"{r.Id} ({r.System}, {r.Fault})", [.. r.Samples.Where(s => !s.Censored).Select(s => s.Milliseconds)], r.Samples.Count(s => s.Censored)))]);
+
+    public string Render(string? chartFile = null)
     {
         var text = new StringBuilder();
         text.AppendLine(CultureInfo.InvariantCulture, $"# Hand-over latency: HighlanderPG vs. the floor and DistributedLock.Postgres ({started:yyyy-MM-dd})");
@@ -78,10 +114,16 @@ internal sealed class MarkdownReport(
         var n = settings.Iterations;
         text.AppendLine(CultureInfo.InvariantCulture,
             $"Percentiles are nearest-rank: with {n} samples p50 is the {Rank(0.5, n)}th smallest, p90 the {Rank(0.9, n)}th and p99 the {Rank(0.99, n)}th{(Rank(0.99, n) == n ? " (the maximum)" : "")}.");
-        text.AppendLine("`> cap` means the hand-over had not happened when the waiter gave up. \"p50 vs floor\" divides by the floor's p50 for the same fault.");
+        text.AppendLine("`> cap` means the hand-over had not happened when the waiter gave up. \"p50 vs floor\" divides by the floor's p50 for the same fault (for `highlander run`, by the p50 of starting its command directly, `cli-floor`).");
         text.AppendLine();
         text.Append(RenderSummary());
         text.AppendLine();
+        if (chartFile is not null)
+        {
+            text.AppendLine(CultureInfo.InvariantCulture, $"![Hand-over distributions]({chartFile})");
+            text.AppendLine();
+        }
+
         text.AppendLine("## Cases");
         foreach (var result in results)
         {
@@ -125,7 +167,7 @@ internal sealed class MarkdownReport(
                 text.AppendLine(CultureInfo.InvariantCulture, $"  - {name}: p50 {Format.Sample(parts.P50)}, p90 {Format.Sample(parts.P90)}, max {Format.Sample(parts.Max)}");
             }
 
-            text.AppendLine(CultureInfo.InvariantCulture, $"  - {(result.System == HighlanderCases.System ? "follower's child started" : "waiter got the lock")} (the measurement): p50 {Format.Sample(summary.P50)}, p90 {Format.Sample(summary.P90)}, max {Format.Sample(summary.Max)}");
+            text.AppendLine(CultureInfo.InvariantCulture, $"  - {(result.System == HighlanderCases.System ? "follower's child started" : result.System == CliCases.System ? "follower's command printed its first line" : "waiter got the lock")} (the measurement): p50 {Format.Sample(summary.P50)}, p90 {Format.Sample(summary.P90)}, max {Format.Sample(summary.Max)}");
         }
 
         foreach (var (name, values) in intervals)
@@ -165,7 +207,7 @@ internal sealed class MarkdownReport(
 
     private string RatioToFloor(CaseResult result)
     {
-        var floor = Floor(result.Fault);
+        var floor = result.System == CliCases.System || result.Id == "cli-floor" ? Find("cli-floor") : Floor(result.Fault);
         if (floor is null || floor == result || floor.Summary.P50 is not { Censored: false } f || result.Summary.P50 is not { } p)
         {
             return floor == result ? "1.0x" : "–";
@@ -246,6 +288,11 @@ internal sealed class MarkdownReport(
           trips were sent and answered (the leader's unlock + NOTIFY, the follower's try + holder query), and how many the
           follower needed; in `hl-graceful` a bystander session that only LISTENs on the release channel tells when the NOTIFY
           was delivered.
+        - **`highlander run`** (`cli-*`): two `highlander run` processes (the repository's Release build, default options) with the
+          command `sh -c 'echo started $$; exec sleep 1000'`, which inherits `highlander`'s standard output; the benchmark reads it and
+          stamps each line when it arrives. The fault comes once the follower's wait session (`highlander-wait/<node>`) is seen
+          blocked on a lock in `pg_stat_activity`, after a random dwell. `cli-floor` spawns the same command directly and reads its
+          first line the same way: the least a `highlander run` hand-over can add to the lock's own hand-over.
         - **DistributedLock** is used with its defaults (multiplexing on, keepalive off), holder and waiter each with their own
           connection pool (distinct `Application Name`); "watched" means the holder registered a callback on `HandleLostToken`.
         - **Everything shares 2 cores**: server, waiter and (in-process cases) the holder. Loopback TCP; no network latency. The
