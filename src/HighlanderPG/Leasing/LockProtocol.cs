@@ -1,3 +1,4 @@
+using System.Globalization;
 using Npgsql;
 
 namespace HighlanderPG.Leasing;
@@ -59,13 +60,40 @@ internal static class LockProtocol
         return holders;
     }
 
-    /// <summary>Unlocks <paramref name="keys"/> and announces each release on <see cref="Channel"/>, in one statement.</summary>
+    /// <summary>Keys per release announcement: a payload stays well under PostgreSQL's 8000 bytes (a key is at most 20 characters and a comma).</summary>
+    public const int KeysPerAnnouncement = 300;
+
+    /// <summary>
+    /// Unlocks <paramref name="keys"/> and announces the releases on <see cref="Channel"/>, in one statement: one
+    /// notification per <see cref="KeysPerAnnouncement"/> keys (payload: the keys, comma-separated), so that a node
+    /// releasing a thousand singletons wakes each follower a few times, not a thousand. Notifications are delivered
+    /// at commit, after every unlock.
+    /// </summary>
     public static async Task<int> UnlockAndNotifyAsync(NpgsqlConnection connection, long[] keys)
     {
-        await using var cmd = new NpgsqlCommand("SELECT k, pg_advisory_unlock(k), pg_notify($2, k::text) FROM unnest($1::bigint[]) AS t(k)", connection);
+        var payloads = keys.Chunk(KeysPerAnnouncement).Select(chunk => string.Join(',', chunk.Select(k => k.ToString(CultureInfo.InvariantCulture)))).ToArray();
+        await using var cmd = new NpgsqlCommand("""
+            WITH unlocked AS (SELECT pg_advisory_unlock(k) AS ok FROM unnest($1::bigint[]) AS t(k))
+            SELECT count(*) FILTER (WHERE ok), (SELECT count(pg_notify($2, p)) FROM unnest($3::text[]) AS n(p)) FROM unlocked
+            """, connection);
         cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
         cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = Channel });
-        return await cmd.ExecuteNonQueryAsync().ConfigureAwait(false);
+        cmd.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = payloads });
+        await using var reader = await cmd.ExecuteReaderAsync().ConfigureAwait(false);
+        await reader.ReadAsync().ConfigureAwait(false);
+        return (int)reader.GetInt64(0);
+    }
+
+    /// <summary>The keys of a release announcement (comma-separated; a single key from nodes before batched announcements).</summary>
+    public static IEnumerable<long> ParseAnnouncement(string payload)
+    {
+        foreach (var part in payload.Split(','))
+        {
+            if (long.TryParse(part, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var key))
+            {
+                yield return key;
+            }
+        }
     }
 
     /// <summary>The heartbeat: the backend pid (renews the server's idle timer; a changed pid betrays a transaction-mode pooler).</summary>

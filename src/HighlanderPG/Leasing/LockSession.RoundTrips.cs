@@ -305,7 +305,7 @@ internal sealed partial class LockSession
 
     private void OnNotification(string payload)
     {
-        if (long.TryParse(payload, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var key))
+        foreach (var key in LockProtocol.ParseAnnouncement(payload))
         {
             _ledger.OnReleaseAnnounced(key);
         }
