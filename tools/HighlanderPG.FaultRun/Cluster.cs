@@ -342,7 +342,8 @@ internal sealed class Cluster : IAsyncDisposable
         System.IO.Directory.CreateDirectory(RunEnvironment.LockDirectory(Directory));
         System.IO.Directory.CreateDirectory(Path.Combine(Directory, "clock"));
         System.IO.Directory.CreateDirectory(Path.Combine(Directory, "logs"));
-        ClockUnavailable = File.Exists(FakeTimeLibrary) ? null : $"libfaketime is not installed ({FakeTimeLibrary} missing; apt-get install faketime)";
+        ClockUnavailable = _settings.NoClock ? "turned off (--no-clock-jumps)"
+            : File.Exists(FakeTimeLibrary) ? null : $"libfaketime is not installed ({FakeTimeLibrary} missing; apt-get install faketime)";
         foreach (var host in Hosts)
         {
             host.StarveFile = Path.Combine(Directory, "starve-" + host.Name);

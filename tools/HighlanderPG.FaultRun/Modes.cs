@@ -51,7 +51,12 @@ internal static class NodeMode
 
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.ClearProviders();
-        builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        builder.Logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.UseUtcTimestamp = true;
+            o.TimestampFormat = "HH:mm:ss.fff ";
+        });
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.Services.AddHighlander(o =>
         {

@@ -112,7 +112,8 @@ internal sealed class Schedule(Settings settings, bool clockAvailable, bool serv
             return [Plan(round, kind, -1, 0)];
         }
 
-        var count = 1 + _random.Next(Math.Min(3, settings.Nodes - 1));
+        // Up to four faults at once (the soak's pace comes from overlapping them), on distinct hosts.
+        var count = 1 + _random.Next(Math.Min(4, settings.Nodes - 1));
         var plans = new List<FaultPlan>();
         var used = new HashSet<int>();
         for (var i = 0; i < count; i++)
