@@ -54,7 +54,7 @@ internal static class ChildWork
         {
             try
             {
-                await Task.Delay(TimeSpan.FromMilliseconds(random.Next(500, 1500)), stop);
+                await Task.Delay(TimeSpan.FromMilliseconds(random.Next(1500, 4500)), stop);
                 await using (var conn = await data.OpenConnectionAsync(CancellationToken.None))
                 {
                     await using var tx = await conn.BeginTransactionAsync(CancellationToken.None);

@@ -144,6 +144,7 @@ internal sealed class Schedule(Settings settings, bool clockAvailable, bool serv
 
         var candidates = Enumerable.Range(0, settings.Nodes)
             .Where(h => !used.Contains(h))
+            .Where(h => kind != FaultKind.ClockJump || h == 0)
             .Where(h => h < LibraryHosts ? allowLibrary : !FaultKinds.LibraryOnly(kind))
             .ToArray();
         return candidates.Length == 0 ? -1 : candidates[_random.Next(candidates.Length)];
