@@ -168,6 +168,7 @@ internal static class Checker
         // Unavailability and the bound: every singleton the fault took away runs again within it.
         var lease = settings.Lease.TotalSeconds;
         var baseline = ClockBaseline(book);
+        var livesOf = book.All.GroupBy(l => l.Singleton).ToDictionary(g => g.Key, g => g.OrderBy(l => l.Start).ToList(), StringComparer.Ordinal);
         foreach (var c in checks)
         {
             var f = c.Fault;
@@ -187,7 +188,7 @@ internal static class Checker
             {
                 foreach (var s in f.Affected)
                 {
-                    var next = book.All.Where(l => l.Singleton == s && l.Start > f.Start).MinBy(l => l.Start);
+                    var next = livesOf.GetValueOrDefault(s)?.FirstOrDefault(l => l.Start > f.Start);
                     if (next is null)
                     {
                         c.Failures.Add($"lost: {s} never ran again after the fault");

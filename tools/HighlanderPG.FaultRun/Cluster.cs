@@ -342,7 +342,8 @@ internal sealed class Cluster : IAsyncDisposable
         System.IO.Directory.CreateDirectory(RunEnvironment.LockDirectory(Directory));
         System.IO.Directory.CreateDirectory(Path.Combine(Directory, "clock"));
         System.IO.Directory.CreateDirectory(Path.Combine(Directory, "logs"));
-        ClockUnavailable = _settings.NoClock ? "turned off (--no-clock-jumps)"
+        ClockUnavailable = _settings.NoClock
+            ? "off by default: libfaketime, preloaded into a .NET node, also wraps its monotonic waits (seen here: after a jump the node's 500 ms sleep loop spun at ~10,000 iterations/s), so it fakes more than a wall-clock step; opt in with --clock-jumps (docs/fault-run.md)"
             : File.Exists(FakeTimeLibrary) ? null : $"libfaketime is not installed ({FakeTimeLibrary} missing; apt-get install faketime)";
         foreach (var host in Hosts)
         {
@@ -435,17 +436,31 @@ internal sealed class Cluster : IAsyncDisposable
         return Wrap(host, "dotnet", args, Path.Combine(Directory, "logs", node + ".log"));
     }
 
-    /// <summary>Whether every node process has its lock session (application_name highlander/{node}) on the server.</summary>
-    public async Task<bool> AllNodesConnectedAsync(CancellationToken cancel)
+    /// <summary>
+    /// Whether the round can start: every process of the round's targets has its lock session on the server
+    /// (application_name highlander/{node}), and so does at least one library host that the round leaves alone, so that
+    /// every singleton has somewhere to go. Other hosts may still be restarting.
+    /// </summary>
+    public async Task<bool> ReadyForAsync(IReadOnlyCollection<int> targets, bool global, CancellationToken cancel)
     {
-        var nodes = Hosts.SelectMany(h => h.Processes).Select(p => "highlander/" + p.Node).ToArray();
         try
         {
             await using var conn = new NpgsqlConnection(AdminConnectionString);
             await conn.OpenAsync(cancel);
-            await using var cmd = new NpgsqlCommand("SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name = ANY($1)", conn);
-            cmd.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = nodes });
-            return Convert.ToInt32(await cmd.ExecuteScalarAsync(cancel), CultureInfo.InvariantCulture) == nodes.Length;
+            await using var cmd = new NpgsqlCommand("SELECT DISTINCT application_name FROM pg_stat_activity WHERE application_name LIKE 'highlander/%'", conn);
+            var connected = new HashSet<string>(StringComparer.Ordinal);
+            await using (var reader = await cmd.ExecuteReaderAsync(cancel))
+            {
+                while (await reader.ReadAsync(cancel))
+                {
+                    connected.Add(reader.GetString(0));
+                }
+            }
+
+            bool Up(Host h) => h.Processes.All(p => connected.Contains("highlander/" + p.Node));
+            return global
+                ? Hosts.All(Up)
+                : targets.All(t => Up(Hosts[t])) && Hosts.Any(h => h.Kind == HostKind.Library && !targets.Contains(h.Index) && Up(h));
         }
         catch (NpgsqlException)
         {

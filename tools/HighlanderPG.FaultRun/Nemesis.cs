@@ -112,8 +112,10 @@ internal sealed class Schedule(Settings settings, bool clockAvailable, bool serv
             return [Plan(round, kind, -1, 0)];
         }
 
-        // Up to four faults at once (the soak's pace comes from overlapping them), on distinct hosts.
-        var count = 1 + _random.Next(Math.Min(4, settings.Nodes - 1));
+        // Up to four faults at once (the soak's pace comes from overlapping them), on distinct hosts: two to four with
+        // four hosts or more.
+        var most = Math.Min(4, settings.Nodes - 1);
+        var count = most >= 3 ? 2 + _random.Next(most - 1) : 1 + _random.Next(most);
         var plans = new List<FaultPlan>();
         var used = new HashSet<int>();
         for (var i = 0; i < count; i++)
@@ -169,6 +171,8 @@ internal sealed class Schedule(Settings settings, bool clockAvailable, bool serv
 /// <summary>Injects planned faults into the cluster and records each one's start and end in the history.</summary>
 internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings settings)
 {
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(int Round, string Host), int> _pausedInTx = new();
+
     public async Task<FaultRecord> InjectAsync(FaultPlan plan, IReadOnlyCollection<int> otherHosts, CancellationToken cancel)
     {
         var record = new FaultRecord(plan);
@@ -186,7 +190,9 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
 
             var until = Mono.Now() + Mono.FromSeconds(6);
             Host? inTx = null;
-            while ((inTx = candidates.OrderBy(h => h.Index != plan.Host).FirstOrDefault(h => book().HasOpenTransaction(h.Name))) is null && Mono.Now() < until)
+            // Two such faults of one round never take the same host.
+            while ((inTx = candidates.OrderBy(h => h.Index != plan.Host).FirstOrDefault(h => book().HasOpenTransaction(h.Name) && _pausedInTx.TryAdd((plan.Round, h.Name), plan.Id))) is null
+                && Mono.Now() < until)
             {
                 await Task.Delay(5, cancel);
             }
@@ -197,12 +203,14 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
 
         record.HostName = host?.Name ?? "server";
         var history = cluster.History;
-        void Begin(string detail = "")
+        void Begin(string detail = "", string? node = null)
         {
             record.Start = Mono.Now();
+            // What the fault takes away: everything for a server fault; one node's singletons for pg_terminate_backend of
+            // its session (the host's other `highlander run` processes keep theirs); else the host's.
             record.Affected = host is null
                 ? [.. cluster.Singletons]
-                : [.. book().Open.Where(l => l.Host == host.Name).Select(l => l.Singleton).Distinct()];
+                : [.. book().Open.Where(l => node is null ? l.Host == host.Name : l.Node == node).Select(l => l.Singleton).Distinct()];
             history.Write("fault-start", detail: string.Create(CultureInfo.InvariantCulture, $"id={plan.Id};kind={plan.Kind};host={record.HostName};{detail}"), mono: record.Start);
         }
 
@@ -289,7 +297,7 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
             case FaultKind.Terminate:
             {
                 var victim = host!.Processes[Math.Abs(plan.Id) % host.Processes.Count];
-                Begin("node=" + victim.Node);
+                Begin("node=" + victim.Node, victim.Node);
                 try
                 {
                     var n = await cluster.TerminateLockSessionAsync(victim.Node);

@@ -15,7 +15,7 @@ internal sealed class Settings
     public string? Connection { get; set; }
     public string? ReportDirectory { get; set; }
     public bool Smoke { get; set; }
-    public bool NoClock { get; set; }
+    public bool NoClock { get; set; } = true;
     public TimeSpan Lease { get; set; } = TimeSpan.FromSeconds(3);
 
     public static Settings Parse(string[] args)
@@ -40,6 +40,7 @@ internal sealed class Settings
                 case "--lease": s.Lease = ParseDuration(Next()); break;
                 case "--smoke": s.Smoke = true; break;
                 case "--no-clock-jumps": s.NoClock = true; break;
+                case "--clock-jumps": s.NoClock = false; break;
                 default: throw new ArgumentException($"unknown argument {args[i]}");
             }
         }
