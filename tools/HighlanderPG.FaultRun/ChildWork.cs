@@ -25,7 +25,10 @@ internal static class ChildWork
             while (!stop.IsCancellationRequested)
             {
                 history.Write("tick", name, epoch, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture));
-                witness ??= TryLock(lockPath);
+                if (witness is null && (witness = TryLock(lockPath)) is not null)
+                {
+                    history.Write("flock", name, epoch);
+                }
                 try
                 {
                     await Task.Delay(Tick, stop);

@@ -13,6 +13,9 @@ internal sealed class Life(string singleton, string host, string node, int pid, 
     public long Start { get; } = start;
     public bool FlockTaken { get; } = flockTaken;
     public long LastTick { get; set; } = start;
+
+    /// <summary>Whether the child held the singleton's kernel lock (flock), which only its stop or its process's death frees.</summary>
+    public bool HeldFlock { get; set; } = !flockTaken;
     public long? End { get; set; }
 
     /// <summary>How the end is known: "stop" (recorded), "kill" (SIGKILL sent), "exit" (process end observed), "gone" (found dead).</summary>
@@ -69,6 +72,13 @@ internal sealed class LifeBook
                 break;
             case "alive":
                 Wall(e);
+                break;
+            case "flock":
+                if (_open.TryGetValue((e.Pid, e.Singleton), out var locking))
+                {
+                    locking.HeldFlock = true;
+                }
+
                 break;
             case "stop":
                 if (_open.Remove((e.Pid, e.Singleton), out var stopped))
