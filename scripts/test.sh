@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tests, as CI runs them (.ci/run calls this script). Installs what they need first when it is missing: the
 # PostgreSQL server programs, PgBouncer, iproute2 and iptables (Debian/Ubuntu: apt-get, as root or through sudo; see
-# scripts/prerequisites.sh), then runs `dotnet test HighlanderPG.slnx --configuration Release`. Arguments are passed
-# on to dotnet test, e.g.
+# scripts/prerequisites.sh), then runs `dotnet test HighlanderPG.slnx --configuration Release` and the fault run's
+# smoke (tools/HighlanderPG.FaultRun --smoke --seed 1). Arguments are passed on to dotnet test (the smoke is then
+# skipped), e.g.
 #   ./scripts/test.sh --filter "FullyQualifiedName~FencingTests"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,4 +20,16 @@ fi
 
 highlander_require tests
 highlander_require_dotnet
-exec dotnet test HighlanderPG.slnx --configuration Release "$@"
+dotnet test HighlanderPG.slnx --configuration Release "$@"
+
+# Then the fault run's smoke (tools/HighlanderPG.FaultRun, README "Fault run"): every fault kind at least once on a
+# seeded schedule, with its checker (about a minute). Skipped when arguments select a part of the tests.
+if [ "$#" -gt 0 ]; then
+  echo "fault-run smoke skipped (arguments given to dotnet test)"
+  exit 0
+fi
+smoke=(--smoke --seed 1 --report artifacts/fault-run-smoke)
+if [ -n "${HIGHLANDER_TEST_CONNECTION:-}" ]; then
+  smoke+=(--connection "$HIGHLANDER_TEST_CONNECTION")
+fi
+exec dotnet run --configuration Release --project tools/HighlanderPG.FaultRun -- "${smoke[@]}"

@@ -227,9 +227,9 @@ internal static class Checker
                     .Where(w => w.Host == f.HostName && w.Mono > f.Start + Mono.FromSeconds(1.2) && w.Mono < f.End)
                     .Select(w => (w.WallMs - (w.Mono / 1_000_000)) - baseline.GetValueOrDefault(w.Host))
                     .ToList();
-                var expected = f.Plan.Detail * 1000L;
+                var expected = f.Detail * 1000L;
                 var seen = observed.Any(d => Math.Abs(d - expected) < 2000);
-                f.Note += string.Create(CultureInfo.InvariantCulture, $"{(f.Note.Length > 0 ? ";" : "")}offset={f.Plan.Detail}s;observed={(observed.Count == 0 ? "none" : string.Join('/', observed.Select(d => (d / 1000.0).ToString("0.#", CultureInfo.InvariantCulture))))}");
+                f.Note += string.Create(CultureInfo.InvariantCulture, $"{(f.Note.Length > 0 ? ";" : "")}observed={(observed.Count == 0 ? "none" : string.Join('/', observed.Select(d => (d / 1000.0).ToString("0.#", CultureInfo.InvariantCulture))))}");
                 if (!seen)
                 {
                     c.Failures.Add("clock jump not observed in the host's processes (no sample with the faked wall clock)");

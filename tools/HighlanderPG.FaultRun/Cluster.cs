@@ -19,6 +19,34 @@ internal static partial class Native
 
     public static bool Signal(int pid, int signal) => pid > 1 && Kill(pid, signal) == 0;
 
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [LibraryImport("libc", EntryPoint = "clock_gettime", SetLastError = true)]
+    private static partial int ClockGetTime(int clock, out Timespec time);
+
+    [LibraryImport("libc", EntryPoint = "clock_settime", SetLastError = true)]
+    private static partial int ClockSetTime(int clock, in Timespec time);
+
+    /// <summary>
+    /// Steps the machine's wall clock (CLOCK_REALTIME: every process, the PostgreSQL server too) by
+    /// <paramref name="seconds"/>; false when not permitted (needs CAP_SYS_TIME). CLOCK_MONOTONIC does not move.
+    /// </summary>
+    public static bool StepWallClock(long seconds)
+    {
+        if (ClockGetTime(0, out var now) != 0)
+        {
+            return false;
+        }
+
+        now.Seconds += seconds;
+        return ClockSetTime(0, in now) == 0;
+    }
+
     /// <summary>Alive and not a zombie.</summary>
     public static bool Alive(int pid)
     {
@@ -247,6 +275,9 @@ internal sealed class Cluster : IAsyncDisposable
     public List<string> Singletons { get; } = [];
     public string PartitionMethod { get; private set; } = "";
     public string? ClockUnavailable { get; private set; }
+
+    /// <summary>Clock jumps step the machine's real wall clock (every process and the server), not libfaketime's.</summary>
+    public bool RealClockSteps { get; private set; }
     public string ServerVersion { get; private set; } = "";
 
     public static async Task<Cluster> StartAsync(Settings settings, string directory, HistoryWriter history, Action<string> say)
@@ -342,15 +373,20 @@ internal sealed class Cluster : IAsyncDisposable
         System.IO.Directory.CreateDirectory(RunEnvironment.LockDirectory(Directory));
         System.IO.Directory.CreateDirectory(Path.Combine(Directory, "clock"));
         System.IO.Directory.CreateDirectory(Path.Combine(Directory, "logs"));
+        // A real step of the machine's wall clock where permitted (root with CAP_SYS_TIME: stepping by 0 s tells); else
+        // libfaketime on one host, only when asked for (--faketime-clock-jumps), since it fakes more than a wall-clock step.
+        RealClockSteps = !_settings.NoClock && Native.StepWallClock(0);
         ClockUnavailable = _settings.NoClock
-            ? "off by default: libfaketime, preloaded into a .NET node, also wraps its monotonic waits (seen here: after a jump the node's 500 ms sleep loop spun at ~10,000 iterations/s), so it fakes more than a wall-clock step; opt in with --clock-jumps (docs/fault-run.md)"
+            ? "off (--no-clock-jumps)"
+            : RealClockSteps ? null
+            : !_settings.FakeTimeClock ? "the machine's wall clock cannot be stepped here (needs root with CAP_SYS_TIME); libfaketime, preloaded into a .NET node, also wraps its monotonic waits (seen here: after a jump the node's 500 ms sleep loop spun at ~10,000 iterations/s), so it fakes more than a wall-clock step: opt in with --faketime-clock-jumps (docs/fault-run.md)"
             : File.Exists(FakeTimeLibrary) ? null : $"libfaketime is not installed ({FakeTimeLibrary} missing; apt-get install faketime)";
         foreach (var host in Hosts)
         {
             host.StarveFile = Path.Combine(Directory, "starve-" + host.Name);
             // libfaketime wraps every clock call of the process (about 10 % of a core per idle .NET process on this machine):
             // preloaded on the one host whose wall clock jumps, the first library host.
-            if (ClockUnavailable is null && host.Index == 0)
+            if (ClockUnavailable is null && !RealClockSteps && host.Index == 0)
             {
                 host.ClockFile = Path.Combine(Directory, "clock", host.Name);
                 await File.WriteAllTextAsync(host.ClockFile, "+0\n");
@@ -378,7 +414,7 @@ internal sealed class Cluster : IAsyncDisposable
             await Task.Delay(700);
         }
 
-        say($"server {ServerVersion}; partitions: {PartitionMethod}; clock jumps: {ClockUnavailable ?? "libfaketime (FAKETIME_TIMESTAMP_FILE, monotonic clock not faked)"}");
+        say($"server {ServerVersion}; partitions: {PartitionMethod}; clock jumps: {ClockUnavailable ?? (RealClockSteps ? "the machine's wall clock stepped (clock_settime CLOCK_REALTIME) and stepped back" : "libfaketime (FAKETIME_TIMESTAMP_FILE, monotonic clock not faked)")}");
     }
 
     private static string WithHost(string cs, string host, int port) =>

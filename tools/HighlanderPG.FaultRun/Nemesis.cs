@@ -57,6 +57,9 @@ internal sealed class FaultRecord(FaultPlan plan)
     public long End { get; set; }
     public string Note { get; set; } = "";
     public bool Injected { get; set; } = true;
+
+    /// <summary>For a clock jump: the step actually made, in seconds.</summary>
+    public int Detail { get; set; }
     public List<string> Affected { get; set; } = [];
     public string? HostName { get; set; }
 }
@@ -326,11 +329,41 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
                 await cluster.Server.StartAsync(cancel);
                 Finish();
                 break;
+            case FaultKind.ClockJump when cluster.RealClockSteps:
+            {
+                // The machine's wall clock, for every process and the server; stepped back after the hold, whatever happens.
+                // Small steps: PostgreSQL arms its timeouts (idle_session_timeout, the server's lease) on the wall clock.
+                var step = Math.Sign(plan.Detail) * (10 + (Math.Abs(plan.Detail) % 51));
+                Begin(string.Create(CultureInfo.InvariantCulture, $"offset={step}s;real"));
+                if (!Native.StepWallClock(step))
+                {
+                    record.Injected = false;
+                    record.Note = "clock_settime refused";
+                }
+
+                try
+                {
+                    await Task.Delay(plan.HoldMs, cancel);
+                }
+                finally
+                {
+                    if (record.Injected)
+                    {
+                        Native.StepWallClock(-step);
+                    }
+                }
+
+                record.Detail = step;
+                Finish();
+                break;
+            }
+
             case FaultKind.ClockJump:
                 Begin(string.Create(CultureInfo.InvariantCulture, $"offset={plan.Detail}s"));
                 await File.WriteAllTextAsync(host!.ClockFile!, string.Create(CultureInfo.InvariantCulture, $"{plan.Detail:+0;-0}\n"), cancel);
                 await Task.Delay(plan.HoldMs, cancel);
                 await File.WriteAllTextAsync(host.ClockFile!, "+0\n", CancellationToken.None);
+                record.Detail = plan.Detail;
                 Finish();
                 break;
             case FaultKind.Starve:

@@ -64,7 +64,7 @@ internal static class Report
         md.AppendLine(ci, $"- server: PostgreSQL {cluster.ServerVersion}{(cluster.Server is null ? " (given)" : " (throwaway)")}");
         md.AppendLine(ci, $"- cluster: {settings.Nodes} hosts: {settings.Nodes - settings.CliHosts} library nodes running {settings.Singletons} singletons, {settings.CliHosts} hosts of `highlander run` (one process per singleton) contending for {settings.CliSingletons} of them; fencing on; lease {settings.Lease.TotalSeconds:0.###} s, heartbeat, stop timeout and safety margin a quarter of it each; lock-delay = lease");
         md.AppendLine(ci, $"- partitions: {cluster.PartitionMethod}");
-        md.AppendLine(ci, $"- clock jumps: {cluster.ClockUnavailable ?? "libfaketime preloaded into every node process (wall clock faked through a per-host offset file, monotonic clock not faked); a jump counts only if the node's own wall clock was seen jumped"}");
+        md.AppendLine(ci, $"- clock jumps: {cluster.ClockUnavailable ?? (cluster.RealClockSteps ? "the machine's wall clock stepped (clock_settime CLOCK_REALTIME, every process and the server) by +-10 to +-60 s and stepped back; a jump counts only if the nodes' own wall clock was seen jumped" : "libfaketime preloaded into the first library host (wall clock faked through an offset file, monotonic clock not faked); a jump counts only if the node's own wall clock was seen jumped")}");
         md.AppendLine(ci, $"- history: {result.Lives} child lives; {result.GuardedRows} guarded rows, {result.UnguardedRows} unguarded rows; {result.KernelCleared} apparent overlaps cleared by the kernel lock (the earlier life's end was only an upper bound, but it held the flock and the later start found it free)");
         md.AppendLine();
         md.AppendLine(ci, $"**{result.Passed} passed, {result.Failed} failed** (one check per fault{(result.Unattributed.Count > 0 ? $", plus {result.Unattributed.Count} violations outside any fault" : "")})");
@@ -112,7 +112,7 @@ internal static class Report
         {
             date = began, loadAverage = FirstLine("/proc/loadavg"), tookSeconds = took.TotalSeconds, aborted, seed = settings.Seed, commit, machine, server = cluster.ServerVersion,
             settings = new { settings.Nodes, settings.Singletons, settings.CliHosts, settings.CliSingletons, leaseSeconds = settings.Lease.TotalSeconds, settings.Smoke },
-            partitions = cluster.PartitionMethod, clockJumps = cluster.ClockUnavailable ?? "libfaketime",
+            partitions = cluster.PartitionMethod, clockJumps = cluster.ClockUnavailable ?? (cluster.RealClockSteps ? "real (clock_settime)" : "libfaketime"),
             passed = result.Passed, failed = result.Failed, lives = result.Lives, kernelCleared = result.KernelCleared, result.GuardedRows, result.UnguardedRows,
             kinds = rows,
             faults = result.Checks.Select(c => new

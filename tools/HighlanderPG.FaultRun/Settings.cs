@@ -15,7 +15,10 @@ internal sealed class Settings
     public string? Connection { get; set; }
     public string? ReportDirectory { get; set; }
     public bool Smoke { get; set; }
-    public bool NoClock { get; set; } = true;
+    public bool NoClock { get; set; }
+
+    /// <summary>Where the wall clock cannot be stepped for real: fake it with libfaketime on one host.</summary>
+    public bool FakeTimeClock { get; set; }
     public TimeSpan Lease { get; set; } = TimeSpan.FromSeconds(3);
 
     public static Settings Parse(string[] args)
@@ -41,6 +44,7 @@ internal sealed class Settings
                 case "--smoke": s.Smoke = true; break;
                 case "--no-clock-jumps": s.NoClock = true; break;
                 case "--clock-jumps": s.NoClock = false; break;
+                case "--faketime-clock-jumps": s.NoClock = false; s.FakeTimeClock = true; break;
                 default: throw new ArgumentException($"unknown argument {args[i]}");
             }
         }
