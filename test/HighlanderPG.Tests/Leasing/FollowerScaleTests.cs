@@ -25,19 +25,23 @@ public sealed partial class FollowerScaleTests
     {
         await using var server = await LocalPostgresServer.StartAsync();
         await using var cluster = new TestCluster(server.ConnectionString);
-        await cluster.StartNodeAsync("a", ["a1", "a2"]);
-        await cluster.Recorder.WaitStartedAsync("a1", node: "a");
-        await cluster.Recorder.WaitStartedAsync("a2", node: "a");
-        await using var b = NodeProcess.Start(cluster, "b", server.ConnectionString);
-        await cluster.Recorder.WaitStartedAsync(NodeProcess.Singleton, node: "b");
-
-        var follower = await cluster.StartNodeAsync("c", ["a1", "a2", NodeProcess.Singleton], configure: o =>
+        // The holder the waiter blocks on has the follower's long lease too, so that a load spike on the test machine
+        // (a 3 s lease missed) cannot hand its singletons to the follower meanwhile.
+        static void Long(HighlanderOptions o)
         {
             o.LeaseDuration = TimeSpan.FromSeconds(24);
             o.LockDelayAfterServerStart = TimeSpan.FromSeconds(24);
             o.HeartbeatInterval = TimeSpan.FromSeconds(8);
             o.WaitSlice = TimeSpan.FromSeconds(7);
-        });
+        }
+
+        await cluster.StartNodeAsync("a", ["a1", "a2"], configure: Long);
+        await cluster.Recorder.WaitStartedAsync("a1", node: "a", timeout: TimeSpan.FromSeconds(60));
+        await cluster.Recorder.WaitStartedAsync("a2", node: "a", timeout: TimeSpan.FromSeconds(60));
+        await using var b = NodeProcess.Start(cluster, "b", server.ConnectionString);
+        await cluster.Recorder.WaitStartedAsync(NodeProcess.Singleton, node: "b");
+
+        var follower = await cluster.StartNodeAsync("c", ["a1", "a2", NodeProcess.Singleton], configure: Long);
         await follower.WaitForLeaderAsync(NodeProcess.Singleton, "b", TimeSpan.FromSeconds(60));
         await follower.WaitForLeaderAsync("a1", "a", TimeSpan.FromSeconds(60));
 
