@@ -109,8 +109,6 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return;
         }
 
-        // Every runner now stops its child and then releases its lock: let the session send those releases together.
-        Session?.BeginDrain();
         foreach (var stop in _runnerStops)
         {
             _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do

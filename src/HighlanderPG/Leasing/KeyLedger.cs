@@ -20,8 +20,6 @@ internal sealed class KeyLedger
     private bool _poke;
     private int _generation;
     private int _heartbeatsSinceFullTry;
-    private bool _draining;
-    private long _oldestQueuedRelease = long.MinValue;
 
     /// <summary>
     /// Every this many heartbeats, a follower tries every wanted key, also those whose holder the waiter watches: the
@@ -68,7 +66,7 @@ internal sealed class KeyLedger
     }
 
     /// <summary>Queues the release of <paramref name="lease"/>; false when this session does not hold it (any more).</summary>
-    public bool QueueRelease(Lease lease, TaskCompletionSource done, long queuedAt = 0)
+    public bool QueueRelease(Lease lease, TaskCompletionSource done)
     {
         lock (_gate)
         {
@@ -77,36 +75,8 @@ internal sealed class KeyLedger
                 return false;
             }
 
-            if (_releases.Count == 0)
-            {
-                _oldestQueuedRelease = queuedAt;
-            }
-
             _releases.Add((lease, done));
             return true;
-        }
-    }
-
-    /// <summary>
-    /// The node is stopping: every runner is stopping its child and will release its lock. From now on, queued
-    /// releases go out together: once every held lease's release is queued, or <c>window</c> after the oldest queued
-    /// one (<see cref="TakeWork"/>), so that a node leading many singletons announces them in a few batches and wakes
-    /// each follower a few times, not once per runner.
-    /// </summary>
-    public void BeginDrain()
-    {
-        lock (_gate)
-        {
-            _draining = true;
-        }
-    }
-
-    /// <summary>While draining with releases held back: when they must go out at the latest; otherwise <see cref="long.MaxValue"/>.</summary>
-    public long DrainReleaseDue(long window)
-    {
-        lock (_gate)
-        {
-            return _draining && _releases.Count > 0 ? _oldestQueuedRelease + window : long.MaxValue;
         }
     }
 
@@ -275,17 +245,12 @@ internal sealed class KeyLedger
     /// waiter), and every <see cref="HeartbeatsPerFullTry"/>th heartbeat every wanted key. Never a key already held:
     /// session locks are re-entrant.
     /// </summary>
-    public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed, long now = long.MaxValue, long drainWindow = 0)
+    public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed)
     {
         lock (_gate)
         {
-            List<(Lease Lease, TaskCompletionSource Done)> releases = [];
-            if (!_draining || AllReleasesQueued() || now >= _oldestQueuedRelease + drainWindow)
-            {
-                releases.AddRange(_releases);
-                _releases.Clear();
-            }
-
+            List<(Lease Lease, TaskCompletionSource Done)> releases = [.. _releases];
+            _releases.Clear();
             long[] toTry = [];
             if (releases.Count == 0 && lockDelayPassed && (heartbeatDue || _poke || _wantsChanged))
             {
@@ -305,12 +270,6 @@ internal sealed class KeyLedger
             _inflightReleases.AddRange(releases);
             return (releases, toTry);
         }
-    }
-
-    private bool AllReleasesQueued()
-    {
-        var going = _releases.Select(r => r.Lease.Key).Concat(_inflightReleases.Select(r => r.Lease.Key)).ToHashSet();
-        return _held.Values.All(l => l.IsLost || going.Contains(l.Key));
     }
 
     private bool IsWatched(long key) =>

@@ -20,7 +20,7 @@ internal sealed partial class LockSession
 
             var now = _time.GetTimestamp();
             var heartbeatDue = now >= nextHeartbeat;
-            var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil, now, Delta(DrainWindow));
+            var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil);
             if (releases.Count > 0)
             {
                 nextHeartbeat = await ReleaseBatchAsync(connection, session, releases).ConfigureAwait(false);
@@ -58,7 +58,6 @@ internal sealed partial class LockSession
         }
 
         until = Math.Min(until, _ledger.NextUnfenced);
-        until = Math.Min(until, _ledger.DrainReleaseDue(Delta(DrainWindow)));
         var timeout = _time.GetElapsedTime(_time.GetTimestamp(), until);
         if (timeout <= TimeSpan.Zero)
         {

@@ -90,7 +90,7 @@ internal sealed partial class LockSession : ILockSession
     public Task ReleaseAsync(Lease lease)
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (!_ledger.QueueRelease(lease, done, _time.GetTimestamp()))
+        if (!_ledger.QueueRelease(lease, done))
         {
             return Task.CompletedTask;
         }
@@ -101,12 +101,6 @@ internal sealed partial class LockSession : ILockSession
 
     /// <inheritdoc/>
     public LeaderInfo? GetHolder(long key) => _ledger.GetHolder(key);
-
-    /// <summary>How long, while the node stops, a queued release may wait for the others (<see cref="KeyLedger.BeginDrain"/>).</summary>
-    public static readonly TimeSpan DrainWindow = TimeSpan.FromMilliseconds(50);
-
-    /// <summary>The node is stopping: releases go out together (<see cref="KeyLedger.BeginDrain"/>).</summary>
-    public void BeginDrain() => _ledger.BeginDrain();
 
     /// <summary>Keys this node wants but does not hold, with the backend pid of their last seen holder.</summary>
     public List<(long Key, int? HolderPid)> GetWaitTargets() => _ledger.GetWaitTargets();

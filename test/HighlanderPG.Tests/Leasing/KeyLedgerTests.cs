@@ -259,31 +259,4 @@ public sealed class KeyLedgerTests
         Assert.Equal([3L], ledger.NeedHolder([1L, 2L, 3L]));
         Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
     }
-    [Fact]
-    public void While_the_node_stops_queued_releases_wait_for_the_others_or_the_window()
-    {
-        var ledger = new KeyLedger();
-        ledger.AddWant(1, "a");
-        ledger.AddWant(2, "b");
-        ledger.AddWant(3, "c");
-        var taken = ledger.Taken([1L, 2L, 3L], fencing: false, Now);
-
-        // Not stopping: a release goes out at once.
-        Assert.True(ledger.QueueRelease(taken[0].Lease, new TaskCompletionSource(), queuedAt: 100));
-        Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 100, drainWindow: 50).Releases);
-        ledger.Released([(taken[0].Lease, new TaskCompletionSource())]);
-
-        ledger.BeginDrain();
-        Assert.True(ledger.QueueRelease(taken[1].Lease, new TaskCompletionSource(), queuedAt: 200));
-        Assert.Equal(250, ledger.DrainReleaseDue(50));
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 220, drainWindow: 50).Releases); // c's is still to come
-
-        // The window passed: what is queued goes, without waiting for c.
-        Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 250, drainWindow: 50).Releases);
-        Assert.Equal(long.MaxValue, ledger.DrainReleaseDue(50));
-
-        // Every held lease queued (b's in flight): out at once, within the window.
-        Assert.True(ledger.QueueRelease(taken[2].Lease, new TaskCompletionSource(), queuedAt: 300));
-        Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 301, drainWindow: 50).Releases);
-    }
 }
