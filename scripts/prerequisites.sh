@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo or the tests need on a fresh Debian/Ubuntu machine, when it is missing:
 #   demo:  the PostgreSQL server programs (initdb, pg_ctl, postgres)        Debian package: postgresql
-#   tests: the same, plus PgBouncer (pooler tests) and iproute2 + iptables  Debian packages: pgbouncer iproute2 iptables
-#          (network-namespace partition tests)
+#   tests: the same, plus PgBouncer (pooler tests), iproute2 + iptables (network-namespace partition tests) and
+#          libfaketime (a test server whose clock steps)             Debian packages: pgbouncer iproute2 iptables libfaketime
 # Nothing is installed when everything is there already. apt-get runs directly as root, through sudo otherwise;
 # where neither works (no root and no sudo, or not Debian/Ubuntu) it prints what to install and fails.
 #
@@ -57,6 +57,8 @@ highlander_missing_packages() {
     highlander_have_program pgbouncer || echo pgbouncer
     highlander_have_program ip || echo iproute2
     highlander_have_program iptables || echo iptables
+    # libfaketime, preloaded into a throwaway server of its own to step that server's wall clock (ServerClockStepTests).
+    compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || echo libfaketime
   fi
 }
 
@@ -76,6 +78,7 @@ highlander_cannot_install() {
         pgbouncer)  echo "         - PgBouncer (pgbouncer)" ;;
         iproute2)   echo "         - iproute2 (the ip program; Fedora: iproute)" ;;
         iptables)   echo "         - iptables" ;;
+        libfaketime) echo "         - libfaketime (libfaketime.so.1, preloaded into a test server to step its clock)" ;;
         *)          echo "         - $package" ;;
       esac
     done
