@@ -1,10 +1,17 @@
 using System.Globalization;
+using System.Text;
 
 namespace HighlanderPG.FaultRun;
 
 internal sealed record Overlap(string Singleton, Life First, Life Second, long From, long To, int Round, bool Allowed, bool Witnessed);
 
 internal sealed record StaleRow(string Table, DbRow Row, long HigherEpoch, int Round);
+
+/// <summary>
+/// A step of the server's wall clock (a real clock jump steps the whole machine's): at a jump's start by its offset, at its
+/// end back. <paramref name="Seconds"/> is the step's size.
+/// </summary>
+internal sealed record ClockStep(long At, bool Forward, double Seconds, int FaultId);
 
 internal sealed class FaultCheck(FaultRecord fault, RoundRecord round)
 {
@@ -17,7 +24,27 @@ internal sealed class FaultCheck(FaultRecord fault, RoundRecord round)
     public int OverlapsWitnessed { get; set; }
     public int StaleGuarded { get; set; }
     public int UnguardedInterleaved { get; set; }
-    public double? Recovery => Round.RecoveredAt is { } at ? Mono.Seconds(at - Round.LastFaultEnd) : null;
+    public double? Recovery => (Round.RecoveredAt ?? SettledAt) is { } at ? Mono.Seconds(at - Round.LastFaultEnd) : null;
+
+    /// <summary>The late bound without extension (null: the fault has none), in seconds.</summary>
+    public double? LateBound { get; set; }
+
+    /// <summary>The late bound's extension for steps of the server's clock, in seconds (0: none).</summary>
+    public double LateExtension { get; set; }
+
+    /// <summary>Why, e.g. " + 3.00 s lock-delay after a forward step of the server's clock (fault 12)".</summary>
+    public string LateWhy { get; set; } = "";
+
+    /// <summary>The round-settle bound's extension for steps of the server's clock in or near the round, in seconds.</summary>
+    public double SettleExtension { get; set; }
+
+    public string SettleWhy { get; set; } = "";
+
+    /// <summary>Whether a take-over or the round's settling came after the normal bound but within the extended one.</summary>
+    public bool NeededExtension { get; set; }
+
+    /// <summary>When the round settled, found in the history, where the run's live wait gave up before the extended bound.</summary>
+    public long? SettledAt { get; set; }
     public bool Passed => Failures.Count == 0;
 }
 
@@ -35,6 +62,18 @@ internal sealed class CheckResult
     public int GuardedRows { get; set; }
     public int UnguardedRows { get; set; }
     public int Passed => Checks.Count(c => c.Passed);
+
+    /// <summary>The steps of the server's wall clock in the run.</summary>
+    public List<ClockStep> Steps { get; } = [];
+
+    /// <summary>Faults whose late bound was extended for a step of the server's wall clock.</summary>
+    public int ExtendedBounds => Checks.Count(c => c.LateExtension > 0);
+
+    /// <summary>Rounds whose settle bound was extended for a step of the server's wall clock.</summary>
+    public int ExtendedRounds => Checks.Where(c => c.SettleExtension > 0).Select(c => c.Round.Index).Distinct().Count();
+
+    /// <summary>Of those, the checks that passed only thanks to the extension.</summary>
+    public int ExtensionNeeded => Checks.Count(c => c.NeededExtension && c.Passed);
     public int Failed => Checks.Count(c => !c.Passed) + Unattributed.Count;
 }
 
@@ -46,10 +85,11 @@ internal sealed class CheckResult
 /// </summary>
 internal static class Checker
 {
-    public static CheckResult Check(Settings settings, Cluster cluster, List<RoundRecord> rounds, List<HistoryEvent> events, List<DbRow> guarded, List<DbRow> unguarded)
+    public static CheckResult Check(Settings settings, Cluster? cluster, List<RoundRecord> rounds, List<HistoryEvent> events, List<DbRow> guarded, List<DbRow> unguarded)
     {
+        _ = cluster;
         var result = new CheckResult { GuardedRows = guarded.Count, UnguardedRows = unguarded.Count };
-        var book = new LifeBook();
+        var book = new LifeBook { KeepTicks = true };
         foreach (var e in events)
         {
             book.Feed(e);
@@ -177,10 +217,15 @@ internal static class Checker
         Ordered("guarded", guarded, result.Stale, fails: true);
         Ordered("unguarded", unguarded, result.Interleaved, fails: false);
 
-        // Unavailability and the bound: every singleton the fault took away runs again within it.
+        // Unavailability and the bound: every singleton the fault took away runs again within it. A step of the server's
+        // wall clock near the fault extends it (docs/fault-run.md "The checker"): never the overlap or stale-write checks.
         var lease = settings.Lease.TotalSeconds;
         var baseline = ClockBaseline(book);
         var livesOf = book.All.GroupBy(l => l.Singleton).ToDictionary(g => g.Key, g => g.OrderBy(l => l.Start).ToList(), StringComparer.Ordinal);
+        var steps = ClockSteps(rounds, events);
+        result.Steps.AddRange(steps);
+        var singletons = Enumerable.Range(0, settings.Singletons).Select(i => string.Create(CultureInfo.InvariantCulture, $"s{i:000}")).ToList();
+        var settleBound = (2 * lease) + 3;
         foreach (var c in checks)
         {
             var f = c.Fault;
@@ -196,8 +241,19 @@ internal static class Checker
                 FaultKind.ClockJump => null,
                 _ => lease + 2,
             };
+
+            // The steps in the fault's window [start - lease, start + bound], and in its round's [round start - lease,
+            // last fault end + lease + lock-delay + 3 s].
+            var lateSteps = bound is { } lb ? StepsIn(steps, f.Start - Mono.FromSeconds(lease), f.Start + Mono.FromSeconds(lb)) : [];
+            var roundSteps = StepsIn(steps, c.Round.Start - Mono.FromSeconds(lease), c.Round.LastFaultEnd + Mono.FromSeconds(settleBound));
+            var (lateExtra, lateWhy) = Extension(lateSteps, lease);
+            var (settleExtra, settleWhy) = Extension(roundSteps, lease);
+            c.LateBound = bound;
+            (c.LateExtension, c.LateWhy) = bound is null ? (0, "") : (lateExtra, lateWhy);
+            (c.SettleExtension, c.SettleWhy) = (settleExtra, settleWhy);
             if (bound is { } b && (FaultKinds.TakesAway(kind) || FaultKinds.IsGlobal(kind)))
             {
+                var extended = b + lateExtra;
                 foreach (var s in f.Affected)
                 {
                     var next = livesOf.GetValueOrDefault(s)?.FirstOrDefault(l => l.Start > f.Start);
@@ -209,16 +265,34 @@ internal static class Checker
 
                     var gap = Mono.Seconds(next.Start - f.Start);
                     c.Unavailability.Add(gap);
-                    if (gap > b)
+                    if (gap > extended)
                     {
-                        c.Failures.Add(string.Create(CultureInfo.InvariantCulture, $"late: {s} ran again {gap:0.00} s after the fault began (bound {b:0.00} s = {(FaultKinds.IsGlobal(kind) ? "fault duration + lease + lock-delay + 3 s" : "lease + 2 s")}), on {next.Node}"));
+                        c.Failures.Add(string.Create(CultureInfo.InvariantCulture, $"late: {s} ran again {gap:0.00} s after the fault began (bound {extended:0.00} s = {(FaultKinds.IsGlobal(kind) ? "fault duration + lease + lock-delay + 3 s" : "lease + 2 s")}{lateWhy}), on {next.Node}"));
+                    }
+                    else if (gap > b)
+                    {
+                        c.NeededExtension = true;
                     }
                 }
             }
 
             if (c.Round.RecoveredAt is null)
             {
-                c.Failures.Add(string.Create(CultureInfo.InvariantCulture, $"not exactly once within {2 * lease + 3:0.#} s (lease + lock-delay + 3 s) after the round's last fault ended: {c.Round.NotRecovered}"));
+                // The run waited the normal bound after the round's last fault; with a step in the round, look in the
+                // history for the moment it settled, up to the extended bound (and before the next round began).
+                var settled = false;
+                if (settleExtra > 0)
+                {
+                    var next = rounds.FirstOrDefault(r => r.Index == c.Round.Index + 1)?.Start ?? long.MaxValue;
+                    c.SettledAt = book.RecoveredAt(singletons, c.Round.LastFaultEnd, Math.Min(next, c.Round.LastFaultEnd + Mono.FromSeconds(settleBound + settleExtra)));
+                    settled = c.SettledAt is not null;
+                    c.NeededExtension |= settled;
+                }
+
+                if (!settled)
+                {
+                    c.Failures.Add(string.Create(CultureInfo.InvariantCulture, $"not exactly once within {settleBound + settleExtra:0.##} s (lease + lock-delay + 3 s{settleWhy}) after the round's last fault ended: {c.Round.NotRecovered}"));
+                }
             }
 
             if (kind == FaultKind.ClockJump)
@@ -240,6 +314,78 @@ internal static class Checker
         return result;
     }
 
+    /// <summary>
+    /// The steps of the server's wall clock: the real clock jumps (their fault-start line says "offset=+-Ns;real"; a
+    /// libfaketime jump moves one host's processes' clock, not the server's) that were injected. A start with offset +X
+    /// is a forward step of X, its end a backward step of X; a start with -X a backward step, its end a forward one.
+    /// </summary>
+    internal static List<ClockStep> ClockSteps(List<RoundRecord> rounds, List<HistoryEvent> events)
+    {
+        var faults = rounds.SelectMany(r => r.Faults).GroupBy(f => f.Plan.Id).ToDictionary(g => g.Key, g => g.First());
+        var ends = new Dictionary<int, long>();
+        var starts = new List<(int Id, long At, int Offset)>();
+        foreach (var e in events.Where(e => e.Kind is "fault-start" or "fault-end"))
+        {
+            var parts = e.Detail.Split(';');
+            var id = parts.FirstOrDefault(p => p.StartsWith("id=", StringComparison.Ordinal)) is { } idPart
+                && int.TryParse(idPart[3..], NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : -1;
+            if (id < 0 || !parts.Contains("kind=ClockJump", StringComparer.Ordinal))
+            {
+                continue;
+            }
+
+            if (e.Kind == "fault-end")
+            {
+                ends[id] = e.Mono;
+            }
+            else if (parts.Contains("real", StringComparer.Ordinal)
+                && parts.FirstOrDefault(p => p.StartsWith("offset=", StringComparison.Ordinal)) is { } offset
+                && int.TryParse(offset[7..].TrimEnd('s'), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var x) && x != 0)
+            {
+                starts.Add((id, e.Mono, x));
+            }
+        }
+
+        var steps = new List<ClockStep>();
+        foreach (var (id, at, x) in starts)
+        {
+            if (faults.TryGetValue(id, out var f) && !f.Injected)
+            {
+                continue;
+            }
+
+            steps.Add(new ClockStep(at, x > 0, Math.Abs(x), id));
+            if (ends.TryGetValue(id, out var end) || (f is not null && (end = f.End) > 0))
+            {
+                steps.Add(new ClockStep(end, x < 0, Math.Abs(x), id));
+            }
+        }
+
+        return [.. steps.OrderBy(s => s.At)];
+    }
+
+    private static List<ClockStep> StepsIn(List<ClockStep> steps, long from, long to) => [.. steps.Where(s => s.At >= from && s.At <= to)];
+
+    /// <summary>
+    /// + lease for each forward step (lock-delay: nodes that see it take no lock for the lease), + X for each backward
+    /// step of X (the server's idle_session_timeout fires up to X later); with the words for the late message.
+    /// </summary>
+    private static (double Seconds, string Why) Extension(List<ClockStep> steps, double lease)
+    {
+        var seconds = 0.0;
+        var why = new StringBuilder();
+        foreach (var s in steps)
+        {
+            var extra = s.Forward ? lease : s.Seconds;
+            seconds += extra;
+            why.Append(CultureInfo.InvariantCulture, $" + {extra:0.00} s ");
+            why.Append(s.Forward ? "lock-delay after a forward step of the server's clock" : "backward step of the server's clock");
+            why.Append(CultureInfo.InvariantCulture, $" (jump #{s.FaultId})");
+        }
+
+        return (seconds, why.ToString());
+    }
+
     /// <summary>Per host, the usual wall-clock minus monotonic-clock offset (the median), to see a faked jump against.</summary>
     private static Dictionary<string, long> ClockBaseline(LifeBook book) =>
         book.WallSamples.GroupBy(w => w.Host).ToDictionary(
@@ -256,4 +402,166 @@ internal static class Checker
 
     public static string Describe(StaleRow s) => string.Create(CultureInfo.InvariantCulture,
         $"{s.Table} row {s.Row.Id} of {s.Row.Singleton} by {s.Row.Node} (pid {s.Row.Pid}) with epoch {s.Row.Epoch} after epoch {s.HigherEpoch}");
+}
+
+/// <summary>
+/// Hidden mode <c>--check-only DIR [--report OUT]</c>: the checker over a recorded run, without a cluster. DIR is a run's
+/// report directory (its report.json for the settings, rounds and recovery times the run measured live; its run/history
+/// for everything else); the report goes to OUT (default DIR/recheck), never over the run's own. The database's rows are
+/// not kept with a run: the stale-write failures the run found are carried over as they were (never re-judged).
+/// </summary>
+internal static class OfflineCheck
+{
+    public static int Run(string[] args)
+    {
+        string? dir = null, output = null;
+        for (var i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--check-only" when i + 1 < args.Length: dir = args[++i]; break;
+                case "--report" when i + 1 < args.Length: output = args[++i]; break;
+                default:
+                    Console.Error.WriteLine($"fault-run: unknown or incomplete argument {args[i]}");
+                    Console.Error.WriteLine("usage: fault-run --check-only DIR [--report OUT]");
+                    return 2;
+            }
+        }
+
+        dir = Path.GetFullPath(dir!);
+        output = Path.GetFullPath(output ?? Path.Combine(dir, "recheck"));
+        using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "report.json")));
+        var json = doc.RootElement;
+        var st = json.GetProperty("settings");
+        var settings = new Settings
+        {
+            Seed = json.GetProperty("seed").GetInt32(),
+            Nodes = st.GetProperty("Nodes").GetInt32(),
+            Singletons = st.GetProperty("Singletons").GetInt32(),
+            CliHosts = st.GetProperty("CliHosts").GetInt32(),
+            CliSingletons = st.GetProperty("CliSingletons").GetInt32(),
+            Lease = TimeSpan.FromSeconds(st.GetProperty("leaseSeconds").GetDouble()),
+            Smoke = st.GetProperty("Smoke").GetBoolean(),
+        };
+        var events = new HistoryTail(RunEnvironment.HistoryDirectory(Path.Combine(dir, "run"))).ReadNew().OrderBy(e => e.Mono).ToList();
+
+        // The lives, to find what each fault took away (the run took it from its live view at the fault's start).
+        var book = new LifeBook();
+        foreach (var e in events)
+        {
+            book.Feed(e);
+        }
+
+        var recorded = json.GetProperty("faults").EnumerateArray().ToDictionary(f => f.GetProperty("id").GetInt32());
+        var begins = new Dictionary<int, HistoryEvent>();
+        var finishes = new Dictionary<int, HistoryEvent>();
+        foreach (var e in events.Where(e => e.Kind is "fault-start" or "fault-end"))
+        {
+            var id = int.Parse(Field(e.Detail, "id") ?? "-1", CultureInfo.InvariantCulture);
+            (e.Kind == "fault-start" ? begins : finishes)[id] = e;
+        }
+
+        var singletons = Enumerable.Range(0, settings.Singletons).Select(i => string.Create(CultureInfo.InvariantCulture, $"s{i:000}")).ToList();
+        var rounds = new SortedDictionary<int, RoundRecord>();
+        var mismatched = 0;
+        var carried = new Dictionary<int, List<string>>();
+        foreach (var (id, begin) in begins.OrderBy(b => b.Key))
+        {
+            if (!recorded.TryGetValue(id, out var r) || !finishes.TryGetValue(id, out var finish))
+            {
+                continue;
+            }
+
+            var kind = Enum.Parse<FaultKind>(Field(begin.Detail, "kind")!);
+            var hostName = Field(begin.Detail, "host")!;
+            var note = string.Join(';', finish.Detail.Split(';').Skip(3)).TrimEnd(';');
+            note = note == "-" ? "" : note;
+            var offset = Field(begin.Detail, "offset") is { } o ? int.Parse(o.TrimEnd('s'), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture) : 0;
+            var node = Field(begin.Detail, "node");
+            var round = r.GetProperty("round").GetInt32();
+            var host = hostName.StartsWith('h') && int.TryParse(hostName[1..], NumberStyles.None, CultureInfo.InvariantCulture, out var h) ? h : -1;
+            var record = new FaultRecord(new FaultPlan(id, round, kind, host, 0, 0, offset))
+            {
+                Start = begin.Mono,
+                End = finish.Mono,
+                HostName = hostName,
+                Note = note,
+                Detail = offset,
+                Injected = !(note == "clock_settime refused" || note == "terminated=0" || note.StartsWith("failed:", StringComparison.Ordinal)),
+                Affected = FaultKinds.IsGlobal(kind)
+                    ? [.. singletons]
+                    : [.. book.All.Where(l => l.Start < begin.Mono && (l.End is not { } end || end > begin.Mono) && (node is null ? l.Host == hostName : l.Node == node)).Select(l => l.Singleton).Distinct()],
+            };
+            if (record.Affected.Count != r.GetProperty("affected").GetInt32())
+            {
+                mismatched++;
+            }
+
+            var stale = r.GetProperty("failures").EnumerateArray().Select(x => x.GetString()!).Where(x => x.StartsWith("stale guarded write", StringComparison.Ordinal)).ToList();
+            if (stale.Count > 0)
+            {
+                carried[id] = stale;
+            }
+
+            if (!rounds.TryGetValue(round, out var rr))
+            {
+                rounds[round] = rr = new RoundRecord(round) { Start = long.MaxValue };
+            }
+
+            rr.Faults.Add(record);
+            rr.Start = Math.Min(rr.Start, record.Start);
+            rr.LastFaultEnd = Math.Max(rr.LastFaultEnd, record.End);
+            if (r.GetProperty("recovery").ValueKind == System.Text.Json.JsonValueKind.Number)
+            {
+                rr.RecoveredAt = 0;
+                rr.NotRecovered = r.GetProperty("recovery").GetDouble().ToString("R", CultureInfo.InvariantCulture);
+            }
+            else if (r.GetProperty("failures").EnumerateArray().Select(x => x.GetString()!).FirstOrDefault(x => x.StartsWith("not exactly once", StringComparison.Ordinal)) is { } why)
+            {
+                rr.NotRecovered = why[(why.IndexOf("ended: ", StringComparison.Ordinal) + 7)..];
+            }
+        }
+
+        foreach (var rr in rounds.Values.Where(r => r.RecoveredAt is not null))
+        {
+            // The recovery time the run measured live, after the round's last fault.
+            rr.RecoveredAt = rr.LastFaultEnd + Mono.FromSeconds(double.Parse(rr.NotRecovered, CultureInfo.InvariantCulture));
+            rr.NotRecovered = "";
+        }
+
+        var result = Checker.Check(settings, null, [.. rounds.Values], events, [], []);
+        foreach (var c in result.Checks)
+        {
+            if (carried.TryGetValue(c.Fault.Plan.Id, out var stale))
+            {
+                c.StaleGuarded += stale.Count;
+                c.Failures.AddRange(stale);
+            }
+        }
+
+        result.GuardedRows = json.GetProperty("GuardedRows").GetInt32();
+        result.UnguardedRows = json.GetProperty("UnguardedRows").GetInt32();
+        var clockJumps = json.GetProperty("clockJumps").GetString() ?? "";
+        var serverOurs = !json.GetProperty("kinds").EnumerateArray().Any(k => (k.GetProperty("Status").GetString() ?? "").Contains("not ours", StringComparison.Ordinal));
+        var facts = new Report.RunFacts(
+            clockJumps is "real (clock_settime)" or "libfaketime" ? null : clockJumps, clockJumps == "real (clock_settime)", serverOurs,
+            json.GetProperty("server").GetString() ?? "", json.GetProperty("partitions").GetString() ?? "",
+            json.GetProperty("commit").GetString() ?? "", json.GetProperty("machine").GetString() ?? "", json.GetProperty("loadAverage").GetString() ?? "",
+            string.Create(CultureInfo.InvariantCulture,
+                $"re-checked offline ({DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC, `fault-run --check-only`, checker at commit {Report.CurrentCommit()}) from the run's recorded history; the run's own report said {json.GetProperty("passed").GetInt32()} passed, {json.GetProperty("failed").GetInt32()} failed. The database's rows are not kept with a run: stale guarded writes are the run's own findings carried over ({carried.Values.Sum(v => v.Count)}), unguarded interleaved writes are not re-counted (the run counted {json.GetProperty("unguardedInterleaved").GetInt32()})"));
+        var aborted = json.GetProperty("aborted").ValueKind == System.Text.Json.JsonValueKind.String ? json.GetProperty("aborted").GetString() : null;
+        var report = Report.Write(output, settings, facts, result, json.GetProperty("date").GetDateTimeOffset(), TimeSpan.FromSeconds(json.GetProperty("tookSeconds").GetDouble()), aborted);
+        Console.WriteLine(report.Table);
+        if (mismatched > 0)
+        {
+            Console.WriteLine($"note: for {mismatched} faults the singletons taken away, rebuilt from the history, are not as many as the run saw live");
+        }
+
+        Console.WriteLine($"{result.Passed} passed, {result.Failed} failed; {result.Steps.Count} steps of the server's wall clock: late bound extended for {result.ExtendedBounds} faults, settle bound for {result.ExtendedRounds} rounds; {result.ExtensionNeeded} checks passed only within an extended bound");
+        Console.WriteLine($"report: {Path.Combine(output, "report.md")}");
+        return result.Failed > 0 || result.Passed == 0 ? 1 : 0;
+    }
+
+    private static string? Field(string detail, string name) =>
+        detail.Split(';').FirstOrDefault(p => p.StartsWith(name + "=", StringComparison.Ordinal)) is { } p ? p[(name.Length + 1)..] : null;
 }

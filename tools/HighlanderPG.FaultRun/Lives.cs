@@ -14,6 +14,9 @@ internal sealed class Life(string singleton, string host, string node, int pid, 
     public bool FlockTaken { get; } = flockTaken;
     public long LastTick { get; set; } = start;
 
+    /// <summary>Every tick, when the book keeps them (the checker: to find when a round settled after its live wait).</summary>
+    public List<long>? Ticks { get; set; }
+
     /// <summary>Whether the child held the singleton's kernel lock (flock), which only its stop or its process's death frees.</summary>
     public bool HeldFlock { get; set; } = !flockTaken;
     public long? End { get; set; }
@@ -35,6 +38,9 @@ internal sealed class LifeBook
     private readonly Dictionary<string, int> _openTx = new(StringComparer.Ordinal);
 
     public List<Life> All { get; } = [];
+
+    /// <summary>Keep every life's ticks (<see cref="Life.Ticks"/>), so that <see cref="RecoveredAt"/> can be asked afterwards.</summary>
+    public bool KeepTicks { get; init; }
 
     public Dictionary<string, (long Mono, long WallMs)> LastWall { get; } = new(StringComparer.Ordinal);
 
@@ -58,7 +64,7 @@ internal sealed class LifeBook
                     Close(previous, previous.LastTick, "restart");
                 }
 
-                var life = new Life(e.Singleton, e.Host, e.Node, e.Pid, e.Epoch, e.Mono, e.Detail == "flock-taken");
+                var life = new Life(e.Singleton, e.Host, e.Node, e.Pid, e.Epoch, e.Mono, e.Detail == "flock-taken") { Ticks = KeepTicks ? [] : null };
                 _open[(e.Pid, e.Singleton)] = life;
                 All.Add(life);
                 break;
@@ -66,6 +72,7 @@ internal sealed class LifeBook
                 if (_open.TryGetValue((e.Pid, e.Singleton), out var ticking))
                 {
                     ticking.LastTick = Math.Max(ticking.LastTick, e.Mono);
+                    ticking.Ticks?.Add(e.Mono);
                 }
 
                 Wall(e);
@@ -218,6 +225,47 @@ internal sealed class LifeBook
         {
             return RecoveredLocked(singletons, now, out why);
         }
+    }
+
+    /// <summary>
+    /// Afterwards, over the whole history (ticks kept): the first instant of <paramref name="from"/> + k × 50 ms before
+    /// <paramref name="until"/> at which <see cref="Recovered"/> would have said yes (the coordinator's own 50 ms poll).
+    /// </summary>
+    public long? RecoveredAt(IReadOnlyList<string> singletons, long from, long until)
+    {
+        lock (_gate)
+        {
+            var fresh = Mono.FromSeconds(0.6);
+            var bySingleton = All.GroupBy(l => l.Singleton).ToDictionary(g => g.Key, g => g.ToList(), StringComparer.Ordinal);
+            for (var t = from; t < until; t += Mono.FromSeconds(0.05))
+            {
+                var ok = true;
+                foreach (var s in singletons)
+                {
+                    var open = (bySingleton.GetValueOrDefault(s) ?? []).Where(l => l.Start <= t && (l.End is not { } end || end > t)).Take(2).ToList();
+                    if (open.Count != 1 || t - LastTickAt(open[0], t) > fresh)
+                    {
+                        ok = false;
+                        break;
+                    }
+                }
+
+                if (ok)
+                {
+                    return t;
+                }
+            }
+
+            return null;
+        }
+    }
+
+    private static long LastTickAt(Life life, long t)
+    {
+        var ticks = life.Ticks ?? [];
+        var i = ticks.BinarySearch(t);
+        i = i >= 0 ? i : ~i - 1;
+        return i >= 0 ? Math.Max(life.Start, ticks[i]) : life.Start;
     }
 
     private bool RecoveredLocked(IReadOnlyList<string> singletons, long now, out string why)

@@ -86,7 +86,7 @@ internal sealed class Schedule(Settings settings, bool clockAvailable, bool serv
 
     private int LibraryHosts => settings.Nodes - settings.CliHosts;
 
-    private bool Available(FaultKind k) => (k != FaultKind.ClockJump || clockAvailable) && (!FaultKinds.IsGlobal(k) || serverControl);
+    private bool Available(FaultKind k) => (k != FaultKind.ClockJump || clockAvailable) && (!FaultKinds.IsGlobal(k) || serverControl) && (settings.Kinds is null || settings.Kinds.Contains(k));
 
     public List<FaultPlan> NextRound()
     {
@@ -109,7 +109,7 @@ internal sealed class Schedule(Settings settings, bool clockAvailable, bool serv
             return [Plan(round, first, PickHost(first, []), 0)];
         }
 
-        if (serverControl && _random.Next(100) < 6)
+        if (serverControl && _random.Next(100) < 6 && Available(FaultKind.ServerRestart) && Available(FaultKind.DatabaseDown))
         {
             var kind = _random.Next(2) == 0 ? FaultKind.ServerRestart : FaultKind.DatabaseDown;
             return [Plan(round, kind, -1, 0)];

@@ -17,6 +17,9 @@ internal sealed class Settings
     public bool Smoke { get; set; }
     public bool NoClock { get; set; }
 
+    /// <summary>Only these fault kinds (<c>--kinds stop,kill,...</c>, the enum's names, case-insensitive); null: all.</summary>
+    public HashSet<FaultKind>? Kinds { get; set; }
+
     /// <summary>Where the wall clock cannot be stepped for real: fake it with libfaketime on one host.</summary>
     public bool FakeTimeClock { get; set; }
     public TimeSpan Lease { get; set; } = TimeSpan.FromSeconds(3);
@@ -41,6 +44,7 @@ internal sealed class Settings
                 case "--connection": s.Connection = Next(); break;
                 case "--report": s.ReportDirectory = Next(); break;
                 case "--lease": s.Lease = ParseDuration(Next()); break;
+                case "--kinds": s.Kinds = ParseKinds(Next()); break;
                 case "--smoke": s.Smoke = true; break;
                 case "--no-clock-jumps": s.NoClock = true; break;
                 case "--clock-jumps": s.NoClock = false; break;
@@ -75,6 +79,19 @@ internal sealed class Settings
 
         s.CliSingletons = Math.Min(s.CliSingletons, s.Singletons);
         return s;
+    }
+
+    private static HashSet<FaultKind> ParseKinds(string text)
+    {
+        var kinds = new HashSet<FaultKind>();
+        foreach (var name in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            kinds.Add(Enum.TryParse<FaultKind>(name, ignoreCase: true, out var kind)
+                ? kind
+                : throw new ArgumentException($"unknown fault kind '{name}' in --kinds; known: {string.Join(", ", Enum.GetNames<FaultKind>())}"));
+        }
+
+        return kinds;
     }
 
     public static TimeSpan ParseDuration(string text)

@@ -37,6 +37,9 @@ public static class HighlanderEventIds
     /// <summary>The server has no <c>idle_session_timeout</c>: the weaker mode without a server-enforced lease.</summary>
     public const int WeakerMode = 1008;
 
+    /// <summary>The server's wall clock was seen to step forward: no lock is taken for the lock-delay (Warning).</summary>
+    public const int ServerClockStepped = 1009;
+
     /// <summary>A singleton's lock was acquired; its child starts.</summary>
     public const int Acquired = 1100;
 

@@ -48,6 +48,12 @@ internal sealed class LeaseTimings
     /// <summary>How long after a server (re)start no lock is taken: the option, or the lease.</summary>
     public TimeSpan LockDelay { get; }
 
+    /// <summary>
+    /// How far ahead of its expected time the server's wall clock may read before it counts as stepped forward
+    /// (<see cref="ServerClock"/>): half the safety margin. A step of up to the margin frees no lock early.
+    /// </summary>
+    public TimeSpan ClockStepTolerance => SafetyMargin / 2;
+
     /// <summary>The client-side deadline after the send time of the last acknowledged request: <c>Lease − SafetyMargin</c>.</summary>
     public TimeSpan DeadlineAfterAck => Lease - SafetyMargin;
 

@@ -20,26 +20,43 @@ internal static class LockProtocol
     }
 
     /// <summary>
-    /// Tries every key in one statement (<c>pg_try_advisory_lock</c>, never blocking); returns the keys taken. Each row
-    /// carries the backend pid, checked by <paramref name="checkPid"/> (a transaction-mode pooler changes it).
+    /// Tries every key in one statement (<c>pg_try_advisory_lock</c>, never blocking); returns the keys taken and the
+    /// server's clock, read once before any key is tried. When that reading is past <paramref name="notAfter"/> (the
+    /// server's clock stepped forward, see <see cref="ServerClock"/>) no key is tried at all and the result is marked
+    /// refused. Each row carries the backend pid, checked by <paramref name="checkPid"/> (a transaction-mode pooler changes it).
     /// </summary>
-    public static async Task<List<long>> TryLockAsync(NpgsqlConnection connection, long[] keys, Action<int> checkPid)
+    public static async Task<TryResult> TryLockAsync(NpgsqlConnection connection, long[] keys, DateTime? notAfter, Action<int> checkPid)
     {
         var got = new List<long>();
-        await using var cmd = new NpgsqlCommand("SELECT k, pg_try_advisory_lock(k), pg_backend_pid() FROM unnest($1::bigint[]) AS t(k)", connection);
+        var refused = false;
+        DateTime serverTime = default;
+        await using var cmd = new NpgsqlCommand("""
+            WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
+            SELECT t.k, CASE WHEN $2::timestamptz IS NULL OR c.now <= $2::timestamptz THEN pg_try_advisory_lock(t.k) END, pg_backend_pid(), c.now
+            FROM c, unnest($1::bigint[]) AS t(k)
+            """, connection);
         cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
+        cmd.Parameters.Add(new NpgsqlParameter { Value = notAfter is { } bound ? bound : DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.TimestampTz });
         await using var reader = await cmd.ExecuteReaderAsync().ConfigureAwait(false);
         while (await reader.ReadAsync().ConfigureAwait(false))
         {
             checkPid(reader.GetInt32(2));
-            if (reader.GetBoolean(1))
+            serverTime = reader.GetDateTime(3);
+            if (reader.IsDBNull(1))
+            {
+                refused = true;
+            }
+            else if (reader.GetBoolean(1))
             {
                 got.Add(reader.GetInt64(0));
             }
         }
 
-        return got;
+        return new TryResult(got, serverTime, refused);
     }
+
+    /// <summary>What a try statement did: the keys taken, the server's clock, and whether it refused to try (clock stepped).</summary>
+    public readonly record struct TryResult(List<long> Got, DateTime ServerTime, bool Refused);
 
     /// <summary>Who holds <paramref name="keys"/> (<see cref="HolderQuery"/>), leaving out this session's own backend.</summary>
     public static async Task<Dictionary<long, LeaderInfo>> HoldersAsync(NpgsqlConnection connection, long[] keys, int ownBackendPid)
@@ -96,10 +113,15 @@ internal static class LockProtocol
         }
     }
 
-    /// <summary>The heartbeat: the backend pid (renews the server's idle timer; a changed pid betrays a transaction-mode pooler).</summary>
-    public static async Task<int> BackendPidAsync(NpgsqlConnection connection)
+    /// <summary>
+    /// The heartbeat: the backend pid (renews the server's idle timer; a changed pid betrays a transaction-mode pooler)
+    /// and the server's clock (<see cref="ServerClock"/>).
+    /// </summary>
+    public static async Task<(int Pid, DateTime ServerTime)> HeartbeatAsync(NpgsqlConnection connection)
     {
-        await using var cmd = new NpgsqlCommand("SELECT pg_backend_pid()", connection);
-        return (int)(await cmd.ExecuteScalarAsync().ConfigureAwait(false))!;
+        await using var cmd = new NpgsqlCommand("SELECT pg_backend_pid(), clock_timestamp()", connection);
+        await using var reader = await cmd.ExecuteReaderAsync().ConfigureAwait(false);
+        await reader.ReadAsync().ConfigureAwait(false);
+        return (reader.GetInt32(0), reader.GetDateTime(1));
     }
 }

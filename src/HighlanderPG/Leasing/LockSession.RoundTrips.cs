@@ -102,15 +102,31 @@ internal sealed partial class LockSession
     private async Task<long> HeartbeatAsync(NpgsqlConnection connection, SessionIo session)
     {
         var sent = _time.GetTimestamp();
-        var pid = await RoundTripAsync(session, () => LockProtocol.BackendPidAsync(connection)).ConfigureAwait(false);
+        var (pid, serverTime) = await RoundTripAsync(session, () => LockProtocol.HeartbeatAsync(connection)).ConfigureAwait(false);
         CheckPid(pid);
+        ObserveServerClock(serverTime, sent, refused: false);
         return sent + Delta(_timings.Heartbeat);
     }
 
     private async Task<long> TryAcquireAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
     {
         var sent = _time.GetTimestamp();
-        var got = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, keys, CheckPid)).ConfigureAwait(false);
+        var notAfter = _serverClock.Bound(sent);
+        var result = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, keys, notAfter, CheckPid)).ConfigureAwait(false);
+        if (ObserveServerClock(result.ServerTime, sent, result.Refused))
+        {
+            // The server's clock stepped forward: a lock freed by the step may belong to a holder still running its
+            // child. Nothing was taken (or, if the step was seen only now, what was taken was free before it); try again
+            // once the lock-delay has passed.
+            _ledger.Poke();
+            if (result.Refused)
+            {
+                WantsChanged?.Invoke();
+                return sent + Delta(_timings.Heartbeat);
+            }
+        }
+
+        var got = result.Got;
 
         // Hand the acquired locks over first; who holds the others is asked afterwards, in a round trip of its own
         // (pg_locks is comparatively costly, and not needed to start a child). With fencing, the runner gets the lease once
@@ -126,6 +142,28 @@ internal sealed partial class LockSession
 
         WantsChanged?.Invoke();
         return sent + Delta(_timings.Heartbeat);
+    }
+
+    /// <summary>
+    /// Records a reading of the server's clock; when it stepped forward (or the try statement refused because of it),
+    /// starts the lock-delay after a clock step and returns <see langword="true"/>. See <see cref="ServerClock"/>.
+    /// </summary>
+    private bool ObserveServerClock(DateTime serverTime, long sent, bool refused)
+    {
+        var ahead = _serverClock.Observe(serverTime, sent, _time.GetTimestamp());
+        if (!refused && !(ahead > _serverClock.Tolerance))
+        {
+            return false;
+        }
+
+        var until = _time.GetTimestamp() + Delta(_timings.LockDelay);
+        if (until > _lockDelayUntil)
+        {
+            _lockDelayUntil = until;
+        }
+
+        Log.ServerClockStepped(_logger, ahead is { } a && a > TimeSpan.Zero ? a : TimeSpan.Zero, _timings.LockDelay);
+        return true;
     }
 
     /// <summary>Learns who holds the keys this node could not take (for status, events and the follower waiter).</summary>

@@ -36,7 +36,8 @@ internal sealed partial class LockSession : ILockSession
     private bool _wakeRequested;
     private CancellationTokenSource? _waitCts;
     private int _backendPid;
-    private long _lockDelayUntil;
+    private long _lockDelayUntil = long.MinValue;
+    private readonly ServerClock _serverClock;
 
     public LockSession(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, string dataSourceName, int singletons, TimeProvider time, ILogger logger)
     {
@@ -46,6 +47,7 @@ internal sealed partial class LockSession : ILockSession
         _time = time;
         _logger = logger;
         _clock = new LeaseClock(time, timings);
+        _serverClock = new ServerClock(time, timings.ClockStepTolerance);
         _guard = new LeaseGuard(time, options.NodeId, OnStopPoint);
         _bootstrap = new SessionBootstrap(options, timings, dataSource, singletons, logger);
     }
@@ -306,11 +308,18 @@ internal sealed partial class LockSession : ILockSession
         Volatile.Write(ref _backendPid, start.BackendPid);
         _crashSeenAt = long.MinValue;
         var lockDelay = start.LockDelayRemaining;
-        _lockDelayUntil = lockDelay > TimeSpan.Zero ? _time.GetTimestamp() + LeaseTimings.ToTimestampDelta(lockDelay, _time) : long.MinValue;
+        // A lock-delay still running from the last session (a clock step seen before it broke) is kept.
+        if (lockDelay > TimeSpan.Zero)
+        {
+            _lockDelayUntil = Math.Max(_lockDelayUntil, _time.GetTimestamp() + LeaseTimings.ToTimestampDelta(lockDelay, _time));
+        }
         if (lockDelay > TimeSpan.Zero)
         {
             Log.LockDelay(_logger, start.ServerUptime, lockDelay);
         }
+
+        // The server's clock compared with this node's earlier sessions' readings (a step while reconnecting, or another server).
+        ObserveServerClock(start.ServerTime, sent, refused: false);
 
         _ledger.NewGeneration();
         Log.Connected(_logger, _dataSourceName, start.BackendPid, start.Version);

@@ -12,7 +12,8 @@ namespace HighlanderPG.Leasing;
 /// <param name="Version">The server's version, for logs.</param>
 /// <param name="ServerUptime">How long the server had been up (since its start or last reinitialisation).</param>
 /// <param name="LockDelayRemaining">How long from now no lock may be taken (<see cref="LockDelay"/>); zero or less: none.</param>
-internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining);
+/// <param name="ServerTime">The server's clock, read by the session's first statement (<see cref="ServerClock"/>).</param>
+internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining, DateTime ServerTime);
 
 /// <summary>
 /// Opens a lock session: connects, refuses a server that cannot be used safely (<see cref="ServerChecks"/>), sets the
@@ -39,6 +40,7 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
             double uptimeSeconds;
             string version;
             int maxLocks, maxConnections, maxPrepared;
+            DateTime serverTime;
             await using (var cmd = new NpgsqlCommand(
                 "SELECT pg_backend_pid(), pg_is_in_recovery(), current_setting('server_version_num')::int, " +
                 // The server's (re)start: the postmaster's start, or a later reinitialisation after a backend crash, which
@@ -46,7 +48,9 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
                 "extract(epoch from clock_timestamp() - GREATEST(pg_postmaster_start_time(), " +
                 "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')))::float8, current_setting('server_version'), " +
                 // The shared lock table's size (ServerChecks.CheckLockCapacity).
-                "current_setting('max_locks_per_transaction')::int, current_setting('max_connections')::int, current_setting('max_prepared_transactions')::int",
+                "current_setting('max_locks_per_transaction')::int, current_setting('max_connections')::int, current_setting('max_prepared_transactions')::int, " +
+                // The server's clock (ServerClock: a forward step frees idle sessions' locks early).
+                "clock_timestamp()",
                 connection))
             await using (var reader = await cmd.ExecuteReaderAsync(stopping).ConfigureAwait(false))
             {
@@ -59,6 +63,7 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
                 maxLocks = reader.GetInt32(5);
                 maxConnections = reader.GetInt32(6);
                 maxPrepared = reader.GetInt32(7);
+                serverTime = reader.GetDateTime(8);
             }
 
             var refusal = ServerChecks.Check(versionNum, version, inRecovery, pid, connection.ProcessID, options)
@@ -83,7 +88,7 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
             await LockProtocol.ListenAsync(connection, stopping).ConfigureAwait(false);
 
             var uptime = TimeSpan.FromSeconds(uptimeSeconds);
-            return new SessionStart(connection, pid, version, uptime, LockDelay.Remaining(timings.LockDelay, uptime, sinceCrashSeen()));
+            return new SessionStart(connection, pid, version, uptime, LockDelay.Remaining(timings.LockDelay, uptime, sinceCrashSeen()), serverTime);
         }
         catch
         {
