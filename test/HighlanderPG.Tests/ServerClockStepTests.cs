@@ -5,6 +5,7 @@ using HighlanderPG.Leasing;
 using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
 using Npgsql;
+using Xunit.Abstractions;
 
 namespace HighlanderPG.Tests;
 
@@ -13,7 +14,7 @@ namespace HighlanderPG.Tests;
 /// measures <c>idle_session_timeout</c>, the server-side lease, on its wall clock). The step is made by libfaketime
 /// preloaded into a throwaway server of the test's own, so the machine's clock (and every other test) is left alone.
 /// </summary>
-public sealed class ServerClockStepTests
+public sealed class ServerClockStepTests(ITestOutputHelper output)
 {
     /// <summary>The step: far more than a lease, as a real clock step of the fault run (+10..60 s).</summary>
     private static readonly TimeSpan Step = TimeSpan.FromSeconds(30);
@@ -64,8 +65,9 @@ public sealed class ServerClockStepTests
     }
 
     /// <summary>
-    /// A follower that has read the server's clock sees it step forward: it logs <see cref="ServerClockStepped"/> and takes
-    /// no lock for a lease after it saw the step, even though the lock is free at once; then it takes it.
+    /// A follower that has read the server's clock sees it step forward: it logs
+    /// <see cref="HighlanderEventIds.ServerClockStepped"/> and takes no lock for a lease after it saw the step, even though
+    /// the lock is free at once; then it takes it.
     /// </summary>
     [Fact]
     public async Task A_follower_that_saw_the_server_clock_step_forward_takes_no_lock_for_a_lease_after_it()
@@ -81,7 +83,7 @@ public sealed class ServerClockStepTests
         var freed = Stopwatch.GetTimestamp();
 
         var childStarted = await WaitForLogAsync(cluster, e => e.EventId.Id == HighlanderEventIds.ChildStarted, "start its child after the lock-delay");
-        var sawStep = cluster.Logs.Entries.FirstOrDefault(e => e.Node == NodeId && e.EventId.Id == ServerClockStepped);
+        var sawStep = cluster.Logs.Entries.FirstOrDefault(e => e.Node == NodeId && e.EventId.Id == HighlanderEventIds.ServerClockStepped);
         Assert.True(sawStep is not null, Describe(cluster, "the node did not log the server clock step (event 1009) before its child started"));
         Assert.True(sawStep.Level == Microsoft.Extensions.Logging.LogLevel.Warning, Describe(cluster, "event 1009 is not a warning"));
         Assert.True(sawStep.Timestamp >= stepping, Describe(cluster, "the step was logged before it was made"));
@@ -90,12 +92,13 @@ public sealed class ServerClockStepTests
         // Seen at the latest when the node tried the freed key; at the earliest right after the step (a heartbeat in
         // between): so from the freeing, up to 10 % of a lease may already have run.
         var delayed = Stopwatch.GetElapsedTime(freed, childStarted.Timestamp);
+        output.WriteLine(Describe(cluster, $"child started {delayed.TotalSeconds:0.000} s after the lock was freed (lease {lease.TotalSeconds:0.0} s)"));
         Assert.True(
             delayed >= lease * 0.9,
             Describe(cluster, $"the child started {delayed.TotalSeconds:0.000} s after the lock was freed, less than the lease ({lease.TotalSeconds:0.0} s) the node must wait after it saw the step"));
     }
 
-    /// <summary>The same without a step: no <see cref="ServerClockStepped"/>, and the follower takes the freed lock.</summary>
+    /// <summary>The same without a step: no <see cref="HighlanderEventIds.ServerClockStepped"/>, and the follower takes the freed lock.</summary>
     [Fact]
     public async Task Without_a_step_the_follower_logs_no_clock_step_and_takes_the_freed_lock()
     {
@@ -106,11 +109,8 @@ public sealed class ServerClockStepTests
 
         await holder.CloseAsync();
         await WaitForLogAsync(cluster, e => e.EventId.Id == HighlanderEventIds.ChildStarted, "start its child");
-        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == ServerClockStepped);
+        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ServerClockStepped);
     }
-
-    // TODO: HighlanderEventIds.ServerClockStepped once the engine change is merged.
-    private const int ServerClockStepped = 1009;
 
     private const string NodeId = "follower";
 
