@@ -74,8 +74,8 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
     {
         await using var server = await FakeClockServer.StartAsync();
         await using var cluster = new TestCluster(server.ConnectionString);
-        await using var holder = RawHolder(server);
-        var lease = await FollowAsync(server, cluster, holder);
+        await using var holder = RawHolder(server.ConnectionString);
+        var lease = await FollowAsync(server.ConnectionString, cluster, holder);
 
         var stepping = Stopwatch.GetTimestamp();
         server.StepForward(Step);
@@ -104,26 +104,64 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
     {
         await using var server = await FakeClockServer.StartAsync();
         await using var cluster = new TestCluster(server.ConnectionString);
-        await using var holder = RawHolder(server);
-        await FollowAsync(server, cluster, holder);
+        await using var holder = RawHolder(server.ConnectionString);
+        await FollowAsync(server.ConnectionString, cluster, holder);
 
         await holder.CloseAsync();
         await WaitForLogAsync(cluster, e => e.EventId.Id == HighlanderEventIds.ChildStarted, "start its child");
         Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ServerClockStepped);
     }
 
+    /// <summary>
+    /// A try statement that reaches the server late (here: the node's lock-session backend is stopped with SIGSTOP for
+    /// twice the step tolerance while the statement is sent) without any step of the server's clock: the node must not
+    /// take that for a clock step (no event 1009, no lock-delay).
+    /// </summary>
+    [Fact]
+    public async Task A_try_statement_that_reaches_the_server_late_is_no_clock_step()
+    {
+        await using var server = await LocalPostgresServer.StartAsync();
+        await using var cluster = new TestCluster(server.ConnectionString);
+        await using var holder = RawHolder(server.ConnectionString);
+        await FollowAsync(server.ConnectionString, cluster, holder);
+
+        var pid = await Db.ScalarAsync<int>(
+            server.ConnectionString, "SELECT pid FROM pg_stat_activity WHERE application_name = $1", HolderQuery.ApplicationNamePrefix + NodeId);
+        await SignalAsync("STOP", pid);
+        try
+        {
+            await holder.CloseAsync();
+            await Task.Delay(TimeSpan.FromSeconds(1)); // the stall itself: the fault being injected, not a synchronisation
+        }
+        finally
+        {
+            await SignalAsync("CONT", pid);
+        }
+
+        await WaitForLogAsync(cluster, e => e.EventId.Id == HighlanderEventIds.ChildStarted, "start its child");
+        output.WriteLine(Describe(cluster, "the node after the stalled try statement"));
+        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ServerClockStepped);
+    }
+
+    private static async Task SignalAsync(string signal, int pid)
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-" + signal, pid.ToString(CultureInfo.InvariantCulture)]))!;
+        await kill.WaitForExitAsync();
+        Assert.Equal(0, kill.ExitCode);
+    }
+
     private const string NodeId = "follower";
 
     /// <summary>A session of the test's own (not a node's), to hold the singleton's lock by hand.</summary>
-    private static NpgsqlConnection RawHolder(FakeClockServer server) =>
-        new(new NpgsqlConnectionStringBuilder(server.ConnectionString) { Pooling = false, ApplicationName = "raw-holder" }.ConnectionString);
+    private static NpgsqlConnection RawHolder(string connectionString) =>
+        new(new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "raw-holder" }.ConnectionString);
 
     /// <summary>
     /// Takes the "job" singleton's lock on <paramref name="holder"/>, starts a node that follows it, and waits until the
     /// node's lock session has made a round trip after the node saw the holder (so the node has read the server's clock
     /// as a follower). Returns the node's lease.
     /// </summary>
-    private static async Task<TimeSpan> FollowAsync(FakeClockServer server, TestCluster cluster, NpgsqlConnection holder)
+    private static async Task<TimeSpan> FollowAsync(string connectionString, TestCluster cluster, NpgsqlConnection holder)
     {
         await holder.OpenAsync();
         await using (var take = new NpgsqlCommand("SELECT pg_advisory_lock($1)", holder) { Parameters = { new() { Value = SingletonKey.Derive(cluster.Namespace, "job") } } })
@@ -137,7 +175,7 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
 
         // Two statements of the node's lock session that started after now (server time): the lock session is serial, so
         // the first one's reply was read by the node before the second was sent.
-        await using var probe = await OpenAsync(server.ConnectionString, "heartbeat-probe");
+        await using var probe = await OpenAsync(connectionString, "heartbeat-probe");
         var since = await ServerClockAsync(probe);
         for (var i = 0; i < 2; i++)
         {
