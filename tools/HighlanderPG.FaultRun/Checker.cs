@@ -246,8 +246,10 @@ internal static class Checker
             // last fault end + lease + lock-delay + 3 s].
             var lateSteps = bound is { } lb ? StepsIn(steps, f.Start - Mono.FromSeconds(lease), f.Start + Mono.FromSeconds(lb)) : [];
             var roundSteps = StepsIn(steps, c.Round.Start - Mono.FromSeconds(lease), c.Round.LastFaultEnd + Mono.FromSeconds(settleBound));
-            var (lateExtra, lateWhy) = Extension(lateSteps, lease);
-            var (settleExtra, settleWhy) = Extension(roundSteps, lease);
+            // A backward step delays only what waits for the server's idle timeouts (a holder cut off, frozen or starved);
+            // a crash, a graceful stop or a killed backend frees the locks at once whatever the server's clock says.
+            var (lateExtra, lateWhy) = Extension(lateSteps, lease, WaitsForServerTimeout(kind));
+            var (settleExtra, settleWhy) = Extension(roundSteps, lease, backwardCounts: true);
             c.LateBound = bound;
             (c.LateExtension, c.LateWhy) = bound is null ? (0, "") : (lateExtra, lateWhy);
             (c.SettleExtension, c.SettleWhy) = (settleExtra, settleWhy);
@@ -364,17 +366,21 @@ internal static class Checker
         return [.. steps.OrderBy(s => s.At)];
     }
 
+    /// <summary>Whether a fault's take-over waits for the server to end the holder's session by its idle timeout.</summary>
+    private static bool WaitsForServerTimeout(FaultKind kind) =>
+        kind is FaultKind.Pause or FaultKind.PauseInTx or FaultKind.Partition or FaultKind.Starve;
+
     private static List<ClockStep> StepsIn(List<ClockStep> steps, long from, long to) => [.. steps.Where(s => s.At >= from && s.At <= to)];
 
     /// <summary>
     /// + lease for each forward step (lock-delay: nodes that see it take no lock for the lease), + X for each backward
     /// step of X (the server's idle_session_timeout fires up to X later); with the words for the late message.
     /// </summary>
-    private static (double Seconds, string Why) Extension(List<ClockStep> steps, double lease)
+    private static (double Seconds, string Why) Extension(List<ClockStep> steps, double lease, bool backwardCounts)
     {
         var seconds = 0.0;
         var why = new StringBuilder();
-        foreach (var s in steps)
+        foreach (var s in steps.Where(s => s.Forward || backwardCounts))
         {
             var extra = s.Forward ? lease : s.Seconds;
             seconds += extra;
