@@ -114,3 +114,50 @@ public sealed class FakeClockServer : IAsyncDisposable
         }
     }
 }
+
+/// <summary>
+/// Notices steps of the machine's own wall clock during a test (its wall clock against its monotonic clock, sampled every
+/// 50 ms): they step every server's clock too (e.g. a fault run's ClockJump on the same machine), so a clock step test
+/// that fails meanwhile says so instead of blaming the engine.
+/// </summary>
+public sealed class MachineClockWatch : IDisposable
+{
+    private static readonly TimeSpan Threshold = TimeSpan.FromMilliseconds(500);
+    private readonly List<string> _steps = [];
+    private readonly Timer _timer;
+    private TimeSpan _offset = CurrentOffset();
+
+    public MachineClockWatch() => _timer = new Timer(_ => Sample(), null, TimeSpan.Zero, TimeSpan.FromMilliseconds(50));
+
+    /// <summary>A note for a failure message: empty when the machine's clock was not seen to step.</summary>
+    public string Note()
+    {
+        Sample();
+        lock (_steps)
+        {
+            return _steps.Count == 0
+                ? string.Empty
+                : "\nNOTE: the machine's own wall clock was stepped during this test (" + string.Join(", ", _steps) +
+                  "): something on this machine steps it (e.g. a fault run's ClockJump), which steps the server's clock too, so this result is not the engine's alone.";
+        }
+    }
+
+    public void Dispose() => _timer.Dispose();
+
+    private static TimeSpan CurrentOffset() =>
+        TimeSpan.FromTicks(DateTime.UtcNow.Ticks) - System.Diagnostics.Stopwatch.GetElapsedTime(0);
+
+    private void Sample()
+    {
+        lock (_steps)
+        {
+            var offset = CurrentOffset();
+            var step = offset - _offset;
+            _offset = offset;
+            if (step.Duration() > Threshold)
+            {
+                _steps.Add(string.Create(CultureInfo.InvariantCulture, $"{step.TotalSeconds:+0.0;-0.0} s at {DateTime.UtcNow:HH:mm:ss}"));
+            }
+        }
+    }
+}

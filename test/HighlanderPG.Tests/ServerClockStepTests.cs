@@ -14,8 +14,11 @@ namespace HighlanderPG.Tests;
 /// measures <c>idle_session_timeout</c>, the server-side lease, on its wall clock). The step is made by libfaketime
 /// preloaded into a throwaway server of the test's own, so the machine's clock (and every other test) is left alone.
 /// </summary>
-public sealed class ServerClockStepTests(ITestOutputHelper output)
+public sealed class ServerClockStepTests(ITestOutputHelper output) : IDisposable
 {
+    /// <summary>One a test (xUnit makes an instance a test): a failure meanwhile says whether the machine's clock stepped.</summary>
+    private readonly MachineClockWatch _machineClock = new();
+
     /// <summary>The step: far more than a lease, as a real clock step of the fault run (+10..60 s).</summary>
     private static readonly TimeSpan Step = TimeSpan.FromSeconds(30);
 
@@ -39,12 +42,12 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
         Assert.True(
             moved >= Step && moved <= Step + watch.Elapsed + TimeSpan.FromMilliseconds(1),
             $"The server's clock moved {moved.TotalSeconds:0.000} s while the test's stopwatch moved {watch.Elapsed.TotalSeconds:0.000} s: " +
-            $"expected {Step.TotalSeconds:0} s more than real time.");
+            $"expected {Step.TotalSeconds:0} s more than real time.{_machineClock.Note()}");
 
         // A session opened after the step sees the stepped clock too (every backend reads the file).
         await using var later = await OpenAsync(server.ConnectionString, "clock-reader-2");
         var sinceStep = await ServerClockAsync(later) - DateTimeOffset.UtcNow;
-        Assert.True(sinceStep > Step - TimeSpan.FromSeconds(5), $"A new session's server clock is {sinceStep.TotalSeconds:0.000} s ahead of the machine's.");
+        Assert.True(sinceStep > Step - TimeSpan.FromSeconds(5), $"A new session's server clock is {sinceStep.TotalSeconds:0.000} s ahead of the machine's.{_machineClock.Note()}");
 
         // A restart keeps the server's environment: its clock is still ahead.
         await later.CloseAsync();
@@ -52,7 +55,7 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
         await server.Server.RestartAsync();
         await using var restarted = await OpenAsync(server.ConnectionString, "clock-reader-3");
         var afterRestart = await ServerClockAsync(restarted) - DateTimeOffset.UtcNow;
-        Assert.True(afterRestart > Step - TimeSpan.FromSeconds(5), $"After a restart the server clock is {afterRestart.TotalSeconds:0.000} s ahead of the machine's.");
+        Assert.True(afterRestart > Step - TimeSpan.FromSeconds(5), $"After a restart the server clock is {afterRestart.TotalSeconds:0.000} s ahead of the machine's.{_machineClock.Note()}");
     }
 
     [Fact]
@@ -109,7 +112,9 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
 
         await holder.CloseAsync();
         await WaitForLogAsync(cluster, e => e.EventId.Id == HighlanderEventIds.ChildStarted, "start its child");
-        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ServerClockStepped);
+        Assert.False(
+            cluster.Logs.Entries.Any(e => e.EventId.Id == HighlanderEventIds.ServerClockStepped),
+            Describe(cluster, "the node logged a server clock step (event 1009) although the server's clock did not step"));
     }
 
     /// <summary>
@@ -140,7 +145,9 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
 
         await WaitForLogAsync(cluster, e => e.EventId.Id == HighlanderEventIds.ChildStarted, "start its child");
         output.WriteLine(Describe(cluster, "the node after the stalled try statement"));
-        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ServerClockStepped);
+        Assert.False(
+            cluster.Logs.Entries.Any(e => e.EventId.Id == HighlanderEventIds.ServerClockStepped),
+            Describe(cluster, "the node logged a server clock step (event 1009) although the server's clock did not step"));
     }
 
     private static async Task SignalAsync(string signal, int pid)
@@ -161,7 +168,7 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
     /// node's lock session has made a round trip after the node saw the holder (so the node has read the server's clock
     /// as a follower). Returns the node's lease.
     /// </summary>
-    private static async Task<TimeSpan> FollowAsync(string connectionString, TestCluster cluster, NpgsqlConnection holder)
+    private async Task<TimeSpan> FollowAsync(string connectionString, TestCluster cluster, NpgsqlConnection holder)
     {
         await holder.OpenAsync();
         await using (var take = new NpgsqlCommand("SELECT pg_advisory_lock($1)", holder) { Parameters = { new() { Value = SingletonKey.Derive(cluster.Namespace, "job") } } })
@@ -189,7 +196,7 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
     /// Polls <c>pg_stat_activity</c> (the server's own record; the node exposes no heartbeat event) until the lock session of
     /// <paramref name="applicationName"/> has started a statement after <paramref name="since"/>; returns its start.
     /// </summary>
-    private static async Task<DateTimeOffset> WaitForLockSessionStatementAfterAsync(
+    private async Task<DateTimeOffset> WaitForLockSessionStatementAfterAsync(
         NpgsqlConnection probe, string applicationName, DateTimeOffset since, TestCluster cluster)
     {
         var watch = Stopwatch.StartNew();
@@ -212,7 +219,7 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
         }
     }
 
-    private static async Task<LogCapture.LogEntry> WaitForLogAsync(TestCluster cluster, Func<LogCapture.LogEntry, bool> match, string what)
+    private async Task<LogCapture.LogEntry> WaitForLogAsync(TestCluster cluster, Func<LogCapture.LogEntry, bool> match, string what)
     {
         try
         {
@@ -239,8 +246,10 @@ public sealed class ServerClockStepTests(ITestOutputHelper output)
         return new DateTimeOffset(DateTime.SpecifyKind(value, DateTimeKind.Utc));
     }
 
-    private static string Describe(TestCluster cluster, string problem) =>
-        problem + "\nLogs:\n" + string.Join(
+    public void Dispose() => _machineClock.Dispose();
+
+    private string Describe(TestCluster cluster, string problem) =>
+        problem + _machineClock.Note() + "\nLogs:\n" + string.Join(
             "\n",
             cluster.Logs.Entries.Select(e => string.Create(
                 CultureInfo.InvariantCulture,
