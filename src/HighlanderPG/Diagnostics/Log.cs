@@ -23,7 +23,7 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.LockDelay, Level = LogLevel.Information, Message = "The server started {Uptime} ago; no lock is taken for another {Delay} so that holders cut off by the restart have stopped (lock-delay)")]
     public static partial void LockDelay(ILogger logger, TimeSpan uptime, TimeSpan delay);
 
-    [LoggerMessage(EventId = HighlanderEventIds.ServerClockStepped, Level = LogLevel.Warning, Message = "The server's wall clock stepped forward (by about {Step}): PostgreSQL may have ended idle sessions early, freeing locks whose holders still run their children; no lock is taken for {Delay} (lock-delay)")]
+    [LoggerMessage(EventId = HighlanderEventIds.ServerClockStepped, Level = LogLevel.Warning, Message = "The server's wall clock read ahead of this node's clock by about {Step} (a forward step, or a reply too slow to tell): PostgreSQL may have ended idle sessions early, freeing locks whose holders still run their children; no lock is taken for {Delay} (lock-delay)")]
     public static partial void ServerClockStepped(ILogger logger, TimeSpan step, TimeSpan delay);
 
     [LoggerMessage(EventId = HighlanderEventIds.LeaseExpiring, Level = LogLevel.Error, Message = "Lease about to expire (no answer from the server since {SinceAck} ago): stopping every child of this node before the server may free its locks")]

@@ -104,7 +104,7 @@ internal sealed partial class LockSession
         var sent = _time.GetTimestamp();
         var (pid, serverTime) = await RoundTripAsync(session, () => LockProtocol.HeartbeatAsync(connection)).ConfigureAwait(false);
         CheckPid(pid);
-        ObserveServerClock(serverTime, sent, refused: false);
+        ObserveServerClock(serverTime, sent);
         return sent + Delta(_timings.Heartbeat);
     }
 
@@ -113,19 +113,18 @@ internal sealed partial class LockSession
         var sent = _time.GetTimestamp();
         var notAfter = _serverClock.Bound(sent);
         var result = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, keys, notAfter, CheckPid)).ConfigureAwait(false);
-        if (ObserveServerClock(result.ServerTime, sent, result.Refused))
+        if (result.Refused)
         {
-            // The server's clock stepped forward: a lock freed by the step may belong to a holder still running its
-            // child. Nothing was taken (or, if the step was seen only now, what was taken was free before it); try again
-            // once the lock-delay has passed.
+            // Nothing was taken: the server's clock read past the bound. A forward step, or only a statement that
+            // reached the server late (a stalled server, a retransmission)? Its reading cannot tell; a quick second
+            // reading, compared with the one before the try, can.
+            await ProbeServerClockAsync(connection, session).ConfigureAwait(false);
             _ledger.Poke();
-            if (result.Refused)
-            {
-                WantsChanged?.Invoke();
-                return sent + Delta(_timings.Heartbeat);
-            }
+            WantsChanged?.Invoke();
+            return sent + Delta(_timings.Heartbeat);
         }
 
+        ObserveServerClock(result.ServerTime, sent);
         var got = result.Got;
 
         // Hand the acquired locks over first; who holds the others is asked afterwards, in a round trip of its own
@@ -144,26 +143,44 @@ internal sealed partial class LockSession
         return sent + Delta(_timings.Heartbeat);
     }
 
-    /// <summary>
-    /// Records a reading of the server's clock; when it stepped forward (or the try statement refused because of it),
-    /// starts the lock-delay after a clock step and returns <see langword="true"/>. See <see cref="ServerClock"/>.
-    /// </summary>
-    private bool ObserveServerClock(DateTime serverTime, long sent, bool refused)
+    /// <summary>Records a reading of the server's clock; when it stepped forward, starts the lock-delay (<see cref="ServerClock"/>).</summary>
+    private void ObserveServerClock(DateTime serverTime, long sent)
     {
         var ahead = _serverClock.Observe(serverTime, sent, _time.GetTimestamp());
-        if (!refused && !(ahead > _serverClock.Tolerance))
+        if (ahead > _serverClock.Tolerance)
         {
-            return false;
+            StartClockStepDelay(ahead.Value);
         }
+    }
 
+    /// <summary>
+    /// After a refused try: reads the server's clock again and compares it with the reading from before the try. Ahead
+    /// by more than the tolerance: the clock stepped forward, and the lock-delay starts. Not ahead, read in a quick round
+    /// trip: the try only came late, and the next one goes at once. A slow reading proves nothing: the lock-delay starts
+    /// too (a step must never be taken for a late statement; the opposite costs only time).
+    /// </summary>
+    private async Task ProbeServerClockAsync(NpgsqlConnection connection, SessionIo session)
+    {
+        var sent = _time.GetTimestamp();
+        var (pid, serverTime) = await RoundTripAsync(session, () => LockProtocol.HeartbeatAsync(connection)).ConfigureAwait(false);
+        CheckPid(pid);
+        var received = _time.GetTimestamp();
+        var ahead = _serverClock.Observe(serverTime, sent, received);
+        if (ahead > _serverClock.Tolerance || _time.GetElapsedTime(sent, received) > _serverClock.Tolerance / 2)
+        {
+            StartClockStepDelay(ahead is { } a && a > TimeSpan.Zero ? a : TimeSpan.Zero);
+        }
+    }
+
+    private void StartClockStepDelay(TimeSpan ahead)
+    {
         var until = _time.GetTimestamp() + Delta(_timings.LockDelay);
         if (until > _lockDelayUntil)
         {
             _lockDelayUntil = until;
         }
 
-        Log.ServerClockStepped(_logger, ahead is { } a && a > TimeSpan.Zero ? a : TimeSpan.Zero, _timings.LockDelay);
-        return true;
+        Log.ServerClockStepped(_logger, ahead, _timings.LockDelay);
     }
 
     /// <summary>Learns who holds the keys this node could not take (for status, events and the follower waiter).</summary>

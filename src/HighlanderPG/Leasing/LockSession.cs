@@ -319,7 +319,7 @@ internal sealed partial class LockSession : ILockSession
         }
 
         // The server's clock compared with this node's earlier sessions' readings (a step while reconnecting, or another server).
-        ObserveServerClock(start.ServerTime, sent, refused: false);
+        ObserveServerClock(start.ServerTime, sent);
 
         _ledger.NewGeneration();
         Log.Connected(_logger, _dataSourceName, start.BackendPid, start.Version);
