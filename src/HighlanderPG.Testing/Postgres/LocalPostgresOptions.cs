@@ -60,6 +60,24 @@ public sealed class LocalPostgresOptions
     /// <value>The default is an empty dictionary.</value>
     public IDictionary<string, string> ExtraSettings { get; set; } = new Dictionary<string, string>(StringComparer.Ordinal);
 
+    /// <summary>
+    /// Extra environment variables for the server process (name to value), for example to preload a library
+    /// into it: <c>["LD_PRELOAD"] = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"</c> with libfaketime's
+    /// <c>FAKETIME_TIMESTAMP_FILE</c> gives the server a wall clock of its own that a test can step without
+    /// stepping the machine's. They are set for <c>pg_ctl start</c> (the first start and every
+    /// <see cref="LocalPostgresServer.StartAsync(CancellationToken)"/> and
+    /// <see cref="LocalPostgresServer.RestartAsync(ShutdownMode, CancellationToken)"/>), so the postmaster and
+    /// every backend it forks inherit them; <c>initdb</c> and <c>pg_ctl stop</c> run without them. As root the
+    /// server runs as the <c>postgres</c> user: any file a variable names must be readable by that user.
+    /// </summary>
+    /// <value>The default is an empty dictionary.</value>
+    /// <remarks>
+    /// Names are letters, digits and <c>_</c>, not starting with a digit; values are single lines without NUL
+    /// characters. The dictionary is read when the server is started (<see cref="LocalPostgresServer.StartAsync(LocalPostgresOptions?, CancellationToken)"/>
+    /// takes a copy), so later changes to it have no effect.
+    /// </remarks>
+    public IDictionary<string, string> ServerEnvironment { get; set; } = new Dictionary<string, string>(StringComparer.Ordinal);
+
     /// <summary>Throws when the options cannot describe a server.</summary>
     internal void Validate()
     {
@@ -102,6 +120,26 @@ public sealed class LocalPostgresOptions
             throw new ArgumentException($"{nameof(ExtraSettings)} must not be null.", nameof(ExtraSettings));
         }
 
+        if (ServerEnvironment is null)
+        {
+            throw new ArgumentException($"{nameof(ServerEnvironment)} must not be null.", nameof(ServerEnvironment));
+        }
+
+        foreach (var (name, value) in ServerEnvironment)
+        {
+            if (!IsEnvironmentName(name))
+            {
+                throw new ArgumentException(
+                    $"{nameof(ServerEnvironment)} has an invalid variable name '{name}' (letters, digits and '_', not starting with a digit).",
+                    nameof(ServerEnvironment));
+            }
+
+            if (value is null || value.AsSpan().IndexOfAny('\n', '\r', '\0') >= 0)
+            {
+                throw new ArgumentException($"{nameof(ServerEnvironment)}['{name}'] must be a single-line value.", nameof(ServerEnvironment));
+            }
+        }
+
         foreach (var (name, value) in ExtraSettings)
         {
             if (!IsSettingName(name))
@@ -139,6 +177,11 @@ public sealed class LocalPostgresOptions
         && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.');
 
     private static bool IsPlainValue(string value) => value.AsSpan().IndexOfAny("'\"\\\n\r\0") < 0;
+
+    private static bool IsEnvironmentName(string name) =>
+        name.Length > 0
+        && !char.IsAsciiDigit(name[0])
+        && name.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
 
     private static bool IsSettingName(string name) =>
         name.Length > 0

@@ -52,17 +52,25 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     private readonly string _baseDirectory;
     private readonly string? _runUser;
     private readonly string? _networkNamespace;
+    private readonly KeyValuePair<string, string>[] _serverEnvironment;
     private readonly EventHandler _processExitHandler;
     private readonly UnhandledExceptionEventHandler _unhandledExceptionHandler;
     private volatile bool _running;
     private int _disposed;
 
     private LocalPostgresServer(
-        string binDirectory, string baseDirectory, int port, string? runUser, string host, string? networkNamespace)
+        string binDirectory,
+        string baseDirectory,
+        int port,
+        string? runUser,
+        string host,
+        string? networkNamespace,
+        KeyValuePair<string, string>[] serverEnvironment)
     {
         BinDirectory = binDirectory;
         Host = host;
         _networkNamespace = networkNamespace;
+        _serverEnvironment = serverEnvironment;
         _baseDirectory = baseDirectory;
         DataDirectory = Path.Combine(baseDirectory, "data");
         SocketDirectory = Path.Combine(baseDirectory, "socket");
@@ -157,7 +165,13 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
 
         var baseDirectory = CreateBaseDirectory(runUser is not null);
         var server = new LocalPostgresServer(
-            binDirectory, baseDirectory, FindFreeTcpPort(), runUser, options.EffectiveConnectHost(), options.NetworkNamespace);
+            binDirectory,
+            baseDirectory,
+            FindFreeTcpPort(),
+            runUser,
+            options.EffectiveConnectHost(),
+            options.NetworkNamespace,
+            [.. options.ServerEnvironment.OrderBy(v => v.Key, StringComparer.Ordinal)]);
         AppDomain.CurrentDomain.ProcessExit += server._processExitHandler;
         AppDomain.CurrentDomain.UnhandledException += server._unhandledExceptionHandler;
         try
@@ -464,7 +478,7 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
     {
         // Only the start needs the namespace: the server inherits it from pg_ctl. pg_ctl's -w watches the
         // postmaster.pid file, not a connection, so it works from inside the namespace as well.
-        var (program, arguments) = InNetworkNamespace(PgCtl("start", "-l", LogFile, "-w", "-t", "60"));
+        var (program, arguments) = InNetworkNamespace(PgCtlStart());
         await RunCheckedAsync(program, arguments, cancellationToken).ConfigureAwait(false);
         _running = true;
         ServerVersion = await WaitUntilReadyAsync(cancellationToken).ConfigureAwait(false);
@@ -587,13 +601,32 @@ public sealed partial class LocalPostgresServer : IAsyncDisposable
             : (SystemPrograms.Ip(), ["netns", "exec", _networkNamespace, command.Program, .. command.Arguments]);
 
     /// <summary>A PostgreSQL program invocation, through <c>runuser</c> when running as root.</summary>
-    private (string Program, IReadOnlyList<string> Arguments) Tool(string name, params string[] arguments)
+    private (string Program, IReadOnlyList<string> Arguments) Tool(string name, params string[] arguments) =>
+        AsServiceUser(Path.Combine(BinDirectory, ExecutableName(name)), arguments);
+
+    /// <summary>
+    /// <c>pg_ctl start</c> with <see cref="LocalPostgresOptions.ServerEnvironment"/> set through <c>env</c>, which
+    /// runs after <c>runuser</c> (if any): neither <c>runuser</c> nor PAM can drop a variable, and only
+    /// <c>pg_ctl</c> and the server it starts get them.
+    /// </summary>
+    private (string Program, IReadOnlyList<string> Arguments) PgCtlStart()
     {
-        var program = Path.Combine(BinDirectory, ExecutableName(name));
-        return _runUser is null
+        string[] arguments = ["-D", DataDirectory, "-l", LogFile, "-w", "-t", "60", "start"];
+        var pgCtl = Path.Combine(BinDirectory, ExecutableName("pg_ctl"));
+        if (_serverEnvironment.Length == 0)
+        {
+            return AsServiceUser(pgCtl, arguments);
+        }
+
+        var env = SystemPrograms.Find("env")
+            ?? throw new InvalidOperationException("The `env` program (coreutils) was not found; it sets the server's environment variables.");
+        return AsServiceUser(env, [.. _serverEnvironment.Select(v => v.Key + "=" + v.Value), pgCtl, .. arguments]);
+    }
+
+    private (string Program, IReadOnlyList<string> Arguments) AsServiceUser(string program, IReadOnlyList<string> arguments) =>
+        _runUser is null
             ? (program, arguments)
             : (FindRunUser(), ["-u", _runUser, "--", program, .. arguments]);
-    }
 
     private void CleanUpAtProcessExit()
     {
