@@ -10,13 +10,26 @@ namespace HighlanderPG.Tests;
 /// monotonic clock is not faked.
 /// </summary>
 /// <remarks>
-/// Needs libfaketime (Debian package <c>faketime</c>; .ci/run installs it). Without it the test fails and says so: a
+/// Needs libfaketime (Debian package <c>libfaketime</c>; scripts/test.sh installs it). Without it the test fails and says so: a
 /// test of a clock step that skips silently proves nothing.
 /// </remarks>
 public sealed class FakeClockServer : IAsyncDisposable
 {
-    /// <summary>Where Debian's <c>libfaketime</c> package (pulled in by <c>faketime</c>) puts the library.</summary>
-    public const string Library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    /// <summary>Where Debian's <c>libfaketime</c> package puts the library (<c>/usr/lib/&lt;multiarch&gt;/faketime/</c>), or the amd64 path when absent.</summary>
+    public static readonly string Library = FindLibrary();
+
+    private static string FindLibrary()
+    {
+        const string Amd64 = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+        if (File.Exists(Amd64) || !Directory.Exists("/usr/lib"))
+        {
+            return Amd64;
+        }
+
+        return Directory.EnumerateDirectories("/usr/lib")
+            .Select(d => Path.Combine(d, "faketime", "libfaketime.so.1"))
+            .FirstOrDefault(File.Exists) ?? Amd64;
+    }
 
     private readonly string _directory;
     private readonly string _file;
@@ -44,7 +57,7 @@ public sealed class FakeClockServer : IAsyncDisposable
         {
             Assert.Fail(
                 $"libfaketime is missing ({Library}): the server clock step tests need it. Install the Debian package " +
-                "`faketime` (apt-get install -y faketime; .ci/run installs it).");
+                "`libfaketime` (apt-get install -y libfaketime; scripts/test.sh installs it).");
         }
 
         // In /tmp, readable by all: as root the server runs as the postgres user, which must read the file.
