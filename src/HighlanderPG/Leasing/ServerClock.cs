@@ -43,14 +43,16 @@ internal sealed class ServerClock(TimeProvider time, TimeSpan tolerance)
     /// </summary>
     public TimeSpan? Observe(DateTime serverTime, long sentTimestamp, long receivedTimestamp)
     {
-        TimeSpan? ahead = null;
-        if (HasReading)
-        {
-            ahead = serverTime - (_serverTime + time.GetElapsedTime(_sentTimestamp, receivedTimestamp));
-        }
-
+        var ahead = Ahead(serverTime, receivedTimestamp);
         _serverTime = serverTime;
         _sentTimestamp = sentTimestamp;
         return ahead;
     }
+
+    /// <summary>
+    /// How far a reading answered at <paramref name="receivedTimestamp"/> is ahead of the latest time the server's clock
+    /// could show without a step since the last reading (as <see cref="Observe"/>), without recording it.
+    /// </summary>
+    public TimeSpan? Ahead(DateTime serverTime, long receivedTimestamp) =>
+        HasReading ? serverTime - (_serverTime + time.GetElapsedTime(_sentTimestamp, receivedTimestamp)) : null;
 }

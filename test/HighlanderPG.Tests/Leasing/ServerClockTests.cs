@@ -93,6 +93,21 @@ public sealed class ServerClockTests
     }
 
     [Fact]
+    public void Ahead_compares_with_the_last_reading_without_recording_the_new_one()
+    {
+        var time = new FakeTimeProvider();
+        var clock = new ServerClock(time, Tolerance);
+        var sent = time.GetTimestamp();
+        clock.Observe(ServerStart, sent, sent);
+        time.Advance(TimeSpan.FromSeconds(1));
+
+        // A stepped reading, asked twice: both times against the reading from before the step.
+        Assert.Equal(TimeSpan.FromSeconds(30), clock.Ahead(ServerStart + TimeSpan.FromSeconds(31), time.GetTimestamp()));
+        Assert.Equal(TimeSpan.FromSeconds(30), clock.Ahead(ServerStart + TimeSpan.FromSeconds(31), time.GetTimestamp()));
+        Assert.Equal(ServerStart + TimeSpan.FromSeconds(1) + Tolerance, clock.Bound(time.GetTimestamp()));
+    }
+
+    [Fact]
     public void The_tolerance_is_half_the_safety_margin()
     {
         var timings = LeaseTimings.From(new HighlanderOptions { LeaseDuration = TimeSpan.FromSeconds(15), SafetyMargin = TimeSpan.FromSeconds(1) });
