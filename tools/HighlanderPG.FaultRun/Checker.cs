@@ -280,16 +280,13 @@ internal static class Checker
 
             if (c.Round.RecoveredAt is null)
             {
-                // The run waited the normal bound after the round's last fault; with a step in the round, look in the
-                // history for the moment it settled, up to the extended bound (and before the next round began).
-                var settled = false;
-                if (settleExtra > 0)
-                {
-                    var next = rounds.FirstOrDefault(r => r.Index == c.Round.Index + 1)?.Start ?? long.MaxValue;
-                    c.SettledAt = book.RecoveredAt(singletons, c.Round.LastFaultEnd, Math.Min(next, c.Round.LastFaultEnd + Mono.FromSeconds(settleBound + settleExtra)));
-                    settled = c.SettledAt is not null;
-                    c.NeededExtension |= settled;
-                }
+                // The run waited the normal bound after the round's last fault and saw it unsettled. The history is the
+                // record: look in it for the moment the round settled, up to the bound (extended for a step in the
+                // round) and before the next round began. (The live view can lag the history: a reused pid's file.)
+                var next = rounds.FirstOrDefault(r => r.Index == c.Round.Index + 1)?.Start ?? long.MaxValue;
+                c.SettledAt = book.RecoveredAt(singletons, c.Round.LastFaultEnd, Math.Min(next, c.Round.LastFaultEnd + Mono.FromSeconds(settleBound + settleExtra)));
+                var settled = c.SettledAt is not null;
+                c.NeededExtension |= settled && settleExtra > 0 && c.SettledAt > c.Round.LastFaultEnd + Mono.FromSeconds(settleBound);
 
                 if (!settled)
                 {

@@ -106,7 +106,14 @@ internal sealed class HistoryTail(string directory)
         {
             if (_done.Contains(path))
             {
-                continue;
+                // A process that ended writes no more, but its pid may be reused by a new process of the same role and
+                // host, which appends to the same file: read on if it grew.
+                if (new FileInfo(path).Length <= _files.GetValueOrDefault(path).Offset)
+                {
+                    continue;
+                }
+
+                _done.Remove(path);
             }
 
             if (SkipEnded && int.TryParse(Path.GetFileNameWithoutExtension(path).Split('-')[^1], NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && !Native.Alive(pid))
