@@ -173,6 +173,15 @@ internal sealed class KeyLedger
         }
     }
 
+    /// <summary>Of the keys wanted and not held, those whose holder is not known (or may have changed).</summary>
+    public long[] NeedHolder()
+    {
+        lock (_gate)
+        {
+            return [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && (!_holders.ContainsKey(k) || _staleHolders.Contains(k)))];
+        }
+    }
+
     /// <summary>Something may have freed a wanted lock: try at the next turn.</summary>
     public void Poke()
     {

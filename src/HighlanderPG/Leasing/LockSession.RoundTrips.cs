@@ -33,6 +33,17 @@ internal sealed partial class LockSession
                 continue;
             }
 
+            if (_holderQueryPending && now >= _nextHolderQuery)
+            {
+                var unknown = _ledger.NeedHolder();
+                _holderQueryPending = false;
+                if (unknown.Length > 0)
+                {
+                    await AskHoldersAsync(connection, session, unknown).ConfigureAwait(false);
+                    continue;
+                }
+            }
+
             if (_ledger.UnfencedDue(now) is { Length: > 0 } unfenced)
             {
                 nextHeartbeat = await FenceAsync(connection, session, unfenced).ConfigureAwait(false);
@@ -58,6 +69,11 @@ internal sealed partial class LockSession
         }
 
         until = Math.Min(until, _ledger.NextUnfenced);
+        if (_holderQueryPending)
+        {
+            until = Math.Min(until, _nextHolderQuery);
+        }
+
         var timeout = _time.GetElapsedTime(_time.GetTimestamp(), until);
         if (timeout <= TimeSpan.Zero)
         {
@@ -133,14 +149,35 @@ internal sealed partial class LockSession
         Grant(_ledger.Taken(got, _options.Fencing, _time.GetUtcNow()));
         // Only the holders not known (or possibly changed) are asked: a key whose holder the waiter watches cannot have
         // changed hands unnoticed, so a follower's steady state never asks pg_locks (whose cost grows with every lock).
+        // At most one such question per HolderQueryInterval: a node releasing many singletons announces them in many
+        // batches, and each batch makes every follower try again; each asking pg_locks after each try would load the
+        // server most just when the take-over needs it. Later keys are asked together at the end of the interval.
         var unknown = _ledger.NeedHolder(keys.Except(got));
         if (unknown.Length > 0)
         {
-            await UpdateHoldersAsync(connection, session, unknown).ConfigureAwait(false);
+            if (_time.GetTimestamp() >= _nextHolderQuery)
+            {
+                await AskHoldersAsync(connection, session, unknown).ConfigureAwait(false);
+            }
+            else
+            {
+                _holderQueryPending = true;
+            }
         }
 
         WantsChanged?.Invoke();
         return sent + Delta(_timings.Heartbeat);
+    }
+
+    /// <summary>How often at most a session asks who holds the keys it could not take (pg_locks).</summary>
+    internal static readonly TimeSpan HolderQueryInterval = TimeSpan.FromMilliseconds(50);
+
+    private async Task AskHoldersAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    {
+        _holderQueryPending = false;
+        _nextHolderQuery = _time.GetTimestamp() + Delta(HolderQueryInterval);
+        await UpdateHoldersAsync(connection, session, keys).ConfigureAwait(false);
+        WantsChanged?.Invoke();
     }
 
     /// <summary>Records a reading of the server's clock; when it stepped forward, starts the lock-delay (<see cref="ServerClock"/>).</summary>

@@ -38,6 +38,8 @@ internal sealed partial class LockSession : ILockSession
     private int _backendPid;
     private long _lockDelayUntil = long.MinValue;
     private readonly ServerClock _serverClock;
+    private long _nextHolderQuery = long.MinValue;
+    private bool _holderQueryPending;
 
     public LockSession(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, string dataSourceName, int singletons, TimeProvider time, ILogger logger)
     {
