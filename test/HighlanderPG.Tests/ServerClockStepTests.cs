@@ -14,6 +14,12 @@ namespace HighlanderPG.Tests;
 /// measures <c>idle_session_timeout</c>, the server-side lease, on its wall clock). The step is made by libfaketime
 /// preloaded into a throwaway server of the test's own, so the machine's clock (and every other test) is left alone.
 /// </summary>
+/// <remarks>
+/// Run alone, after the parallel tests (<see cref="ServerClockStepCollection"/>): libfaketime re-reads its offset file at
+/// every clock reading of the server (FAKETIME_NO_CACHE), which makes these servers busy, and the other tests' 3 s leases
+/// must not share the machine's two cores with them.
+/// </remarks>
+[Collection(ServerClockStepCollection.Name)]
 public sealed class ServerClockStepTests(ITestOutputHelper output) : IDisposable
 {
     /// <summary>One a test (xUnit makes an instance a test): a failure meanwhile says whether the machine's clock stepped.</summary>
@@ -254,4 +260,11 @@ public sealed class ServerClockStepTests(ITestOutputHelper output) : IDisposable
             cluster.Logs.Entries.Select(e => string.Create(
                 CultureInfo.InvariantCulture,
                 $"  {e.At:HH:mm:ss.fff} {e.Node} {e.EventId.Id} {e.Level} {e.Message}{(e.Exception is null ? "" : " | " + e.Exception.Message)}")));
+}
+
+/// <summary>The server clock step tests' own collection: not run in parallel with any other test.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ServerClockStepCollection
+{
+    public const string Name = "server clock steps (alone)";
 }
