@@ -208,4 +208,25 @@ public interface IClusterSingletons
     /// Completes when the lock is released (or at once when this node does not lead it).
     /// </summary>
     Task StepDownAsync(string name, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Every singleton group on this node, with its members in declared order (like <c>which_children</c>) and their
+    /// counts (like <c>count_children</c>).
+    /// </summary>
+    IReadOnlyList<Groups.SingletonGroupStatus> GetGroups();
+
+    /// <summary>One singleton group, or <see langword="null"/> when no group has that name (a plain singleton is not a group).</summary>
+    Groups.SingletonGroupStatus? GetGroup(string name);
+
+    /// <summary>
+    /// Raised on every state change of a member of a singleton group on this node, in order, from a background task of
+    /// the node's own. The group as a whole reports through <see cref="StateChanged"/>, like any singleton.
+    /// </summary>
+    event EventHandler<Groups.GroupMemberChanged>? MemberChanged;
+
+    /// <summary>
+    /// Member changes of singleton groups as they happen, until <paramref name="cancellationToken"/> fires or the node
+    /// stops. The subscription starts when this method is called.
+    /// </summary>
+    IAsyncEnumerable<Groups.GroupMemberChanged> WatchMembersAsync(CancellationToken cancellationToken = default);
 }

@@ -6,7 +6,7 @@ namespace HighlanderPG.Diagnostics;
 /// </summary>
 /// <remarks>
 /// Ranges: 1000-1099 the lock session, 1100-1199 leadership, 1200-1299 children, 1300-1399 escalation and supervision,
-/// 1400-1499 the follower waiter, 1500-1599 the node, 2000-2099 the CLI's command child, 2100-2199 the CLI's run host.
+/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 2000-2099 the CLI's command child, 2100-2199 the CLI's run host.
 /// </remarks>
 public static class HighlanderEventIds
 {
@@ -87,6 +87,33 @@ public static class HighlanderEventIds
 
     /// <summary>A <c>StateChanged</c> handler threw.</summary>
     public const int StateChangedHandlerFailed = 1502;
+
+    /// <summary>A member of a singleton group started.</summary>
+    public const int GroupMemberStarted = 1600;
+
+    /// <summary>A member of a singleton group stopped after it was told to.</summary>
+    public const int GroupMemberStopped = 1601;
+
+    /// <summary>A member of a singleton group failed (an exception, or a failed start).</summary>
+    public const int GroupMemberFailed = 1602;
+
+    /// <summary>A member of a singleton group completed normally.</summary>
+    public const int GroupMemberCompleted = 1603;
+
+    /// <summary>A singleton group restarts members by its strategy.</summary>
+    public const int GroupRestarting = 1604;
+
+    /// <summary>A singleton group exceeded its restart intensity: it fails as a whole.</summary>
+    public const int GroupIntensityExceeded = 1605;
+
+    /// <summary>A member did not stop within the stop timeout during a restart: the group steps down so that escalation applies.</summary>
+    public const int GroupMemberStopTimeout = 1606;
+
+    /// <summary>No member of a singleton group runs or is to be restarted: the group completed.</summary>
+    public const int GroupCompleted = 1607;
+
+    /// <summary>A <c>MemberChanged</c> handler threw.</summary>
+    public const int MemberChangedHandlerFailed = 1608;
 
     /// <summary>CLI: the command started.</summary>
     public const int CommandStarted = 2000;

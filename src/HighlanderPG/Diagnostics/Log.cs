@@ -82,4 +82,31 @@ internal static partial class Log
 
     [LoggerMessage(EventId = HighlanderEventIds.StateChangedHandlerFailed, Level = LogLevel.Error, Message = "A StateChanged handler threw")]
     public static partial void StateChangedHandlerFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupMemberStarted, Level = LogLevel.Information, Message = "Member {Member} of group {Group} started")]
+    public static partial void GroupMemberStarted(ILogger logger, string group, string member);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupMemberStopped, Level = LogLevel.Information, Message = "Member {Member} of group {Group} stopped in {Elapsed}")]
+    public static partial void GroupMemberStopped(ILogger logger, string group, string member, TimeSpan elapsed);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupMemberFailed, Level = LogLevel.Error, Message = "Member {Member} of group {Group} failed ({Restart})")]
+    public static partial void GroupMemberFailed(ILogger logger, Exception exception, string group, string member, Groups.MemberRestart restart);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupMemberCompleted, Level = LogLevel.Information, Message = "Member {Member} of group {Group} completed ({Restart})")]
+    public static partial void GroupMemberCompleted(ILogger logger, string group, string member, Groups.MemberRestart restart);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupRestarting, Level = LogLevel.Warning, Message = "Group {Group} restarts {Members} after member {Member} exited ({Strategy})")]
+    public static partial void GroupRestarting(ILogger logger, string group, string member, Groups.GroupStrategy strategy, string members);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupIntensityExceeded, Level = LogLevel.Error, Message = "Group {Group} restarted more than {MaxRestarts} times within {Window} (last: member {Member}): the group fails as a whole")]
+    public static partial void GroupIntensityExceeded(ILogger logger, string group, string member, int maxRestarts, TimeSpan window);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupMemberStopTimeout, Level = LogLevel.Critical, Message = "Member {Member} of group {Group} did not stop within {StopTimeout}: the group steps down, so that the singleton's stop timeout and escalation apply")]
+    public static partial void GroupMemberStopTimeout(ILogger logger, string group, string member, TimeSpan stopTimeout);
+
+    [LoggerMessage(EventId = HighlanderEventIds.GroupCompleted, Level = LogLevel.Information, Message = "No member of group {Group} runs or is to be restarted: the group completed")]
+    public static partial void GroupCompleted(ILogger logger, string group);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MemberChangedHandlerFailed, Level = LogLevel.Error, Message = "A MemberChanged handler threw")]
+    public static partial void MemberChangedHandlerFailed(ILogger logger, Exception exception);
 }

@@ -14,6 +14,15 @@ namespace HighlanderPG.Hosting
         {
             var singletons = node.GetAll();
             var data = singletons.ToDictionary(s => s.Name, s => (object)$"{s.State}{(s.Leader?.NodeId is { } leader ? " (leader " + leader + ")" : "")}");
+            foreach (var group in node.GetGroups())
+            {
+                // One entry per member, "group/member", beside the group's own entry (its singleton's state).
+                foreach (var member in group.Members)
+                {
+                    data[$"{group.Name}/{member.Name}"] = $"{member.State}, restarts {member.Restarts}{(member.LastError is null ? "" : ", last error: " + member.LastError)}";
+                }
+            }
+
             var connected = node.Session?.IsConnected == true;
             var faulted = singletons.Where(s => s.State == SingletonState.Faulted).Select(s => s.Name).ToList();
             var result = !connected

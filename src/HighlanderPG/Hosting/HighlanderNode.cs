@@ -39,6 +39,8 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     private Task _waiterTask = Task.CompletedTask;
     private Task _runnersTask = Task.CompletedTask;
     private int _stopped;
+    private readonly IReadOnlyList<Groups.SingletonGroup> _groups;
+    private readonly Groups.GroupEvents _groupEvents = new();
 
     public HighlanderNode(
         IOptions<HighlanderOptions> options,
@@ -55,6 +57,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         _logger = loggerFactory.CreateLogger("HighlanderPG");
         _time = time;
         _lifetime = lifetime;
+        _groups = services.GetService(typeof(IEnumerable<Groups.SingletonGroup>)) is IEnumerable<Groups.SingletonGroup> groups ? groups.ToList() : [];
     }
 
     public string NodeId => _options.NodeId;
@@ -84,6 +87,12 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
         var waiter = new LockWaiter(_options, timings, _waitDataSource, session, _time, _logger);
         _dispatcher = Task.Run(DispatchAsync, CancellationToken.None);
+        _groupEvents.Start(this, ex => Log.MemberChangedHandlerFailed(_logger, ex));
+        foreach (var group in _groups)
+        {
+            group.Attach(_options.NodeId, _time, _groupEvents.Publish);
+        }
+
         _sessionTask = Task.Run(() => session.RunAsync(_sessionStopping.Token), CancellationToken.None);
         _waiterTask = Task.Run(() => waiter.RunAsync(_sessionStopping.Token), CancellationToken.None);
         // Each runner is told to stop by a token of its own: a child's cancellation callback that blocks then holds up only
@@ -143,11 +152,24 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
         _changes.Writer.TryComplete();
         await _dispatcher.ConfigureAwait(false);
+        await _groupEvents.CompleteAsync().ConfigureAwait(false);
     }
 
     public IReadOnlyList<SingletonStatus> GetAll() => _runners.Select(r => r.GetStatus()).ToList();
 
     public SingletonStatus? Get(string name) => _runners.FirstOrDefault(r => r.Name == name)?.GetStatus();
+
+    public event EventHandler<Groups.GroupMemberChanged>? MemberChanged
+    {
+        add => _groupEvents.Changed += value;
+        remove => _groupEvents.Changed -= value;
+    }
+
+    public IReadOnlyList<Groups.SingletonGroupStatus> GetGroups() => _groups.Select(g => g.GetStatus(Get(g.Name))).ToList();
+
+    public Groups.SingletonGroupStatus? GetGroup(string name) => _groups.FirstOrDefault(g => g.Name == name)?.GetStatus(Get(name));
+
+    public IAsyncEnumerable<Groups.GroupMemberChanged> WatchMembersAsync(CancellationToken cancellationToken = default) => _groupEvents.WatchAsync(cancellationToken);
 
     public Task StepDownAsync(string name, CancellationToken cancellationToken = default)
     {

@@ -111,7 +111,7 @@ public static class HighlanderServiceCollectionExtensions
         }
     }
 
-    private static void AddCore(IServiceCollection services)
+    internal static void AddCore(IServiceCollection services)
     {
         ArgumentNullException.ThrowIfNull(services);
         if (services.Any(d => d.ServiceType == typeof(HighlanderNode)))
