@@ -14,6 +14,7 @@ internal sealed class MemberIncarnation : IAsyncDisposable
     private readonly AsyncServiceScope _scope;
     private readonly IHostedService? _instance;
     private readonly TaskCompletionSource _never = new();
+    private readonly CancellationTokenSource _startToken = new();
     private Task _start = Task.CompletedTask;
     private bool _stopRequested;
 
@@ -61,19 +62,30 @@ internal sealed class MemberIncarnation : IAsyncDisposable
         return new MemberIncarnation(scope, instance, error);
     }
 
-    /// <summary>Starts the member (like the host: <c>StartingAsync</c>, <c>StartAsync</c>, <c>StartedAsync</c>); never throws.</summary>
-    public Task StartAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Starts the member (like the host: <c>StartingAsync</c>, <c>StartAsync</c>, <c>StartedAsync</c>); never throws.
+    /// <paramref name="groupStopping"/> cuts the start short only while it runs: a <see cref="BackgroundService"/> links
+    /// its stopping token to its start token for good, and each member must be told to stop by its own
+    /// <see cref="StopAsync"/>, in the group's reverse order, not all at once when the group stops.
+    /// </summary>
+    public async Task StartAsync(CancellationToken groupStopping)
     {
-        if (_instance is not null)
+        if (_instance is null)
         {
-            _start = RunStartAsync(_instance, cancellationToken);
+            return;
         }
 
-        return _start;
+        var start = RunStartAsync(_instance, _startToken.Token);
+        _start = start;
+        using (groupStopping.Register(static s => ((CancellationTokenSource)s!).Cancel(), _startToken))
+        {
+            await start.ConfigureAwait(false);
+        }
     }
 
     private async Task RunStartAsync(IHostedService instance, CancellationToken cancellationToken)
     {
+        await Task.Yield(); // the caller registers the group's stop first
         try
         {
             var lifecycle = instance as IHostedLifecycleService;
@@ -169,5 +181,7 @@ internal sealed class MemberIncarnation : IAsyncDisposable
         catch (Exception)
         {
         }
+
+        _startToken.Dispose();
     }
 }

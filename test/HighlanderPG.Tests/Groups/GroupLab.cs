@@ -159,7 +159,7 @@ public sealed class C;
 
 /// <summary>
 /// A group member named after <typeparamref name="TTag"/> (A -> "a"). It records its start in <c>StartAsync</c> (so that
-/// the recorded order is the order the group started it in) and its stop once its execution ended.
+/// the recorded order is the order the group started it in) and its stop when its execution ends.
 /// </summary>
 public sealed class Probe<TTag>(GroupLab lab, ILeadership leadership) : BackgroundService
 {
@@ -179,28 +179,25 @@ public sealed class Probe<TTag>(GroupLab lab, ILeadership leadership) : Backgrou
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var run = lab.NewRun(Name);
-        using var stopped = new CancellationTokenSource();
-        using var cancelled = stoppingToken.Register(() => run.TrySetResult(null));
-        var outcome = await run.Task;
-        if (lab.Stubborn.Contains(Name) && stoppingToken.IsCancellationRequested)
+        try
         {
-            await lab.Released;
-        }
+            using var cancelled = stoppingToken.Register(() => run.TrySetResult(null));
+            var outcome = await run.Task;
+            if (lab.Stubborn.Contains(Name) && stoppingToken.IsCancellationRequested)
+            {
+                await lab.Released;
+            }
 
-        if (outcome is not null)
+            if (outcome is not null)
+            {
+                throw outcome;
+            }
+        }
+        finally
         {
-            throw outcome;
+            // Recorded when its execution really ends: a member told to stop too early (say, together with its siblings)
+            // would show up out of order here.
+            lab.Record(leadership.NodeId, Name, "stop", leadership.FencingEpoch);
         }
-    }
-
-    public override async Task StopAsync(CancellationToken cancellationToken)
-    {
-        await base.StopAsync(cancellationToken);
-        if (ExecuteTask is { } execution)
-        {
-            await execution.ContinueWith(_ => { }, TaskScheduler.Default); // recorded once really gone
-        }
-
-        lab.Record(leadership.NodeId, Name, "stop", leadership.FencingEpoch);
     }
 }
