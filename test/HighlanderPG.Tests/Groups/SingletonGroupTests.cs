@@ -1,6 +1,7 @@
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Groups;
 using HighlanderPG.Hosting;
+using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -23,10 +24,12 @@ public sealed class SingletonGroupTests(PostgresFixture pg) : IAsyncLifetime
         string id,
         Action<SingletonGroupBuilder>? build = null,
         Action<ClusterSingletonOptions>? configure = null,
-        Action<HighlanderOptions>? options = null) =>
+        Action<HighlanderOptions>? options = null,
+        string? connectionString = null) =>
         _cluster.StartNodeAsync(
             id,
             singletons: [],
+            connectionString: connectionString,
             configure: o =>
             {
                 o.Fencing = true;
@@ -317,6 +320,28 @@ public sealed class SingletonGroupTests(PostgresFixture pg) : IAsyncLifetime
         Assert.Equal(["n1", "n1", "n1", "n2", "n2", "n2"], entries.Select(e => e.Node));
         Assert.True(second.FencingEpoch > first.FencingEpoch);
         Assert.All(entries.Skip(3), e => Assert.Equal(second.FencingEpoch, e.Epoch));
+    }
+
+    [Fact]
+    public async Task A_cut_off_leader_stops_every_member_before_its_lease_ends_and_another_node_starts_any()
+    {
+        var target = new Npgsql.NpgsqlConnectionStringBuilder(pg.ConnectionString);
+        await using var proxy = FaultProxy.Start(target.Host!, target.Port);
+        var old = await StartNodeAsync("n1", connectionString: proxy.ConnectionString(pg.ConnectionString));
+        var first = await old.WaitForStateAsync(Group, SingletonState.Leading);
+        var next = await StartNodeAsync("n2");
+        await next.WaitForLeaderAsync(Group, "n1");
+
+        // n1 can no longer reach the server: at its lease deadline it stops its members (reverse order), and the server
+        // frees the lock only when the lease has run out, so n2 starts none of them before all of n1's have stopped.
+        var mark = _lab.Count;
+        proxy.SetMode(ProxyMode.Blackhole);
+        var second = await next.WaitForStateAsync(Group, SingletonState.Leading);
+        var entries = _lab.Since(mark);
+        Assert.Equal("n1:stop:c n1:stop:b n1:stop:a n2:start:a n2:start:b n2:start:c", string.Join(" ", entries.Select(e => $"{e.Node}:{e.Kind}:{e.Member}")));
+        Assert.True(second.FencingEpoch > first.FencingEpoch);
+        Assert.Equal(0, old.Singletons.Get(Group)!.Restarts); // losing the lease is no failure of the group
+        Assert.All(old.Singletons.GetGroup(Group)!.Members, m => Assert.Equal((GroupMemberState.Stopped, 0), (m.State, m.Restarts)));
     }
 
     [Fact]
