@@ -72,6 +72,7 @@ internal sealed class GroupSupervisor : BackgroundService
         }
 
         var failing = false;
+        var completed = false;
         try
         {
             while (!stoppingToken.IsCancellationRequested)
@@ -104,6 +105,7 @@ internal sealed class GroupSupervisor : BackgroundService
                     if (running.Count == 0)
                     {
                         Log.GroupCompleted(_logger, _group.Name);
+                        completed = true;
                         return; // nothing runs and nothing is to be restarted: the group completed
                     }
 
@@ -127,7 +129,7 @@ internal sealed class GroupSupervisor : BackgroundService
         finally
         {
             // Reverse declared order; a stop the runner asked for is bounded by the runner (its stop timeout, then escalation).
-            var reason = failing ? "the group failed" : "the group is stopping";
+            var reason = failing ? "the group failed" : completed ? "the group completed" : "the group is stopping";
             for (var i = _slots.Length - 1; i >= 0; i--)
             {
                 if (_slots[i].Run is not null)

@@ -235,6 +235,29 @@ public sealed class SingletonGroupTests(PostgresFixture pg) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_group_whose_members_all_ended_completes_and_the_singleton_restart_policy_decides()
+    {
+        var node = await StartNodeAsync(
+            "n1",
+            g => g.Add<Probe<A>>("a", MemberRestart.Transient).Add<Probe<B>>("b", MemberRestart.Temporary),
+            s => s.RestartPolicy = RestartPolicy.OnFailure);
+        var leading = await node.WaitForStateAsync(Group, SingletonState.Leading);
+        await WaitAllRunningAsync(node);
+
+        _lab.Complete("a");
+        await WaitForGroupAsync(node, g => g.Members[0].State == GroupMemberState.Completed, "complete a");
+        _lab.Complete("b");
+
+        // Nothing runs and nothing is to be restarted: the group's child completed normally, and OnFailure keeps the lock
+        // without running it again.
+        var completed = await node.WaitForStateAsync(Group, SingletonState.Completed);
+        Assert.Equal((leading.FencingEpoch, 0), (completed.FencingEpoch, completed.Restarts));
+        Assert.Equal(0, node.Singletons.GetGroup(Group)!.Active);
+        Assert.Contains(_cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.GroupCompleted);
+        Assert.Equal(2, _lab.Since(0).Count(e => e.Kind == "start"));
+    }
+
+    [Fact]
     public async Task A_temporary_member_stopped_by_a_one_for_all_restart_is_not_started_again()
     {
         var node = await StartNodeAsync("n1", g => g
