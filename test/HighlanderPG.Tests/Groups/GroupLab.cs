@@ -201,3 +201,19 @@ public sealed class Probe<TTag>(GroupLab lab, ILeadership leadership) : Backgrou
         }
     }
 }
+
+/// <summary>A plain hosted service member (no execution of its own): it runs from its start until its stop.</summary>
+public sealed class PlainMember(GroupLab lab, ILeadership leadership) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        lab.Record(leadership.NodeId, "plain", "start", leadership.FencingEpoch);
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken)
+    {
+        lab.Record(leadership.NodeId, "plain", "stop", leadership.FencingEpoch);
+        return Task.CompletedTask;
+    }
+}

@@ -166,6 +166,23 @@ public sealed class SingletonGroupTests(PostgresFixture pg) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_plain_hosted_service_member_is_stopped_and_started_again_by_a_sibling_restart()
+    {
+        var node = await StartNodeAsync("n1", g => g.Add<PlainMember>("plain").Add<Probe<B>>("b").Strategy(GroupStrategy.OneForAll));
+        await node.WaitForStateAsync(Group, SingletonState.Leading);
+        await WaitAllRunningAsync(node);
+
+        var mark = _lab.Count;
+        _lab.Fail("b");
+        Assert.Equal("stop:b stop:plain start:plain start:b", Describe(await _lab.WaitForAsync("start", 2, mark)));
+        Assert.Equal([1, 1], (await WaitAllRunningAsync(node)).Members.Select(m => m.Restarts));
+
+        mark = _lab.Count;
+        await node.StopAsync();
+        Assert.Equal("stop:b stop:plain", Describe(_lab.Since(mark)));
+    }
+
+    [Fact]
     public async Task Rest_for_one_restarts_the_failed_member_and_those_declared_after_it()
     {
         var node = await StartNodeAsync("n1", g => g.Add<Probe<A>>("a").Add<Probe<B>>("b").Add<Probe<C>>("c").Strategy(GroupStrategy.RestForOne));
