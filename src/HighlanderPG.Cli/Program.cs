@@ -42,7 +42,7 @@ internal static class Program
     {
         var root = new RootCommand("highlander: run any command on exactly one node of a cluster, with a PostgreSQL advisory lock and a server-enforced lease.")
         {
-            RunCommand.Create(command),
+            RunCommand.Create(command, hasSeparator),
             StatusCommand.Create(),
             DemoCommand.Create(),
         };

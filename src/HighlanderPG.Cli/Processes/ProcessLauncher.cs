@@ -12,6 +12,9 @@ internal sealed record LaunchSpec(string FileName, IReadOnlyList<string> Argumen
 
     /// <summary>Capture standard output and error (the demo's nodes); otherwise all three streams are inherited.</summary>
     public bool RedirectOutput { get; init; }
+
+    /// <summary>The directory it starts in (<see langword="null"/>: this process's).</summary>
+    public string? WorkingDirectory { get; init; }
 }
 
 /// <summary>
@@ -201,6 +204,7 @@ internal sealed class ProcessLauncher
             UseShellExecute = false,
             RedirectStandardOutput = spec.RedirectOutput,
             RedirectStandardError = spec.RedirectOutput,
+            WorkingDirectory = spec.WorkingDirectory ?? "",
         };
         foreach (var argument in (string[])["--pdeathsig", "KILL", "--", FindProgram("setsid") ?? "setsid", "--", spec.FileName, .. spec.Arguments])
         {
