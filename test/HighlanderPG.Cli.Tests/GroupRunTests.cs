@@ -62,6 +62,53 @@ public sealed class GroupRunTests(PostgresFixture pg) : IDisposable
         Assert.True(stderr.IndexOf($"[{HighlanderEventIds.GroupStopped}]", StringComparison.Ordinal) < stderr.IndexOf($"[{HighlanderEventIds.Released}]", StringComparison.Ordinal), a.Output);
     }
 
+    [Fact]
+    public async Task A_member_ignoring_SIGTERM_spends_the_groups_stop_budget_and_the_rest_is_SIGKILLed_at_the_kill_point_before_the_release()
+    {
+        File.WriteAllText(_group.Procfile, "a: ./member.sh\nb: GROUP_STUBBORN=1 ./member.sh\nc: ./member.sh\n");
+        var node = StartNode("n1");
+        var started = await _group.WaitAsync(e => Starts(e).Count == 3, "the three members started", node);
+
+        node.Signal(Native.SigTerm);
+        Assert.True(await node.WaitForExitAsync(TimeSpan.FromSeconds(30)) == ExitCodes.Ok, node.Output);
+        var events = _group.Events;
+
+        // c stopped on SIGTERM; b ignored it and kept the group's one stop budget until the kill point; then b and a were
+        // SIGKILLed, in that order (a never got a SIGTERM: the budget was spent).
+        Assert.Equal(["stop c", "ignore b"], events.Where(e => e.Kind != "start").Select(e => $"{e.Kind} {e.Member}"));
+        var killed = node.LogLines(HighlanderEventIds.MemberKilled);
+        Assert.Equal(2, killed.Count);
+        Assert.Contains("Member b (process group", killed[0], StringComparison.Ordinal);
+        Assert.Contains("Member a (process group", killed[1], StringComparison.Ordinal);
+        Assert.Equal(2, node.LogLines(HighlanderEventIds.MemberStopping).Count); // c and b; a had no SIGTERM
+        foreach (var start in started)
+        {
+            await ProcessWatch.AssertGoneAsync(start.Pid, $"member {start.Member}");
+        }
+
+        var stderr = node.Stderr;
+        Assert.True(stderr.IndexOf($"[{HighlanderEventIds.GroupStopped}]", StringComparison.Ordinal) < stderr.IndexOf($"[{HighlanderEventIds.Released}]", StringComparison.Ordinal), node.Output);
+    }
+
+    [Fact]
+    public async Task Every_member_dies_with_a_SIGKILLed_highlander_and_the_follower_takes_over_after_the_lease()
+    {
+        var first = StartNode("n1");
+        var started = await _group.WaitAsync(e => Starts(e).Count == 3, "n1's members started", first);
+        var second = StartNode("n2");
+        await second.WaitLoggedAsync(HighlanderEventIds.Following);
+
+        first.Signal(Native.SigKill);
+        foreach (var start in started)
+        {
+            await ProcessWatch.AssertGoneAsync(start.Pid, $"n1's member {start.Member}", TimeSpan.FromSeconds(10));
+        }
+
+        var events = await _group.WaitAsync(e => Starts(e).Count(s => s.Node == "n2") == 3, "n2's members started", second);
+        Assert.DoesNotContain(events, e => e.Node == "n1" && e.Kind != "start"); // killed, not stopped: nothing journaled
+        AssertForkedInOrder(["a", "b", "c"], events.Where(e => e.Node == "n2"));
+    }
+
     [Theory]
     [InlineData("one-for-one", new[] { "b" }, new string[0])]
     [InlineData("one-for-all", new[] { "a", "b", "c" }, new[] { "c", "a" })]

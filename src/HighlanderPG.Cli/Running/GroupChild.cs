@@ -435,7 +435,13 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
         }
 
         launcher.Forget(slot.Group);
-        slot.Process?.Dispose();
+        if (slot.Process is { } process)
+        {
+            // Its output pipes close once every process holding them is gone: the copies finish first, so that nothing the
+            // member wrote while it stopped is lost (disposing the process would close the pipes under them).
+            _ = Task.WhenAll(slot.Pumps).ContinueWith(_ => process.Dispose(), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        }
+
         slot.Process = null;
         slot.Exit = null;
         slot.Group = 0;

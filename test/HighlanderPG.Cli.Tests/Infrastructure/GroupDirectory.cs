@@ -4,7 +4,7 @@ using System.Globalization;
 namespace HighlanderPG.Cli.Tests.Infrastructure;
 
 /// <summary>One line the members of a test group write into their events file.</summary>
-/// <param name="Kind"><c>start</c>, <c>stop</c> (it got SIGTERM), <c>exit</c> (it exits by itself, with <see cref="Detail"/> as its code).</param>
+/// <param name="Kind"><c>start</c>, <c>stop</c> (it got SIGTERM), <c>ignore</c> (it got SIGTERM and ignores it), <c>exit</c> (it exits by itself, with <see cref="Detail"/> as its code).</param>
 /// <param name="Member">The member (<c>HIGHLANDER_MEMBER</c>).</param>
 /// <param name="Node">The node it runs under (<c>HIGHLANDER_NODE</c>).</param>
 /// <param name="Pid">Its process group: the pid of the process highlander started for it.</param>
@@ -24,7 +24,8 @@ public sealed record GroupEvent(string Kind, string Member, string Node, int Pid
 public sealed class GroupDirectory : IDisposable
 {
     /// <summary>
-    /// The member: journals its start, then waits for SIGTERM (journaled, exit 0) or an <c>exit-MEMBER</c> file (journaled,
+    /// The member: journals its start, then waits for SIGTERM (journaled, exit 0; with GROUP_STUBBORN set, journaled as
+    /// <c>ignore</c> and ignored) or an <c>exit-MEMBER</c> file (journaled,
     /// exit with the code it holds). The <c>/proc</c> scan lists the processes whose environment has this directory's events
     /// file and this node: the members already running (and their children) when this one starts.
     /// </summary>
@@ -42,7 +43,11 @@ public sealed class GroupDirectory : IDisposable
           if [ -n "$m" ] && [ "$m" != "$me" ] && [ "$n" = "$HIGHLANDER_NODE" ]; then seen="$seen,$m"; fi
         done
         echo "start $me $HIGHLANDER_NODE $group token=$HIGHLANDER_FENCING_TOKEN ${seen#,}" >> "$GROUP_EVENTS"
-        trap 'echo "stop $me $HIGHLANDER_NODE $group token=$HIGHLANDER_FENCING_TOKEN" >> "$GROUP_EVENTS"; exit 0' TERM
+        if [ -n "$GROUP_STUBBORN" ]; then
+          trap 'echo "ignore $me $HIGHLANDER_NODE $group token=$HIGHLANDER_FENCING_TOKEN" >> "$GROUP_EVENTS"' TERM
+        else
+          trap 'echo "stop $me $HIGHLANDER_NODE $group token=$HIGHLANDER_FENCING_TOKEN" >> "$GROUP_EVENTS"; exit 0' TERM
+        fi
         while [ ! -e "$GROUP_DIR/exit-$me" ]; do
           sleep 0.05
         done
