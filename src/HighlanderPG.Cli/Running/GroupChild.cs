@@ -256,9 +256,11 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
         }
         finally
         {
-            // Every member, in reverse order, before the library may release the lock.
+            // Every member, in reverse order, before the library may release the lock; then whatever escaped from any of them.
             ArmKillPoint();
-            if (await StopAsync(slots, killPoint.Token).ConfigureAwait(false) > 0 || why != "no member runs")
+            var stoppedCount = await StopAsync(slots, killPoint.Token).ConfigureAwait(false);
+            stoppedCount += await Escapees.StopAsync(launcher, $"'{Name}'", member: null, killPoint.Token, Logger).ConfigureAwait(false);
+            if (stoppedCount > 0 || why != "no member runs")
             {
                 LogGroupStopped(Logger, Name, why);
             }
@@ -278,6 +280,7 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
             groups = [.. Enumerable.Reverse(_runningGroups)];
         }
 
+        Escapees.KillAll(launcher);
         if (groups.Length == 0)
         {
             return;
@@ -387,6 +390,9 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
             var code = slot.Exit.IsCompleted ? await slot.Exit.ConfigureAwait(false) : 128 + Native.SigKill;
             LogMemberExited(Logger, slot.Member.Name, processGroup, code, "after it was told to stop");
             Forget(slot);
+
+            // What left its process group (and was re-parented to highlander), before the next member is stopped.
+            await Escapees.StopAsync(launcher, $"member {slot.Member.Name}", slot.Member.Name, killPoint, Logger).ConfigureAwait(false);
         }
 
         return stopped;
@@ -414,6 +420,12 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
                 Native.SignalGroup(processGroup, Native.SigKill);
                 await GroupGoneAsync(processGroup, null, AfterKill, CancellationToken.None).ConfigureAwait(false);
             }
+        }
+
+        using (var escapeesKill = CancellationTokenSource.CreateLinkedTokenSource(killPoint))
+        {
+            escapeesKill.CancelAfter(killAfter);
+            await Escapees.StopAsync(launcher, $"member {slot.Member.Name}", slot.Member.Name, escapeesKill.Token, Logger).ConfigureAwait(false);
         }
 
         if (slot.Pumps.Length > 0)

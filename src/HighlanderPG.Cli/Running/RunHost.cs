@@ -65,6 +65,9 @@ internal static partial class RunHost
             }
         }
 
+        // Descendants that leave the command's process group (setsid, a daemon's double fork) are re-parented to highlander
+        // instead of PID 1 when their parent exits, so they can be stopped before the lock is released (Escapees).
+        Escapees.Enabled = Native.BecomeChildSubreaper();
         await ProcessLauncher.Shared.WarmUpAsync().ConfigureAwait(false);
         using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug, settings.LogFormat);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });

@@ -154,4 +154,10 @@ public static class HighlanderEventIds
 
     /// <summary>CLI group: a member could not be started (counts as a failure with exit code 126).</summary>
     public const int MemberStartFailed = 2212;
+
+    /// <summary>CLI: processes that left the command's (or a member's) process group were re-parented to highlander (a child subreaper): they are stopped.</summary>
+    public const int EscapedStopping = 2213;
+
+    /// <summary>CLI: processes that left the command's (or a member's) process group were still running at the kill point: SIGKILL.</summary>
+    public const int EscapedKilled = 2214;
 }

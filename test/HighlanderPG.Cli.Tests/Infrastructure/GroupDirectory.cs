@@ -57,6 +57,25 @@ public sealed class GroupDirectory : IDisposable
         exit "$code"
         """;
 
+    /// <summary>
+    /// Starts a daemon and returns at once: a double fork (the subshell exits at once) and <c>setsid</c> (its own session
+    /// and process group), so the daemon leaves its member's process group and outlives its parent. The daemon journals
+    /// its start and its SIGTERM as member <c>daemon</c>.
+    /// </summary>
+    private const string DaemonScript = """
+        #!/bin/sh
+        ( setsid "$(dirname "$0")/daemon-body.sh" & )
+        """;
+
+    private const string DaemonBodyScript = """
+        #!/bin/sh
+        trap 'echo "stop daemon $HIGHLANDER_NODE $$ token=" >> "$GROUP_EVENTS"; exit 0' TERM
+        echo "start daemon $HIGHLANDER_NODE $$ token= of-$HIGHLANDER_MEMBER" >> "$GROUP_EVENTS"
+        while :; do
+          sleep 0.05
+        done
+        """;
+
     public GroupDirectory(params string[] members)
     {
         Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "hl-group-" + Guid.NewGuid().ToString("N")[..8]);
@@ -64,6 +83,13 @@ public sealed class GroupDirectory : IDisposable
         var script = System.IO.Path.Combine(Path, "member.sh");
         File.WriteAllText(script, MemberScript.ReplaceLineEndings("\n") + "\n");
         File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        foreach (var (file, text) in new[] { ("daemon.sh", DaemonScript), ("daemon-body.sh", DaemonBodyScript) })
+        {
+            var path = System.IO.Path.Combine(Path, file);
+            File.WriteAllText(path, text.ReplaceLineEndings("\n") + "\n");
+            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+
         File.WriteAllText(Procfile, "# test group\n\n" + string.Concat(members.Select(m => $"{m}: ./member.sh\n")));
         File.WriteAllText(EventsFile, "");
     }
