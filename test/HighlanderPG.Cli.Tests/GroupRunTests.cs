@@ -231,6 +231,21 @@ public sealed class GroupRunTests(PostgresFixture pg) : IDisposable
         Assert.DoesNotContain("oops", node.Stdout, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Status_shows_the_group_as_its_one_name_with_the_leading_node_and_the_members_fencing_token()
+    {
+        var node = StartNode("n1", "--fencing");
+        var started = await _group.WaitAsync(e => Starts(e).Count == 3, "the three members started", node);
+
+        var (code, status) = await CliProcess.RunAsync(["status", "--json"], _group.Environment(pg.ConnectionString));
+        Assert.True(code == 0, status.Output);
+        using var json = System.Text.Json.JsonDocument.Parse(status.Stdout);
+        var entry = Assert.Single(json.RootElement.EnumerateArray(), e => e.GetProperty("name").GetString() == _name); // one name, not one per member
+        Assert.Equal("n1", entry.GetProperty("leader").GetProperty("node").GetString());
+        Assert.Equal(started[0].Token, entry.GetProperty("epoch").GetInt64().ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Assert.All(started, e => Assert.Equal(started[0].Token, e.Token));
+    }
+
     private CliProcess StartNode(string id, params string[] extra)
     {
         var cli = CliProcess.Start(["run", "--name", _name, "--node-id", id, "--procfile", _group.Procfile, .. Timings, .. extra], _group.Environment(pg.ConnectionString));
