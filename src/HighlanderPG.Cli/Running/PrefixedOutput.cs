@@ -26,7 +26,7 @@ internal static class PrefixedOutput
         var gate = toStderr ? StderrGate : StdoutGate;
         var target = toStderr ? Stderr : Stdout;
         var buffer = new byte[8192];
-        var line = new MemoryStream();
+        using var line = new MemoryStream();
         try
         {
             int read;
@@ -59,7 +59,7 @@ internal static class PrefixedOutput
         }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException)
         {
-            // The member's pipe or our own output went away: nothing more to copy.
+            // The member's pipe went away: nothing more to copy.
         }
     });
 
@@ -72,8 +72,16 @@ internal static class PrefixedOutput
         line.SetLength(0);
         lock (gate)
         {
-            target.Write(bytes);
-            target.Flush();
+            try
+            {
+                target.Write(bytes);
+                target.Flush();
+            }
+            catch (IOException)
+            {
+                // Our own output is gone (a closed pipe): the line is lost, but the member's pipe keeps being drained, so
+                // that a member writing its output never blocks on a full pipe because of it.
+            }
         }
     }
 }
