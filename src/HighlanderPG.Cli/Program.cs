@@ -25,7 +25,7 @@ internal static class Program
                 await Console.Error.WriteLineAsync($"{commandName}: {error.Message}").ConfigureAwait(false);
             }
 
-            if (separator < 0 && parse.CommandResult.Command.Name == "run" && parse.UnmatchedTokens.Count > 0)
+            if (separator < 0 && parse.CommandResult.Command.Name == "run" && parse.UnmatchedTokens.Count > 0 && !own.Contains("--procfile"))
             {
                 await Console.Error.WriteLineAsync("The command goes after --: highlander run --name NAME [options] -- COMMAND [ARGS...]").ConfigureAwait(false);
             }
