@@ -25,7 +25,7 @@ internal static class Program
                 await Console.Error.WriteLineAsync($"{commandName}: {error.Message}").ConfigureAwait(false);
             }
 
-            if (separator < 0 && parse.CommandResult.Command.Name == "run" && parse.UnmatchedTokens.Count > 0)
+            if (separator < 0 && parse.CommandResult.Command.Name == "run" && parse.UnmatchedTokens.Count > 0 && !own.Contains("--procfile"))
             {
                 await Console.Error.WriteLineAsync("The command goes after --: highlander run --name NAME [options] -- COMMAND [ARGS...]").ConfigureAwait(false);
             }
@@ -42,7 +42,7 @@ internal static class Program
     {
         var root = new RootCommand("highlander: run any command on exactly one node of a cluster, with a PostgreSQL advisory lock and a server-enforced lease.")
         {
-            RunCommand.Create(command),
+            RunCommand.Create(command, hasSeparator),
             StatusCommand.Create(),
             DemoCommand.Create(),
         };

@@ -8,6 +8,8 @@ internal static partial class Native
     public const int SigKill = 9;
     public const int SigTerm = 15;
     private const int Esrch = 3;
+    private const int PrSetChildSubreaper = 36;
+    private const int WNoHang = 1;
 
     /// <summary>Sends <paramref name="signal"/> to every process in group <paramref name="processGroup"/>; false when the group is empty.</summary>
     public static bool SignalGroup(int processGroup, int signal)
@@ -52,6 +54,89 @@ internal static partial class Native
         return false;
     }
 
+    /// <summary>
+    /// Makes this process a child subreaper (prctl(2), <c>PR_SET_CHILD_SUBREAPER</c>): a descendant whose parent dies
+    /// (a daemon's double fork, a <c>setsid</c> child of a shell that exited) is re-parented to this process instead of
+    /// PID 1, so it can still be found and stopped. False when the kernel refuses (before Linux 3.4).
+    /// </summary>
+    public static bool BecomeChildSubreaper() => Prctl(PrSetChildSubreaper, 1, 0, 0, 0) == 0;
+
+    /// <summary>
+    /// Every live process whose parent is <paramref name="parent"/>, and (transitively) their descendants: a map of
+    /// pid to parent pid read from <c>/proc</c>. Zombies are left out (they run nothing).
+    /// </summary>
+    public static IReadOnlyList<int> ChildrenOf(int parent, Func<int, bool> include)
+    {
+        var parents = new Dictionary<int, int>();
+        foreach (var directory in Directory.EnumerateDirectories("/proc"))
+        {
+            var name = Path.GetFileName(directory);
+            if (name.Length == 0 || !char.IsAsciiDigit(name[0]) || !int.TryParse(name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid))
+            {
+                continue;
+            }
+
+            if (ReadStatFull(directory) is { } stat && stat.State is not ('Z' or 'X'))
+            {
+                parents[pid] = stat.Parent;
+            }
+        }
+
+        var result = new List<int>();
+        var frontier = new Queue<int>(parents.Where(p => p.Value == parent && include(p.Key)).Select(p => p.Key));
+        while (frontier.Count > 0)
+        {
+            var pid = frontier.Dequeue();
+            result.Add(pid);
+            foreach (var child in parents.Where(p => p.Value == pid).Select(p => p.Key))
+            {
+                frontier.Enqueue(child);
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>The value of variable <paramref name="name"/> in process <paramref name="pid"/>'s initial environment, or <see langword="null"/>.</summary>
+    public static string? EnvironmentOf(int pid, string name)
+    {
+        try
+        {
+            var prefix = name + "=";
+            foreach (var entry in File.ReadAllText($"/proc/{pid}/environ").Split('\0'))
+            {
+                if (entry.StartsWith(prefix, StringComparison.Ordinal))
+                {
+                    return entry[prefix.Length..];
+                }
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Reaps the exited children of this process that <paramref name="adopted"/> says are adopted orphans (re-parented to
+    /// this child subreaper): .NET reaps only the processes it started, and a zombie is never reaped otherwise.
+    /// </summary>
+    public static void ReapAdopted(Func<int, bool> adopted)
+    {
+        var self = Environment.ProcessId;
+        foreach (var directory in Directory.EnumerateDirectories("/proc"))
+        {
+            var name = Path.GetFileName(directory);
+            if (name.Length > 0 && char.IsAsciiDigit(name[0])
+                && int.TryParse(name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid)
+                && ReadStatFull(directory) is { State: 'Z', Parent: var parent } && parent == self && adopted(pid))
+            {
+                _ = WaitPid(pid, out _, WNoHang);
+            }
+        }
+    }
+
     /// <summary>Whether process <paramref name="pid"/> exists and is not a zombie.</summary>
     public static bool ProcessAlive(int pid) => ReadStat($"/proc/{pid}") is { State: not ('Z' or 'X') };
 
@@ -90,6 +175,28 @@ internal static partial class Native
             return null;
         }
     }
+
+    private static (char State, int Parent)? ReadStatFull(string processDirectory)
+    {
+        try
+        {
+            var stat = File.ReadAllText(Path.Combine(processDirectory, "stat"));
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ', 4);
+            return fields.Length >= 3 && int.TryParse(fields[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var parent)
+                ? (fields[0][0], parent)
+                : null;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
+    private static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
+
+    [LibraryImport("libc", EntryPoint = "waitpid", SetLastError = true)]
+    private static partial int WaitPid(int pid, out int status, int options);
 
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);

@@ -12,6 +12,9 @@ internal sealed record LaunchSpec(string FileName, IReadOnlyList<string> Argumen
 
     /// <summary>Capture standard output and error (the demo's nodes); otherwise all three streams are inherited.</summary>
     public bool RedirectOutput { get; init; }
+
+    /// <summary>The directory it starts in (<see langword="null"/>: this process's).</summary>
+    public string? WorkingDirectory { get; init; }
 }
 
 /// <summary>
@@ -66,6 +69,7 @@ internal sealed class ProcessLauncher
 
     private static readonly Lazy<ProcessLauncher> SharedInstance = new(() => new ProcessLauncher(), LazyThreadSafetyMode.ExecutionAndPublication);
     private readonly BlockingCollection<Action> _work = [];
+    private readonly ConcurrentDictionary<int, bool> _started = new();
     private readonly Lock _watchdogGate = new();
     private StreamWriter? _watchdog;
     private bool _watchdogBroken;
@@ -149,6 +153,7 @@ internal sealed class ProcessLauncher
             {
                 EnsureWatchdog();
                 var process = Start(spec);
+                _started[process.Id] = true;
                 Watch(process.Id);
                 done.SetResult(process);
             }
@@ -182,6 +187,12 @@ internal sealed class ProcessLauncher
         return done.Task;
     }
 
+    /// <summary>
+    /// Whether <paramref name="pid"/> is a process this launcher started (a command, a member, a demo node, the watchdog),
+    /// as opposed to a descendant that was re-parented to this process because it is a child subreaper.
+    /// </summary>
+    public bool Started(int pid) => _started.ContainsKey(pid);
+
     /// <summary>Tells the watchdog that group <paramref name="processGroup"/> is done with (so a reused id is never killed).</summary>
     public void Forget(int processGroup) => TellWatchdog("-" + processGroup.ToString(CultureInfo.InvariantCulture));
 
@@ -201,6 +212,7 @@ internal sealed class ProcessLauncher
             UseShellExecute = false,
             RedirectStandardOutput = spec.RedirectOutput,
             RedirectStandardError = spec.RedirectOutput,
+            WorkingDirectory = spec.WorkingDirectory ?? "",
         };
         foreach (var argument in (string[])["--pdeathsig", "KILL", "--", FindProgram("setsid") ?? "setsid", "--", spec.FileName, .. spec.Arguments])
         {
@@ -242,6 +254,7 @@ internal sealed class ProcessLauncher
             }
 
             var process = Process.Start(startInfo) ?? throw new InvalidOperationException("Could not start the watchdog shell.");
+            _started[process.Id] = true;
             _watchdog = process.StandardInput;
             _watchdog.AutoFlush = true;
         }

@@ -106,6 +106,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         LogStarted(Logger, Display, process.Id, leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "none");
         int exitCode;
         bool stopped;
+        var stopStarted = 0L;
         try
         {
             var exited = process.WaitForExitAsync(CancellationToken.None);
@@ -116,6 +117,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
                 stopped = await Task.WhenAny(exited, stopRequested.Task).ConfigureAwait(false) != exited;
                 if (stopped)
                 {
+                    stopStarted = Stopwatch.GetTimestamp();
                     await StopAsync(group, exited, killAfter).ConfigureAwait(false);
                 }
             }
@@ -123,6 +125,11 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
             await exited.ConfigureAwait(false);
             exitCode = process.ExitCode;
             await ClearGroupAsync(group, gently: !stopped, killAfter).ConfigureAwait(false);
+
+            // What left the group (and outlived its parent) was re-parented here: stopped too, within the same budget.
+            var budget = stopped ? killAfter - Stopwatch.GetElapsedTime(stopStarted) : killAfter;
+            using var escapeesKill = new CancellationTokenSource(budget > TimeSpan.Zero ? budget : TimeSpan.Zero);
+            await Escapees.StopAsync(launcher, Display, member: null, escapeesKill.Token, Logger).ConfigureAwait(false);
         }
         finally
         {
@@ -156,6 +163,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
             process = _current;
         }
 
+        Escapees.KillAll(launcher);
         if (process is null)
         {
             return;

@@ -43,13 +43,31 @@ internal static partial class RunHost
             return ExitCodes.Usage;
         }
 
-        var program = ProcessLauncher.FindProgram(settings.Command[0]);
-        if (program is null)
+        string? program = null;
+        string? shell = null;
+        if (settings.Group is null)
         {
-            Say.Error("run", $"command not found: {settings.Command[0]} (not an executable file{(settings.Command[0].Contains('/', StringComparison.Ordinal) ? "" : " on PATH")})");
-            return ExitCodes.Usage;
+            program = ProcessLauncher.FindProgram(settings.Command[0]);
+            if (program is null)
+            {
+                Say.Error("run", $"command not found: {settings.Command[0]} (not an executable file{(settings.Command[0].Contains('/', StringComparison.Ordinal) ? "" : " on PATH")})");
+                return ExitCodes.Usage;
+            }
+        }
+        else
+        {
+            // Members run through the shell, like foreman's and honcho's.
+            shell = ProcessLauncher.FindProgram("/bin/sh") ?? ProcessLauncher.FindProgram("sh");
+            if (shell is null)
+            {
+                Say.Error("run", "no /bin/sh: the members of a procfile run through /bin/sh -c");
+                return ExitCodes.Usage;
+            }
         }
 
+        // Descendants that leave the command's process group (setsid, a daemon's double fork) are re-parented to highlander
+        // instead of PID 1 when their parent exits, so they can be stopped before the lock is released (Escapees).
+        Escapees.Enabled = Native.BecomeChildSubreaper();
         await ProcessLauncher.Shared.WarmUpAsync().ConfigureAwait(false);
         using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug, settings.LogFormat);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
@@ -61,21 +79,28 @@ internal static partial class RunHost
         builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
 
         var once = settings.Once ? new OnceGate() : null;
-        var child = new CommandChild(settings.Command, program, ProcessLauncher.Shared)
-        {
-            BeforeStart = once is null ? null : once.TryStart,
-            AfterExit = once is null ? null : once.Finish,
-        };
+        var child = settings.Group is null
+            ? new CommandChild(settings.Command, program!, ProcessLauncher.Shared)
+            {
+                BeforeStart = once is null ? null : once.TryStart,
+                AfterExit = once is null ? null : once.Finish,
+            }
+            : null;
+        var group = settings.Group is { } groupSettings ? new GroupChild(groupSettings, settings, shell!, ProcessLauncher.Shared) : null;
         builder.Services.AddHighlander(o =>
         {
             settings.Apply(o);
             // A command that outlives its stop budget is SIGKILLed with its group, instead of the library's default of ending
             // highlander (which the parent-death signal and the watchdog would turn into the same kill, less gracefully).
-            o.OnEscalation = child.KillNowAsync;
+            o.OnEscalation = child is not null ? child.KillNowAsync : group!.KillNowAsync;
         });
         builder.Services.AddClusterSingleton(
             settings.Name,
-            (leadership, services, ct) => child.RunAsync(leadership, LeaseTimings.From(services.GetRequiredService<IOptions<HighlanderOptions>>().Value).ChildKillAfter, ct),
+            (leadership, services, ct) =>
+            {
+                var killAfter = LeaseTimings.From(services.GetRequiredService<IOptions<HighlanderOptions>>().Value).ChildKillAfter;
+                return child is not null ? child.RunAsync(leadership, killAfter, ct) : group!.RunAsync(leadership, killAfter, ct);
+            },
             settings.Apply);
 
         // The library's own check, before the host is built, so that each problem can name the flags of its options.
@@ -87,7 +112,14 @@ internal static partial class RunHost
 
         using var host = builder.Build();
         var logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("highlander");
-        child.Logger = logger;
+        child?.Logger = logger;
+
+        if (group is not null)
+        {
+            group.Logger = logger;
+            var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+            group.GiveUp = lifetime.StopApplication;
+        }
         IClusterSingletons singletons;
         HighlanderOptions options;
         IAsyncEnumerator<SingletonStateChanged> changes;
@@ -108,17 +140,23 @@ internal static partial class RunHost
 
         await using (changes.ConfigureAwait(false))
         {
-            LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : "service");
+            LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : settings.Group is null ? "service" : "group");
             return once is null
-                ? await ServeAsync(host, singletons, settings, logger).ConfigureAwait(false)
+                ? await ServeAsync(host, singletons, settings, group, logger).ConfigureAwait(false)
                 : await RunOnceAsync(host, singletons, options, settings, once, changes, watching, connection, logger).ConfigureAwait(false);
         }
     }
 
     /// <summary>Service mode: until SIGTERM/SIGINT (graceful step-down, exit 0) or a crash loop (exit 1).</summary>
-    private static async Task<int> ServeAsync(IHost host, IClusterSingletons singletons, RunSettings settings, ILogger logger)
+    private static async Task<int> ServeAsync(IHost host, IClusterSingletons singletons, RunSettings settings, GroupChild? group, ILogger logger)
     {
         await host.WaitForShutdownAsync(CancellationToken.None).ConfigureAwait(false);
+        if (group?.Failure is { } failure)
+        {
+            Say.Error("run", $"'{settings.Name}': {failure}; every member was stopped and the name released; giving up");
+            return ExitCodes.Failure;
+        }
+
         var status = singletons.Get(settings.Name);
         if (status?.State == SingletonState.Faulted)
         {

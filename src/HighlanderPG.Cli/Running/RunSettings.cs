@@ -8,8 +8,11 @@ internal sealed record RunSettings
 {
     public required string Name { get; init; }
 
-    /// <summary>The command and its arguments, as given after <c>--</c>.</summary>
+    /// <summary>The command and its arguments, as given after <c>--</c> (empty for a group).</summary>
     public required IReadOnlyList<string> Command { get; init; }
+
+    /// <summary>The group (<c>--procfile</c>), instead of a command; <see langword="null"/> for a single command.</summary>
+    public GroupSettings? Group { get; init; }
 
     public required string ConnectionString { get; init; }
 
@@ -88,7 +91,9 @@ internal sealed record RunSettings
             return;
         }
 
-        singleton.RestartPolicy = Restart ?? singleton.RestartPolicy;
+        // A group restarts its members itself, under the lock (GroupChild); the group as a whole ends only when no member
+        // runs any more, and then, as with --restart never, this node keeps the name until it stops.
+        singleton.RestartPolicy = Group is not null ? RestartPolicy.Never : Restart ?? singleton.RestartPolicy;
         singleton.MaxRestarts = MaxRestarts ?? singleton.MaxRestarts;
         singleton.RestartWindow = RestartWindow ?? singleton.RestartWindow;
         singleton.RestartDelay = RestartDelay ?? singleton.RestartDelay;

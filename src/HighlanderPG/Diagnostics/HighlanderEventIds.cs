@@ -6,7 +6,8 @@ namespace HighlanderPG.Diagnostics;
 /// </summary>
 /// <remarks>
 /// Ranges: 1000-1099 the lock session, 1100-1199 leadership, 1200-1299 children, 1300-1399 escalation and supervision,
-/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 2000-2099 the CLI's command child, 2100-2199 the CLI's run host.
+/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 2000-2099 the CLI's command child,
+/// 2100-2199 the CLI's run host, 2200-2249 the CLI's group (<c>highlander run --procfile</c>): its members, restarts and stops.
 /// </remarks>
 public static class HighlanderEventIds
 {
@@ -141,4 +142,49 @@ public static class HighlanderEventIds
 
     /// <summary>CLI: <c>--once</c>: the command ran once and the lock was released.</summary>
     public const int RunOnceDone = 2102;
+
+    /// <summary>CLI group: a member started (its name is the <c>Member</c> parameter).</summary>
+    public const int MemberStarted = 2200;
+
+    /// <summary>CLI group: a member exited (by itself, or after it was told to stop).</summary>
+    public const int MemberExited = 2201;
+
+    /// <summary>CLI group: a member is being stopped (SIGTERM to its process group).</summary>
+    public const int MemberStopping = 2202;
+
+    /// <summary>CLI group: a member's process group was still there at the kill point: SIGKILL.</summary>
+    public const int MemberKilled = 2203;
+
+    /// <summary>CLI group: a member exited and left processes running in its process group: they are stopped.</summary>
+    public const int MemberLeftovers = 2204;
+
+    /// <summary>CLI group: members are restarted after a member exited (which ones depends on the strategy).</summary>
+    public const int MemberRestarting = 2205;
+
+    /// <summary>CLI group: a member exited and is not restarted (its restart policy says so).</summary>
+    public const int MemberNotRestarted = 2206;
+
+    /// <summary>CLI group: more restarts than <c>--max-restarts</c> within <c>--restart-window</c>: every member is stopped and highlander gives up.</summary>
+    public const int GroupCrashLoop = 2207;
+
+    /// <summary>CLI group: escalation: SIGKILL to every member's process group now.</summary>
+    public const int GroupEscalated = 2208;
+
+    /// <summary>CLI group: the node leads; the members start in order.</summary>
+    public const int GroupStarting = 2209;
+
+    /// <summary>CLI group: every member has been stopped, in reverse order.</summary>
+    public const int GroupStopped = 2210;
+
+    /// <summary>CLI group: no member runs any more and none is to be restarted; the name stays held until the node stops.</summary>
+    public const int GroupIdle = 2211;
+
+    /// <summary>CLI group: a member could not be started (counts as a failure with exit code 126).</summary>
+    public const int MemberStartFailed = 2212;
+
+    /// <summary>CLI: processes that left the command's (or a member's) process group were re-parented to highlander (a child subreaper): they are stopped.</summary>
+    public const int EscapedStopping = 2213;
+
+    /// <summary>CLI: processes that left the command's (or a member's) process group were still running at the kill point: SIGKILL.</summary>
+    public const int EscapedKilled = 2214;
 }

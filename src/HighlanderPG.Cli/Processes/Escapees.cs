@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using HighlanderPG.Diagnostics;
+using Microsoft.Extensions.Logging;
+
+namespace HighlanderPG.Cli.Processes;
+
+/// <summary>
+/// The processes that left a command's (or member's) process group and outlived their parent: a daemon's double fork,
+/// a <c>setsid</c> child of a shell that exited. <c>highlander run</c> is a child subreaper
+/// (<see cref="Native.BecomeChildSubreaper"/>), so such a process is re-parented to <c>highlander</c>, not to PID 1:
+/// whatever is a child of <c>highlander</c> without having been started by its launcher is one of them (with its own
+/// descendants). They are stopped like the command, before the lock is released.
+/// </summary>
+internal static partial class Escapees
+{
+    private static readonly TimeSpan AfterKill = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>Whether this process is a child subreaper (set once, at start): without it, escaped processes cannot be found.</summary>
+    public static bool Enabled { get; set; }
+
+    /// <summary>
+    /// Stops the escaped processes (those of <paramref name="member"/> only, by their <c>HIGHLANDER_MEMBER</c>, when given):
+    /// SIGTERM to each, then SIGKILL to those left at <paramref name="killPoint"/>. Returns how many there were.
+    /// </summary>
+    public static async Task<int> StopAsync(ProcessLauncher launcher, string owner, string? member, CancellationToken killPoint, ILogger logger)
+    {
+        if (!Enabled)
+        {
+            return 0;
+        }
+
+        var found = Find(launcher, member);
+        if (found.Count == 0)
+        {
+            return 0;
+        }
+
+        LogStopping(logger, found.Count, owner, string.Join(", ", found));
+        var all = new HashSet<int>(found);
+        for (var round = 0; round < 10 && found.Count > 0; round++)
+        {
+            foreach (var pid in found)
+            {
+                Native.SignalProcess(pid, killPoint.IsCancellationRequested ? Native.SigKill : Native.SigTerm);
+            }
+
+            // Stopping a process may orphan its own children: they are re-parented here, and found on the next round.
+            while (!killPoint.IsCancellationRequested && found.Any(Native.ProcessAlive))
+            {
+                await Task.Delay(20, CancellationToken.None).ConfigureAwait(false);
+            }
+
+            if (found.Any(Native.ProcessAlive))
+            {
+                var left = found.Where(Native.ProcessAlive).ToList();
+                LogKilled(logger, owner, string.Join(", ", left));
+                foreach (var pid in left)
+                {
+                    Native.SignalProcess(pid, Native.SigKill);
+                }
+
+                var until = Stopwatch.GetTimestamp() + (long)(AfterKill.TotalSeconds * Stopwatch.Frequency);
+                while (left.Any(Native.ProcessAlive) && Stopwatch.GetTimestamp() < until)
+                {
+                    await Task.Delay(20, CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+
+            Native.ReapAdopted(pid => !launcher.Started(pid));
+            found = [.. Find(launcher, member).Where(all.Add)];
+        }
+
+        Native.ReapAdopted(pid => !launcher.Started(pid));
+        return all.Count;
+    }
+
+    /// <summary>Escalation: SIGKILL every escaped process now.</summary>
+    public static void KillAll(ProcessLauncher launcher)
+    {
+        if (!Enabled)
+        {
+            return;
+        }
+
+        foreach (var pid in Find(launcher, null))
+        {
+            Native.SignalProcess(pid, Native.SigKill);
+        }
+    }
+
+    private static IReadOnlyList<int> Find(ProcessLauncher launcher, string? member) =>
+        Native.ChildrenOf(Environment.ProcessId, pid => !launcher.Started(pid) && (member is null || Native.EnvironmentOf(pid, "HIGHLANDER_MEMBER") == member));
+
+    [LoggerMessage(EventId = HighlanderEventIds.EscapedStopping, Level = LogLevel.Warning, Message = "{Count} processes of {Owner} left its process group (setsid, daemonizing) and were re-parented to highlander: stopping them (pids {Pids})")]
+    private static partial void LogStopping(ILogger logger, int count, string owner, string pids);
+
+    [LoggerMessage(EventId = HighlanderEventIds.EscapedKilled, Level = LogLevel.Warning, Message = "Processes of {Owner} that left its process group were still running at the kill point: SIGKILL (pids {Pids})")]
+    private static partial void LogKilled(ILogger logger, string owner, string pids);
+}
