@@ -38,7 +38,7 @@ public static class HighlanderMessagingServiceCollectionExtensions
         {
             var hub = sp.GetRequiredService<MessagingHub>();
             var node = sp.GetRequiredService<IOptions<HighlanderOptions>>().Value;
-            return new SingletonClient(hub.DataSource, false, new SingletonClientOptions { Namespace = node.Namespace, Schema = node.FencingSchema, Serializer = hub.Messaging.Serializer }, sp.GetRequiredService<TimeProvider>());
+            return new SingletonClient(hub.DataSource, false, new SingletonClientOptions { Namespace = node.Namespace, Schema = node.FencingSchema, Serializer = hub.Messaging.Serializer }, sp.GetRequiredService<TimeProvider>(), hub);
         });
         return services;
     }

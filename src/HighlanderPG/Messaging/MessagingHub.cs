@@ -28,6 +28,8 @@ internal sealed class MessagingHub : IHostedService, IAsyncDisposable
     private Task? _registration;
     private Task? _listener;
     private TaskCompletionSource _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private Action<string>? _replyArrived;
+    private Func<CancellationToken, Task>? _replyRecheck;
 
     public MessagingHub(IOptions<HighlanderOptions> options, IOptions<HighlanderMessagingOptions> messaging, IEnumerable<SingletonRegistration> registrations, TimeProvider time, ILoggerFactory loggerFactory)
     {
@@ -57,6 +59,15 @@ internal sealed class MessagingHub : IHostedService, IAsyncDisposable
     }
 
     public HighlanderMessagingOptions Messaging { get; }
+
+    /// <summary>The reply channel of the node's own <see cref="SingletonClient"/>, on the same LISTEN connection as the inboxes' wake-ups.</summary>
+    public string ReplyChannel { get; } = SingletonClient.NewReplyChannel();
+
+    public void AttachReplies(Action<string> arrived, Func<CancellationToken, Task> recheck)
+    {
+        _replyArrived = arrived;
+        _replyRecheck = recheck;
+    }
 
     public NpgsqlDataSource DataSource { get; }
 
@@ -166,10 +177,25 @@ internal sealed class MessagingHub : IHostedService, IAsyncDisposable
             try
             {
                 await using var connection = await DataSource.OpenConnectionAsync(token).ConfigureAwait(false);
-                connection.Notification += (_, e) => Arrived(e.Payload);
-                await using (var listen = new NpgsqlCommand($"LISTEN {MessagingSql.Channel(Schema)}", connection))
+                connection.Notification += (_, e) =>
+                {
+                    if (e.Channel == ReplyChannel)
+                    {
+                        _replyArrived?.Invoke(e.Payload);
+                    }
+                    else
+                    {
+                        Arrived(e.Payload);
+                    }
+                };
+                await using (var listen = new NpgsqlCommand($"LISTEN {MessagingSql.Channel(Schema)}; LISTEN {ReplyChannel}", connection))
                 {
                     await listen.ExecuteNonQueryAsync(token).ConfigureAwait(false);
+                }
+
+                if (_replyRecheck is { } recheck)
+                {
+                    await recheck(token).ConfigureAwait(false);
                 }
 
                 lock (_gate)

@@ -235,6 +235,12 @@ internal static class MessagingSql
             END
             $fn$;
 
+            -- call_results: the state and reply of calls (a caller's look-up after a lost notification, or for a reply too long to notify).
+            CREATE OR REPLACE FUNCTION {{s}}.call_results(p_ids bigint[])
+            RETURNS TABLE (id bigint, state text, reply jsonb) LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+                SELECT q.id, q.state, q.reply FROM {{s}}.messages q WHERE q.id = ANY (p_ids) AND q.reply_channel IS NOT NULL;
+            $fn$;
+
             -- replay_dead: puts dead letters back in the queue (all of a singleton's, or the given ids), with a fresh delivery count.
             CREATE OR REPLACE FUNCTION {{s}}.replay_dead(p_namespace text, p_name text, p_ids bigint[] DEFAULT NULL)
             RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -256,6 +262,7 @@ internal static class MessagingSql
             REVOKE EXECUTE ON FUNCTION {{s}}.ack_message(bigint, bigint, jsonb) FROM PUBLIC;
             REVOKE EXECUTE ON FUNCTION {{s}}.nack_message(bigint, bigint, text) FROM PUBLIC;
             REVOKE EXECUTE ON FUNCTION {{s}}.cancel_call(bigint) FROM PUBLIC;
+            REVOKE EXECUTE ON FUNCTION {{s}}.call_results(bigint[]) FROM PUBLIC;
             REVOKE EXECUTE ON FUNCTION {{s}}.replay_dead(text, text, bigint[]) FROM PUBLIC;
             """;
     }

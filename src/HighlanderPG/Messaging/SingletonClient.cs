@@ -24,7 +24,8 @@ public sealed class SingletonClient : IAsyncDisposable
     private readonly string _schema;
     private readonly IMessageSerializer _serializer;
     private readonly TimeProvider _time;
-    private readonly string _replyChannel = "hl_reply_" + Guid.NewGuid().ToString("N");
+    private readonly string _replyChannel;
+    private readonly MessagingHub? _hub;
     private readonly ConcurrentDictionary<long, TaskCompletionSource<string>> _calls = new();
     private readonly ConcurrentDictionary<long, (string Reply, long At)> _early = new();
     private readonly CancellationTokenSource _disposed = new();
@@ -47,7 +48,7 @@ public sealed class SingletonClient : IAsyncDisposable
     {
     }
 
-    internal SingletonClient(NpgsqlDataSource dataSource, bool ownsDataSource, SingletonClientOptions options, TimeProvider time)
+    internal SingletonClient(NpgsqlDataSource dataSource, bool ownsDataSource, SingletonClientOptions options, TimeProvider time, MessagingHub? hub = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (!FencingSql.IsValidSchema(options.Schema))
@@ -66,7 +67,14 @@ public sealed class SingletonClient : IAsyncDisposable
         Namespace = options.Namespace;
         _serializer = options.Serializer ?? throw new ArgumentException($"{nameof(SingletonClientOptions)}.{nameof(SingletonClientOptions.Serializer)} must not be null.", nameof(options));
         _time = time;
+
+        // A node's client shares the node's one LISTEN connection for messaging (the hub's); any other has its own.
+        _hub = hub;
+        _replyChannel = hub?.ReplyChannel ?? NewReplyChannel();
+        hub?.AttachReplies(Arrived, RecheckAsync);
     }
+
+    internal static string NewReplyChannel() => "hl_reply_" + Guid.NewGuid().ToString("N");
 
     /// <summary>The namespace of the singletons this client talks to.</summary>
     public string Namespace { get; }
@@ -193,8 +201,8 @@ public sealed class SingletonClient : IAsyncDisposable
         }
 
         await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-        await using var cmd = new NpgsqlCommand($"SELECT reply::text FROM {_schema}.messages WHERE id = $1", connection);
-        cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = id });
+        await using var cmd = new NpgsqlCommand($"SELECT reply::text FROM {_schema}.call_results($1)", connection);
+        cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = [id] });
         return await cmd.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) as string ?? "null";
     }
 
@@ -258,6 +266,11 @@ public sealed class SingletonClient : IAsyncDisposable
 
     private Task EnsureListeningAsync(CancellationToken cancellationToken)
     {
+        if (_hub is not null)
+        {
+            return _hub.EnsureListeningAsync(cancellationToken);
+        }
+
         lock (_gate)
         {
             _listener ??= Task.Run(ListenAsync);
@@ -282,7 +295,7 @@ public sealed class SingletonClient : IAsyncDisposable
                     await listen.ExecuteNonQueryAsync(token).ConfigureAwait(false);
                 }
 
-                await RecheckAsync(connection, token).ConfigureAwait(false);
+                await RecheckAsync(token).ConfigureAwait(false);
                 lock (_gate)
                 {
                     _listening.TrySetResult();
@@ -322,7 +335,7 @@ public sealed class SingletonClient : IAsyncDisposable
         }
     }
 
-    private async Task RecheckAsync(NpgsqlConnection connection, CancellationToken cancellationToken)
+    private async Task RecheckAsync(CancellationToken cancellationToken)
     {
         var ids = _calls.Keys.ToArray();
         if (ids.Length == 0)
@@ -330,7 +343,8 @@ public sealed class SingletonClient : IAsyncDisposable
             return;
         }
 
-        await using var cmd = new NpgsqlCommand($"SELECT id, state FROM {_schema}.messages WHERE id = ANY($1) AND state <> 'pending'", connection);
+        await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using var cmd = new NpgsqlCommand($"SELECT id, state FROM {_schema}.call_results($1) WHERE state <> 'pending'", connection);
         cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = ids });
         await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
         while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))

@@ -169,6 +169,9 @@ public sealed class MessagingTests(PostgresFixture pg)
         Assert.Equal(new Answer(8, "a"), await nodeClient.CallAsync<Question, Answer>(MessagingRig.Singleton, new Question(4), TimeSpan.FromSeconds(30)));
 
         Assert.Equal([21, 4], await rig.ListAsync<int>($"SELECT n FROM {rig.Effects} ORDER BY seq"));
+
+        // The node's inbox wake-ups and its own client's replies share one LISTEN connection.
+        Assert.Equal(1L, await rig.ScalarAsync<long>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'highlander-msg/a' AND query LIKE 'LISTEN%'"));
     }
 
     [Fact]
