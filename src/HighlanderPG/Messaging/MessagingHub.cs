@@ -215,11 +215,11 @@ internal sealed class MessagingHub : IHostedService, IAsyncDisposable
                     await connection.WaitAsync(token).ConfigureAwait(false);
                 }
             }
-            catch (OperationCanceledException) when (token.IsCancellationRequested)
+            catch (Exception) when (token.IsCancellationRequested)
             {
-                return;
+                return; // stopping
             }
-            catch (Exception ex) when (ex is NpgsqlException or System.IO.IOException or InvalidOperationException or System.Net.Sockets.SocketException or TimeoutException)
+            catch (Exception ex) when (!token.IsCancellationRequested && ex is NpgsqlException or System.IO.IOException or InvalidOperationException or System.Net.Sockets.SocketException or TimeoutException)
             {
                 Diagnostics.Log.MessagingListenerFailed(_log, ex, delay);
                 lock (_gate)

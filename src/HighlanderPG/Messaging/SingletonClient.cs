@@ -307,11 +307,11 @@ public sealed class SingletonClient : IAsyncDisposable
                     await connection.WaitAsync(token).ConfigureAwait(false);
                 }
             }
-            catch (OperationCanceledException) when (token.IsCancellationRequested)
+            catch (Exception) when (token.IsCancellationRequested)
             {
-                return;
+                return; // stopping
             }
-            catch (Exception ex) when (ex is NpgsqlException or System.IO.IOException or InvalidOperationException or System.Net.Sockets.SocketException)
+            catch (Exception ex) when (!token.IsCancellationRequested && ex is NpgsqlException or System.IO.IOException or InvalidOperationException or System.Net.Sockets.SocketException)
             {
                 lock (_gate)
                 {
