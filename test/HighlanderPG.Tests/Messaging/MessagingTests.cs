@@ -292,6 +292,42 @@ public sealed class MessagingTests(PostgresFixture pg)
     }
 
     [Fact]
+    public async Task A_send_inside_the_senders_transaction_exists_only_if_it_commits_and_a_client_registers_in_DI()
+    {
+        await using var rig = new MessagingRig(pg.ConnectionString);
+        await rig.RegisterWithoutLeaderAsync();
+
+        // A process that is not a node: only the client, from DI.
+        var services = new ServiceCollection();
+        services.AddSingletonClient(o =>
+        {
+            o.ConnectionString = pg.ConnectionString;
+            o.Namespace = rig.Cluster.Namespace;
+            o.Schema = rig.Schema;
+        });
+        await using var provider = services.BuildServiceProvider();
+        var client = provider.GetRequiredService<SingletonClient>();
+
+        await using var connection = new NpgsqlConnection(pg.ConnectionString);
+        await connection.OpenAsync();
+        await using (var rolledBack = await connection.BeginTransactionAsync())
+        {
+            await client.SendAsync(rolledBack, MessagingRig.Singleton, new Item(1));
+            await rolledBack.RollbackAsync();
+        }
+
+        long committedId;
+        await using (var committed = await connection.BeginTransactionAsync())
+        {
+            committedId = await client.SendAsync(committed, MessagingRig.Singleton, new Item(2));
+            Assert.Equal(0L, await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Schema}.messages"));
+            await committed.CommitAsync();
+        }
+
+        Assert.Equal([committedId], await rig.ListAsync<long>($"SELECT id FROM {rig.Schema}.messages"));
+    }
+
+    [Fact]
     public async Task Messaging_without_fencing_fails_the_start_and_says_so()
     {
         await using var rig = new MessagingRig(pg.ConnectionString);
