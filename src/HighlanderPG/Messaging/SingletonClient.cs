@@ -93,8 +93,24 @@ public sealed class SingletonClient : IAsyncDisposable
     public async Task<long> SendAsync<T>(string name, T message, TimeSpan? timeToLive = null, CancellationToken cancellationToken = default)
     {
         var json = Prepare(name, message, timeToLive);
-        await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-        return await InsertAsync(connection, null, name, json, typeof(T), timeToLive, null, cancellationToken).ConfigureAwait(false);
+        return await InsertOwnAsync(name, json, typeof(T), timeToLive, null, cancellationToken).ConfigureAwait(false);
+    }
+
+    // On a connection of its own. A pooled connection whose backend the server ended while it was idle (a server restart,
+    // pg_terminate_backend) fails its first statement with 57P01-57P03 before running it: tried once more, on a new one.
+    private async Task<long> InsertOwnAsync(string name, string json, Type type, TimeSpan? timeToLive, string? replyChannel, CancellationToken cancellationToken)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+                return await InsertAsync(connection, null, name, json, type, timeToLive, replyChannel, cancellationToken).ConfigureAwait(false);
+            }
+            catch (PostgresException ex) when (attempt == 1 && ex.SqlState is PostgresErrorCodes.AdminShutdown or PostgresErrorCodes.CrashShutdown or PostgresErrorCodes.CannotConnectNow)
+            {
+            }
+        }
     }
 
     /// <summary>
@@ -140,11 +156,7 @@ public sealed class SingletonClient : IAsyncDisposable
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(deadline.Token, cancellationToken, _disposed.Token);
         await EnsureListeningAsync(linked.Token).ConfigureAwait(false);
 
-        long id;
-        await using (var connection = await _dataSource.OpenConnectionAsync(linked.Token).ConfigureAwait(false))
-        {
-            id = await InsertAsync(connection, null, name, json, typeof(TRequest), timeout, _replyChannel, linked.Token).ConfigureAwait(false);
-        }
+        var id = await InsertOwnAsync(name, json, typeof(TRequest), timeout, _replyChannel, linked.Token).ConfigureAwait(false);
 
         var waiter = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         _calls[id] = waiter;

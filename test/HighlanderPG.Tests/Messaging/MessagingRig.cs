@@ -23,6 +23,9 @@ public sealed class MessagingRig : IAsyncDisposable
 
     public string ConnectionString { get; }
 
+    /// <summary>The test's own statements: unpooled, so a server restart leaves no broken connection in a pool.</summary>
+    private string Unpooled => new NpgsqlConnectionStringBuilder(ConnectionString) { Pooling = false }.ConnectionString;
+
     public string Schema { get; }
 
     public string Effects => "public." + Schema + "_effects";
@@ -69,13 +72,20 @@ public sealed class MessagingRig : IAsyncDisposable
         await cmd.ExecuteNonQueryAsync(ct);
     }
 
-    /// <summary>The usual child: process every message by writing its effect.</summary>
+    /// <summary>The usual child: process every message by writing its effect; answer a call with its own payload.</summary>
     public Func<ISingletonInbox, ILeadership, CancellationToken, Task> EffectChild() =>
-        (inbox, leadership, ct) => inbox.ProcessAsync((m, tx, t) => WriteEffectAsync(Effects, m, leadership, tx, t), ct);
+        (inbox, leadership, ct) => inbox.ProcessAsync(async (m, tx, t) =>
+        {
+            await WriteEffectAsync(Effects, m, leadership, tx, t);
+            if (m.IsCall)
+            {
+                await inbox.ReplyAsync(m, m.GetPayload<Item>(), tx, t); // an echo
+            }
+        }, ct);
 
     public async Task ExecAsync(string sql, params object[] parameters)
     {
-        await using var connection = new NpgsqlConnection(ConnectionString);
+        await using var connection = new NpgsqlConnection(Unpooled);
         await connection.OpenAsync();
         await using var cmd = new NpgsqlCommand(sql, connection);
         foreach (var p in parameters)
@@ -90,7 +100,7 @@ public sealed class MessagingRig : IAsyncDisposable
 
     public async Task<List<T>> ListAsync<T>(string sql, params object[] parameters)
     {
-        await using var connection = new NpgsqlConnection(ConnectionString);
+        await using var connection = new NpgsqlConnection(Unpooled);
         await connection.OpenAsync();
         await using var cmd = new NpgsqlCommand(sql, connection);
         foreach (var p in parameters)
