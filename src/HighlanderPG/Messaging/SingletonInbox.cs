@@ -12,14 +12,13 @@ internal sealed class SingletonInbox : ISingletonInbox
     private readonly MessagingHub _hub;
     private readonly ILeadership _leadership;
     private readonly long _epoch;
-    private long _lastPurge;
+    private long? _lastPurge; // null: due at the first receive of this leadership
 
     public SingletonInbox(MessagingHub hub, ILeadership leadership)
     {
         _hub = hub;
         _leadership = leadership;
         _epoch = leadership.FencingEpoch ?? throw new InvalidOperationException(MessagingHub.FencingRequired($"The inbox of singleton '{leadership.Name}'"));
-        _lastPurge = hub.Time.GetTimestamp();
     }
 
     public string Name => _leadership.Name;
@@ -34,6 +33,7 @@ internal sealed class SingletonInbox : ISingletonInbox
         while (true)
         {
             token.ThrowIfCancellationRequested();
+            await PurgeIfDueAsync(token).ConfigureAwait(false);
             var signal = wake.Current;
             InboxMessage? message;
             try
@@ -52,7 +52,6 @@ internal sealed class SingletonInbox : ISingletonInbox
                 return message;
             }
 
-            await PurgeIfDueAsync(token).ConfigureAwait(false);
             try
             {
                 await signal.WaitAsync(_hub.Messaging.PollInterval, _hub.Time, token).ConfigureAwait(false);
@@ -113,7 +112,7 @@ internal sealed class SingletonInbox : ISingletonInbox
     private async Task PurgeIfDueAsync(CancellationToken cancellationToken)
     {
         var now = _hub.Time.GetTimestamp();
-        if (_hub.Time.GetElapsedTime(_lastPurge, now) < PurgeEvery)
+        if (_lastPurge is { } last && _hub.Time.GetElapsedTime(last, now) < PurgeEvery)
         {
             return;
         }

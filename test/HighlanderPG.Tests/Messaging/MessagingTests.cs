@@ -328,6 +328,41 @@ public sealed class MessagingTests(PostgresFixture pg)
     }
 
     [Fact]
+    public async Task Acknowledged_messages_are_deleted_after_the_retention_and_dead_letters_are_kept()
+    {
+        await using var rig = new MessagingRig(pg.ConnectionString);
+        await rig.CreateEffectsAsync();
+        Action<HighlanderMessagingOptions> options = o =>
+        {
+            o.Retention = TimeSpan.Zero;
+            o.MaxDeliveries = 1;
+        };
+        var a = await rig.StartNodeAsync("a", (inbox, leadership, ct) => inbox.ProcessAsync(async (m, tx, t) =>
+        {
+            if (m.GetPayload<Item>().N == 2)
+            {
+                throw new InvalidOperationException("dead on arrival");
+            }
+
+            await MessagingRig.WriteEffectAsync(rig.Effects, m, leadership, tx, t);
+        }, ct), options);
+        await a.WaitForStateAsync(MessagingRig.Singleton, SingletonState.Leading);
+        for (var n = 1; n <= 3; n++)
+        {
+            await rig.Client.SendAsync(MessagingRig.Singleton, new Item(n));
+        }
+
+        await MessagingRig.EventuallyAsync(async () => await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Effects}") == 2, "1 and 3 processed");
+
+        // The next leadership purges at its first receive: the acknowledged rows go, the dead letter stays.
+        var b = await rig.StartNodeAsync("b", rig.EffectChild(), options);
+        await b.WaitForLeaderAsync(MessagingRig.Singleton, "a");
+        await a.Singletons.StepDownAsync(MessagingRig.Singleton);
+        await MessagingRig.EventuallyAsync(async () => await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Schema}.messages WHERE state = 'done'") == 0, "the acknowledged messages were deleted");
+        Assert.Equal(["dead"], await rig.ListAsync<string>($"SELECT state FROM {rig.Schema}.messages"));
+    }
+
+    [Fact]
     public async Task Messaging_without_fencing_fails_the_start_and_says_so()
     {
         await using var rig = new MessagingRig(pg.ConnectionString);
