@@ -107,7 +107,7 @@ public sealed class MessagingHandOverTests(PostgresFixture pg, ITestOutputHelper
         Assert.Empty(duplicates);
         Assert.Equal(ids.Length, distinct);
         Assert.Equal(ids.Length, effects);
-        Assert.True(epochs > HandOvers, $"{epochs} leaderships processed messages; expected more than {HandOvers}");
+        Assert.True(epochs >= HandOvers, $"{epochs} leaderships processed messages; expected at least {HandOvers}");
         Assert.Equal(0L, await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Schema}.messages WHERE state <> 'done'"));
     }
 
