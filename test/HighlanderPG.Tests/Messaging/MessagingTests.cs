@@ -369,4 +369,19 @@ public sealed class MessagingTests(PostgresFixture pg)
         var failed = await Assert.ThrowsAsync<InvalidOperationException>(() => rig.StartNodeAsync("a", (_, _, ct) => Task.Delay(Timeout.Infinite, ct), configure: o => o.Fencing = false));
         Assert.Contains("Fencing = true", failed.Message);
     }
+
+    [Fact]
+    public async Task Bad_messaging_options_fail_the_start_naming_each_option()
+    {
+        await using var rig = new MessagingRig(pg.ConnectionString);
+        var failed = await Assert.ThrowsAsync<InvalidOperationException>(() => rig.StartNodeAsync("a", (_, _, ct) => Task.Delay(Timeout.Infinite, ct), o =>
+        {
+            o.MaxPending = 0;
+            o.MaxDeliveries = -1;
+            o.DefaultTimeToLive = TimeSpan.Zero;
+        }));
+        Assert.Contains("MaxPending must be positive (got 0)", failed.Message);
+        Assert.Contains("MaxDeliveries must be positive (got -1)", failed.Message);
+        Assert.Contains("DefaultTimeToLive must be positive", failed.Message);
+    }
 }
