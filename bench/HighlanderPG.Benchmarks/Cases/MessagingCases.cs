@@ -20,6 +20,9 @@ internal static class MessagingCases
     private const string Singleton = "bench-inbox";
     private const string Namespace = "bench-messaging";
 
+    // When the leader's handler got each call (by its number): splits a call's time into "to the handler" and "back".
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, long> HandlerStarted = new();
+
     public static async Task<bool> RunAsync(BenchmarkSettings settings, string connectionString, EnvironmentInfo environment, DateTimeOffset started, CancellationToken ct)
     {
         var iterations = settings.Iterations * 10;
@@ -42,6 +45,8 @@ internal static class MessagingCases
         var pingPong = new List<double>();
         var matched = new List<double>();
         var calls = new List<double>();
+        var toHandler = new List<double>();
+        var back = new List<double>();
         await using (var floor = await NotifyFloor.OpenAsync(connectionString, ct))
         {
             for (var i = 0; i < 20; i++)
@@ -59,7 +64,13 @@ internal static class MessagingCases
                 await Task.Delay(5, ct);
                 var start = Stopwatch.GetTimestamp();
                 var pong = await client.CallAsync<Ping, Pong>(Singleton, new Ping(i), TimeSpan.FromSeconds(30), ct);
-                calls.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+                var end = Stopwatch.GetTimestamp();
+                calls.Add(Stopwatch.GetElapsedTime(start, end).TotalMilliseconds);
+                if (HandlerStarted.TryRemove(i, out var handled))
+                {
+                    toHandler.Add(Stopwatch.GetElapsedTime(start, handled).TotalMilliseconds);
+                    back.Add(Stopwatch.GetElapsedTime(handled, end).TotalMilliseconds);
+                }
                 if (pong.N != i)
                 {
                     throw new InvalidOperationException($"call {i} got the reply of {pong.N}");
@@ -114,7 +125,7 @@ internal static class MessagingCases
         await leader.StopAsync(CancellationToken.None);
         var endLoad = BenchContext.LoadAverage();
 
-        var report = Render(environment with { LoadAverageAtStart = startLoad, LoadAverageAtEnd = endLoad }, settings, started, iterations, pingPong, matched, calls,
+        var report = Render(environment with { LoadAverageAtStart = startLoad, LoadAverageAtEnd = endLoad }, settings, started, iterations, pingPong, matched, calls, toHandler, back,
             new Sustained(window, windowElapsed, total, full, processedInWindow, drained, duplicates));
         Console.WriteLine(report);
         var root = environment.RepositoryRoot ?? Environment.CurrentDirectory;
@@ -159,6 +170,7 @@ internal static class MessagingCases
                     var ping = message.GetPayload<Ping>();
                     if (message.IsCall)
                     {
+                        HandlerStarted[ping.N] = Stopwatch.GetTimestamp();
                         await inbox.ReplyAsync(message, new Pong(ping.N), tx, token);
                         return;
                     }
@@ -186,7 +198,7 @@ internal static class MessagingCases
     }
 
     private static string Render(EnvironmentInfo environment, BenchmarkSettings settings, DateTimeOffset started, int iterations,
-        List<double> pingPong, List<double> matched, List<double> calls, Sustained sustained)
+        List<double> pingPong, List<double> matched, List<double> calls, List<double> toHandler, List<double> back, Sustained sustained)
     {
         var text = new StringBuilder();
         var c = CultureInfo.InvariantCulture;
@@ -209,6 +221,8 @@ internal static class MessagingCases
         Row("floor: raw NOTIFY ping-pong (A: `SELECT pg_notify`; B, LISTENing, wakes and `SELECT pg_notify` back; A wakes)", pingPong);
         Row("floor, round trips matched: the same, B making 3 round trips (2 × `SELECT 1`, then the notify) as the leader does for a call (take, ack, commit)", matched);
         Row("**HighlanderPG call** (`CallAsync` to `ReplyAsync`, reply received)", calls);
+        Row("… of which: from `CallAsync` to the leader's handler (send: 1 round trip + NOTIFY; leader wakes, takes: 1 round trip)", toHandler);
+        Row("… of which: from the handler to the reply received (BEGIN + `ack_message`: 1 round trip; COMMIT: 1, with the reply's NOTIFY; caller wakes)", back);
         text.AppendLine();
         text.AppendLine(c, $"Call p50 / ping-pong p50: {Percentile(calls, 50) / Percentile(pingPong, 50):0.0}x; call p50 / matched floor p50: {Percentile(calls, 50) / Percentile(matched, 50):0.0}x; p99: {Percentile(calls, 99) / Percentile(matched, 99):0.0}x the matched floor's.");
         text.AppendLine();
