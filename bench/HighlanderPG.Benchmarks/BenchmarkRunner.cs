@@ -61,6 +61,12 @@ internal static class BenchmarkRunner
                 failed |= await RunHandoverAsync(settings, context, probe, environment, started, ct);
             }
 
+            if (settings.RunsMessaging)
+            {
+                await WaitForLockDelayAsync(context, probe, ct);
+                failed |= await MessagingCases.RunAsync(settings, connectionString, environment, started, ct);
+            }
+
             if (settings.RunsScale)
             {
                 var scaleStarted = DateTimeOffset.UtcNow;

@@ -12,7 +12,8 @@ internal sealed class BenchmarkSettings
 
           --suite NAME          handover (default: the hand-over latency cases), scale (1 and N singletons per node:
                                 steady-state cost, N nodes started together, fail-over of the node leading the most),
-                                or all (both, one server)
+                                or all (both, one server); messaging (a call to an idle singleton against raw NOTIFY
+                                round trips, 10 x --iterations calls; messages per second sustained; not part of all)
           --iterations N        measured iterations per hand-over case (default 30)
           --slow-iterations N   iterations of the slow DistributedLock crash case with HandleLostToken watched, run at once (default 5)
           --warmup N            unmeasured iterations before each case (default 1)
@@ -45,6 +46,8 @@ internal sealed class BenchmarkSettings
     public bool RunsHandover => Suite is "handover" or "all";
 
     public bool RunsScale => Suite is "scale" or "all";
+
+    public bool RunsMessaging => Suite is "messaging";
 
     public int Iterations { get; private set; } = 30;
 
@@ -107,7 +110,7 @@ internal sealed class BenchmarkSettings
                 {
                     case "--suite":
                         var suite = Value();
-                        settings.Suite = suite is "handover" or "scale" or "all" ? suite : throw new FormatException("--suite must be handover, scale or all.");
+                        settings.Suite = suite is "handover" or "scale" or "all" or "messaging" ? suite : throw new FormatException("--suite must be handover, scale, all or messaging.");
                         shown.Add($"{name} {settings.Suite}");
                         break;
                     case "--highlander":

@@ -6,8 +6,9 @@ namespace HighlanderPG.Diagnostics;
 /// </summary>
 /// <remarks>
 /// Ranges: 1000-1099 the lock session, 1100-1199 leadership, 1200-1299 children, 1300-1399 escalation and supervision,
-/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 2000-2099 the CLI's command child,
-/// 2100-2199 the CLI's run host, 2200-2249 the CLI's group (<c>highlander run --procfile</c>): its members, restarts and stops.
+/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 1700-1749 messaging, 2000-2099 the
+/// CLI's command child, 2100-2199 the CLI's run host, 2200-2249 the CLI's group (<c>highlander run --procfile</c>): its
+/// members, restarts and stops.
 /// </remarks>
 public static class HighlanderEventIds
 {
@@ -187,4 +188,22 @@ public static class HighlanderEventIds
 
     /// <summary>CLI: processes that left the command's (or a member's) process group were still running at the kill point: SIGKILL.</summary>
     public const int EscapedKilled = 2214;
+
+    /// <summary>Messaging: the tables are ready and this node's singletons are registered for messages.</summary>
+    public const int MessagingRegistered = 1700;
+
+    /// <summary>Messaging: creating the tables or registering the singletons failed; retried.</summary>
+    public const int MessagingSetupFailed = 1701;
+
+    /// <summary>Messaging: the node's LISTEN connection failed; inboxes poll until it is back.</summary>
+    public const int MessagingListenerFailed = 1702;
+
+    /// <summary>Messaging: processing a message failed (the handler threw); it is nacked (a failed delivery).</summary>
+    public const int MessageFailed = 1703;
+
+    /// <summary>Messaging: a message was dead-lettered after its maximum number of deliveries.</summary>
+    public const int MessageDeadLettered = 1704;
+
+    /// <summary>Messaging: deleting old acknowledged messages failed; retried later.</summary>
+    public const int MessagingPurgeFailed = 1705;
 }

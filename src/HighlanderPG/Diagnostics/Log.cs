@@ -109,4 +109,22 @@ internal static partial class Log
 
     [LoggerMessage(EventId = HighlanderEventIds.MemberChangedHandlerFailed, Level = LogLevel.Error, Message = "A MemberChanged handler threw")]
     public static partial void MemberChangedHandlerFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MessagingRegistered, Level = LogLevel.Information, Message = "Messaging ready in schema {Schema}: {Count} singleton(s) registered for messages")]
+    public static partial void MessagingRegistered(ILogger logger, int count, string schema);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MessagingSetupFailed, Level = LogLevel.Warning, Message = "Messaging: cannot create the tables in schema {Schema} or register this node's singletons; retrying in {RetryIn}")]
+    public static partial void MessagingSetupFailed(ILogger logger, Exception exception, string schema, TimeSpan retryIn);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MessagingListenerFailed, Level = LogLevel.Warning, Message = "Messaging: the LISTEN connection failed; inboxes poll until it is back (retry in {RetryIn})")]
+    public static partial void MessagingListenerFailed(ILogger logger, Exception exception, TimeSpan retryIn);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MessageFailed, Level = LogLevel.Warning, Message = "Messaging: message {MessageId} to singleton {Singleton} failed (delivery {Delivery}); it is given back")]
+    public static partial void MessageFailed(ILogger logger, Exception exception, string singleton, long messageId, int delivery);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MessageDeadLettered, Level = LogLevel.Warning, Message = "Messaging: message {MessageId} to singleton {Singleton} dead-lettered after {Delivery} deliveries: {Reason}")]
+    public static partial void MessageDeadLettered(ILogger logger, string singleton, long messageId, int delivery, string reason);
+
+    [LoggerMessage(EventId = HighlanderEventIds.MessagingPurgeFailed, Level = LogLevel.Debug, Message = "Messaging: deleting old messages of singleton {Singleton} failed; retried later")]
+    public static partial void MessagingPurgeFailed(ILogger logger, Exception exception, string singleton);
 }
