@@ -15,13 +15,14 @@ internal static class HolderQuery
     /// <summary>Application names of HighlanderPG follower wait sessions start with this.</summary>
     public const string WaiterApplicationNamePrefix = "highlander-wait/";
 
-    /// <summary>One parameter: the keys (bigint[]).</summary>
+    /// <summary>One parameter: the keys (bigint[]), hash-joined with the lock table (not an <c>= ANY</c> per lock row).</summary>
     public const string Sql = """
-        SELECT ((l.classid::bigint << 32) | l.objid::bigint) AS key, l.pid, a.application_name, host(a.client_addr), a.backend_start
-        FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+        SELECT w.key, l.pid, a.application_name, host(a.client_addr), a.backend_start
+        FROM pg_locks l
+        JOIN unnest($1::bigint[]) AS w(key) ON w.key = ((l.classid::bigint << 32) | l.objid::bigint)
+        LEFT JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND l.mode = 'ExclusiveLock'
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY($1::bigint[])
         """;
 
     public static (long Key, LeaderInfo Leader) Read(DbDataReader reader)

@@ -6,11 +6,11 @@ namespace HighlanderPG.Leasing;
 /// </summary>
 internal interface ILockSession
 {
-    /// <summary>Raised when the session connects (argument null) or when it is lost or a connection attempt fails (the reason).</summary>
-    event Action<string?>? ConnectionChanged;
-
-    /// <summary>Raised when another node's hold on a wanted key is first seen, changes, or ends.</summary>
-    event Action<long, LeaderInfo?>? HolderChanged;
+    /// <summary>
+    /// Registers the runner of <paramref name="key"/>: told when the session connects, is lost or fails to connect, and
+    /// when another node's hold on the key is first seen, changes, or ends. Dispose to stop.
+    /// </summary>
+    IDisposable Observe(long key, ISessionObserver observer);
 
     bool IsConnected { get; }
 

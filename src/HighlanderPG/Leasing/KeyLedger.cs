@@ -18,6 +18,7 @@ internal sealed class KeyLedger
     private readonly List<(Lease Lease, TaskCompletionSource Done)> _inflightReleases = [];
     private bool _wantsChanged;
     private bool _poke;
+    private readonly HashSet<long> _announced = []; // wanted keys whose release another node announced since the last try
     private int _generation;
     private int _heartbeatsSinceFullTry;
 
@@ -198,9 +199,10 @@ internal sealed class KeyLedger
         {
             if (_wants.ContainsKey(key))
             {
-                // Whoever takes it next is asked after the try fails.
+                // Tried at the next turn (only the announced keys: the others' holders did not change); whoever takes
+                // it next is asked after the try fails.
                 _staleHolders.Add(key);
-                _poke = true;
+                _announced.Add(key);
             }
         }
     }
@@ -249,10 +251,12 @@ internal sealed class KeyLedger
 
     /// <summary>
     /// What the loop should do next: the queued releases (moved in flight), or else the keys to try. When something may
-    /// have changed (a release was announced, the waiter saw a lock freed, a runner started wanting), every wanted key;
-    /// at a heartbeat, only the keys whose holder nobody watches (not known, possibly changed, or not watched by the
-    /// waiter), and every <see cref="HeartbeatsPerFullTry"/>th heartbeat every wanted key. Never a key already held:
-    /// session locks are re-entrant.
+    /// have changed (the waiter saw a lock freed, a runner started wanting, a new session), every wanted key; after a
+    /// release announcement, the announced keys (a node handing over a thousand singletons announces them in a few
+    /// batches, and each follower tries each batch's keys, not all thousand each time); at a heartbeat, also the keys
+    /// whose holder nobody watches (not known, possibly changed, or not watched by the waiter), and every
+    /// <see cref="HeartbeatsPerFullTry"/>th heartbeat every wanted key. Never a key already held: session locks are
+    /// re-entrant.
     /// </summary>
     public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed)
     {
@@ -261,12 +265,14 @@ internal sealed class KeyLedger
             List<(Lease Lease, TaskCompletionSource Done)> releases = [.. _releases];
             _releases.Clear();
             long[] toTry = [];
-            if (releases.Count == 0 && lockDelayPassed && (heartbeatDue || _poke || _wantsChanged))
+            if (releases.Count == 0 && lockDelayPassed && (heartbeatDue || _poke || _wantsChanged || _announced.Count > 0))
             {
-                var full = _poke || _wantsChanged || ++_heartbeatsSinceFullTry >= HeartbeatsPerFullTry;
+                var full = _poke || _wantsChanged || (heartbeatDue && ++_heartbeatsSinceFullTry >= HeartbeatsPerFullTry);
                 toTry = full
                     ? [.. _wants.Keys.Where(k => !_held.ContainsKey(k))]
-                    : [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && !IsWatched(k))];
+                    : heartbeatDue
+                        ? [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && (!IsWatched(k) || _announced.Contains(k)))]
+                        : [.. _announced.Where(k => _wants.ContainsKey(k) && !_held.ContainsKey(k))];
                 if (full)
                 {
                     _heartbeatsSinceFullTry = 0;
@@ -274,6 +280,7 @@ internal sealed class KeyLedger
 
                 _poke = false;
                 _wantsChanged = false;
+                _announced.Clear();
             }
 
             _inflightReleases.AddRange(releases);

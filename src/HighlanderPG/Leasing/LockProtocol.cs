@@ -23,36 +23,27 @@ internal static class LockProtocol
     /// Tries every key in one statement (<c>pg_try_advisory_lock</c>, never blocking); returns the keys taken and the
     /// server's clock, read once before any key is tried. When that reading is past <paramref name="notAfter"/> (the
     /// server's clock stepped forward, see <see cref="ServerClock"/>) no key is tried at all and the result is marked
-    /// refused. Each row carries the backend pid, checked by <paramref name="checkPid"/> (a transaction-mode pooler changes it).
+    /// refused. The reply is one row whatever the number of keys (the keys taken, usually none or all), so that every
+    /// follower trying a thousand keys after a crash costs the server and itself one row each, not a thousand. It carries
+    /// the backend pid, checked by <paramref name="checkPid"/> (a transaction-mode pooler changes it).
     /// </summary>
     public static async Task<TryResult> TryLockAsync(NpgsqlConnection connection, long[] keys, DateTime? notAfter, Action<int> checkPid)
     {
-        var got = new List<long>();
-        var refused = false;
-        DateTime serverTime = default;
+        // Each key is tried exactly once (the MATERIALIZED CTE), after the one reading of the clock.
         await using var cmd = new NpgsqlCommand("""
-            WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
-            SELECT t.k, CASE WHEN $2::timestamptz IS NULL OR c.now <= $2::timestamptz THEN pg_try_advisory_lock(t.k) END, pg_backend_pid(), c.now
-            FROM c, unnest($1::bigint[]) AS t(k)
+            WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now),
+                 t AS MATERIALIZED (
+                     SELECT u.k, CASE WHEN $2::timestamptz IS NULL OR c.now <= $2::timestamptz THEN pg_try_advisory_lock(u.k) END AS got
+                     FROM c, unnest($1::bigint[]) AS u(k))
+            SELECT coalesce(array_agg(t.k) FILTER (WHERE t.got), '{}'), coalesce(bool_or(t.got IS NULL), false), pg_backend_pid(), (SELECT now FROM c)
+            FROM t
             """, connection);
         cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
         cmd.Parameters.Add(new NpgsqlParameter { Value = notAfter is { } bound ? bound : DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.TimestampTz });
         await using var reader = await cmd.ExecuteReaderAsync().ConfigureAwait(false);
-        while (await reader.ReadAsync().ConfigureAwait(false))
-        {
-            checkPid(reader.GetInt32(2));
-            serverTime = reader.GetDateTime(3);
-            if (reader.IsDBNull(1))
-            {
-                refused = true;
-            }
-            else if (reader.GetBoolean(1))
-            {
-                got.Add(reader.GetInt64(0));
-            }
-        }
-
-        return new TryResult(got, serverTime, refused);
+        await reader.ReadAsync().ConfigureAwait(false);
+        checkPid(reader.GetInt32(2));
+        return new TryResult([.. reader.GetFieldValue<long[]>(0)], reader.GetDateTime(3), reader.GetBoolean(1));
     }
 
     /// <summary>What a try statement did: the keys taken, the server's clock, and whether it refused to try (clock stepped).</summary>

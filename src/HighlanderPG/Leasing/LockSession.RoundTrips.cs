@@ -149,20 +149,15 @@ internal sealed partial class LockSession
         Grant(_ledger.Taken(got, _options.Fencing, _time.GetUtcNow()));
         // Only the holders not known (or possibly changed) are asked: a key whose holder the waiter watches cannot have
         // changed hands unnoticed, so a follower's steady state never asks pg_locks (whose cost grows with every lock).
-        // At most one such question per HolderQueryInterval: a node releasing many singletons announces them in many
-        // batches, and each batch makes every follower try again; each asking pg_locks after each try would load the
-        // server most just when the take-over needs it. Later keys are asked together at the end of the interval.
-        var unknown = _ledger.NeedHolder(keys.Except(got));
-        if (unknown.Length > 0)
+        // Never in the same breath as the try, and at most once per HolderQueryInterval: a try that failed after a
+        // holder vanished lost a race, and the winner is starting its children right now; every loser scanning the
+        // server's lock table and taking in a row per key at that moment would slow the take-over it just lost. A node
+        // releasing many singletons announces them in several batches, and each batch makes every follower try again:
+        // the keys still unknown are asked together, once, when the interval ends (ServeAsync).
+        if (_ledger.NeedHolder(keys.Except(got)).Length > 0)
         {
-            if (_time.GetTimestamp() >= _nextHolderQuery)
-            {
-                await AskHoldersAsync(connection, session, unknown).ConfigureAwait(false);
-            }
-            else
-            {
-                _holderQueryPending = true;
-            }
+            _holderQueryPending = true;
+            _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(HolderQueryInterval));
         }
 
         WantsChanged?.Invoke();
@@ -242,7 +237,7 @@ internal sealed partial class LockSession
         var holders = await RoundTripAsync(session, () => LockProtocol.HoldersAsync(connection, keys, _backendPid)).ConfigureAwait(false);
         foreach (var (key, holder) in _ledger.UpdateHolders(keys, holders))
         {
-            HolderChanged?.Invoke(key, holder);
+            _observers.HolderChanged(key, holder);
         }
     }
 

@@ -54,8 +54,10 @@ internal sealed partial class LockSession : ILockSession
         _bootstrap = new SessionBootstrap(options, timings, dataSource, singletons, logger);
     }
 
+    private readonly SessionObservers _observers = new();
+
     /// <inheritdoc/>
-    public event Action<string?>? ConnectionChanged;
+    public IDisposable Observe(long key, ISessionObserver observer) => _observers.Add(key, observer);
 
     public bool IsConnected { get; private set; }
 
@@ -68,9 +70,6 @@ internal sealed partial class LockSession : ILockSession
 
     /// <inheritdoc/>
     public long ServerMayFreeTimestamp => BackendPid == 0 ? long.MinValue : _clock.ServerMayFreeTimestamp;
-
-    /// <inheritdoc/>
-    public event Action<long, LeaderInfo?>? HolderChanged;
 
     /// <summary>Wakes when the set of keys to wait for changes (for the follower waiter).</summary>
     public event Action? WantsChanged;
@@ -361,7 +360,7 @@ internal sealed partial class LockSession : ILockSession
 
         // Also raised for each failed attempt while already disconnected: runners publish it (Previous == Current).
         IsConnected = connected;
-        ConnectionChanged?.Invoke(reason);
+        _observers.ConnectionChanged(reason);
     }
 
     /// <summary>

@@ -10,13 +10,14 @@ namespace HighlanderPG.Supervision;
 /// Supervises one singleton on this node: contend for its lock, run a fresh child while holding it, stop the child
 /// before the lock is released or the lease ends, restart it by its policy, escalate what cannot be stopped.
 /// </summary>
-internal sealed class SingletonRunner
+internal sealed class SingletonRunner : ISessionObserver
 {
     private readonly SingletonRegistration _registration;
     private readonly ClusterSingletonOptions _singleton;
     private readonly HighlanderOptions _options;
     private readonly LeaseTimings _timings;
     private readonly ILockSession _session;
+    private readonly IDisposable _observation;
     private readonly IServiceProvider _services;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
@@ -56,8 +57,7 @@ internal sealed class SingletonRunner
         _publish = publish;
         _stopHost = stopHost;
         _since = time.GetUtcNow();
-        session.ConnectionChanged += OnConnectionChanged;
-        session.HolderChanged += OnHolderChanged;
+        _observation = session.Observe(key, this);
     }
 
     public string Name => _registration.Name;
@@ -174,8 +174,7 @@ internal sealed class SingletonRunner
                 SetState(SingletonState.Stopped, "the node stopped");
             }
 
-            _session.ConnectionChanged -= OnConnectionChanged;
-            _session.HolderChanged -= OnHolderChanged;
+            _observation.Dispose();
         }
     }
 
@@ -380,7 +379,7 @@ internal sealed class SingletonRunner
     internal TimeSpan RemainingLease(Lease lease) =>
         LeaseTimings.Until(lease.IsLost ? lease.ServerMayFreeAtTimestamp : _session.ServerMayFreeTimestamp, _time);
 
-    private void OnConnectionChanged(string? lossReason)
+    void ISessionObserver.OnConnectionChanged(string? lossReason)
     {
         SingletonStateChanged? attemptFailed = null;
         lock (_gate)
@@ -413,13 +412,8 @@ internal sealed class SingletonRunner
         SetState(lossReason is null ? SingletonState.Following : SingletonState.Disconnected, lossReason ?? "connected");
     }
 
-    private void OnHolderChanged(long key, LeaderInfo? holder)
+    void ISessionObserver.OnHolderChanged(LeaderInfo? holder)
     {
-        if (key != Key)
-        {
-            return;
-        }
-
         SingletonStateChanged change;
         lock (_gate)
         {

@@ -231,6 +231,43 @@ public sealed class KeyLedgerTests
     }
 
     [Fact]
+    public void An_announced_release_makes_only_the_announced_keys_tried_and_a_heartbeat_adds_them_to_the_unwatched()
+    {
+        var ledger = new KeyLedger();
+        for (var key = 1L; key <= 5; key++)
+        {
+            ledger.AddWant(key, $"s{key}");
+        }
+
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        var x = new LeaderInfo("x", 7, "highlander/x", null, null);
+        ledger.UpdateHolders([1L, 2L, 3L, 4L, 5L], new() { [1L] = x, [2L] = x, [3L] = x, [4L] = x, [5L] = x });
+        ledger.SetWatched([7]);
+
+        // A node handing over announces its keys in batches: each batch's keys are tried, not every wanted key.
+        ledger.OnReleaseAnnounced(2);
+        ledger.OnReleaseAnnounced(4);
+        ledger.OnReleaseAnnounced(9); // not wanted
+        Assert.Equal([2L, 4L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry); // tried once per announcement
+        Assert.Equal([2L, 4L], ledger.NeedHolder([2L, 4L]).Order()); // who took them is asked after a failed try
+
+        // Announced while the lock-delay runs: kept for the first try after it.
+        ledger.OnReleaseAnnounced(3);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: false).ToTry);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+
+        // At a heartbeat, announced keys go with the keys nobody watches (2 and 4 are still of unknown holder).
+        ledger.OnReleaseAnnounced(5);
+        Assert.Equal([2L, 3L, 4L, 5L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order());
+
+        // A taken key is never tried again, announced or not.
+        _ = ledger.Taken([5L], fencing: false, DateTimeOffset.UnixEpoch);
+        ledger.OnReleaseAnnounced(5);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+    }
+
+    [Fact]
     public void A_holder_seen_gone_makes_all_its_keys_tried_and_asked_again_without_reporting_a_change_until_asked()
     {
         var ledger = new KeyLedger();
@@ -254,9 +291,9 @@ public sealed class KeyLedgerTests
         Assert.Empty(ledger.NeedHolder([1L, 2L, 3L]));
         Assert.Equal([(8, 1L), (7, 2L)], ledger.WatchTargets());
 
-        // An announced release makes that key's holder unknown until asked, and the key is tried.
+        // An announced release makes that key's holder unknown until asked, and that key (only) is tried.
         ledger.OnReleaseAnnounced(3);
         Assert.Equal([3L], ledger.NeedHolder([1L, 2L, 3L]));
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
     }
 }

@@ -13,9 +13,9 @@ internal sealed class FakeLockSession(FakeTimeProvider time, Journal journal) : 
     private readonly Channel<(long Key, TaskCompletionSource<Lease> Grant)> _acquires = Channel.CreateUnbounded<(long, TaskCompletionSource<Lease>)>();
     private int _generation;
 
-    public event Action<string?>? ConnectionChanged;
+    private readonly SessionObservers _observers = new();
 
-    public event Action<long, LeaderInfo?>? HolderChanged;
+    public IDisposable Observe(long key, ISessionObserver observer) => _observers.Add(key, observer);
 
     public bool IsConnected { get; set; } = true;
 
@@ -56,9 +56,9 @@ internal sealed class FakeLockSession(FakeTimeProvider time, Journal journal) : 
     /// <summary>Waits until the runner contends again (its next AcquireAsync), without granting it.</summary>
     public async Task WaitForAcquireAsync() => await _acquires.Reader.WaitToReadAsync().AsTask().WaitAsync(Journal.Limit);
 
-    public void RaiseConnectionChanged(string? reason) => ConnectionChanged?.Invoke(reason);
+    public void RaiseConnectionChanged(string? reason) => _observers.ConnectionChanged(reason);
 
-    public void RaiseHolderChanged(long key, LeaderInfo? holder) => HolderChanged?.Invoke(key, holder);
+    public void RaiseHolderChanged(long key, LeaderInfo? holder) => _observers.HolderChanged(key, holder);
 
     public void Dispose() => Guard.Dispose();
 }
