@@ -173,6 +173,17 @@ internal static partial class FencingSql
         """;
 
     /// <summary>
+    /// Serializes the creation and upgrade of the schema's objects (fencing's and messaging's) among concurrent nodes: a
+    /// transaction advisory lock on a key derived from the schema, held until <paramref name="tx"/> ends.
+    /// </summary>
+    internal static async Task LockDdlAsync(NpgsqlConnection connection, NpgsqlTransaction tx, string schema, CancellationToken cancellationToken)
+    {
+        await using var serialize = new NpgsqlCommand("SELECT pg_advisory_xact_lock($1)", connection, tx);
+        serialize.Parameters.Add(new NpgsqlParameter<long> { TypedValue = SingletonKey.Derive("highlander:ddl", schema) });
+        await serialize.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// Creates the fencing objects unless they exist in their current version, or upgrades older ones (in place: rows,
     /// epochs and grants are kept); concurrent nodes serialize on a transaction advisory lock. A role that may not upgrade
     /// them (it does not own them) is refused (retried like any refused server) with what to run.
@@ -185,11 +196,7 @@ internal static partial class FencingSql
         }
 
         await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
-        await using (var serialize = new NpgsqlCommand("SELECT pg_advisory_xact_lock($1)", connection, tx))
-        {
-            serialize.Parameters.Add(new NpgsqlParameter<long> { TypedValue = SingletonKey.Derive("highlander:ddl", schema) });
-            await serialize.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }
+        await FencingSql.LockDdlAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false);
 
         // Another node may have created or upgraded them while this one waited (the ALTER TABLE would lock the table again).
         if (await IsCurrentAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false))

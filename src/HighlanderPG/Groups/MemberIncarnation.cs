@@ -125,62 +125,17 @@ internal sealed class MemberIncarnation : IAsyncDisposable
             return;
         }
 
-        var lifecycle = _instance as IHostedLifecycleService;
-        if (lifecycle is not null)
-        {
-            await CallAsync(lifecycle.StoppingAsync, hurry).ConfigureAwait(false);
-        }
-
-        await CallAsync(_instance.StopAsync, hurry).ConfigureAwait(false);
-        if (lifecycle is not null)
-        {
-            await CallAsync(lifecycle.StoppedAsync, hurry).ConfigureAwait(false);
-        }
+        await HostedServiceSteps.StopAsync(_instance, hurry).ConfigureAwait(false);
 
         if (_instance is BackgroundService { ExecuteTask: { } execution })
         {
             await execution.ContinueWith(static _ => { }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default).ConfigureAwait(false);
         }
-
-        static async Task CallAsync(Func<CancellationToken, Task> step, CancellationToken token)
-        {
-            try
-            {
-                await step(token).ConfigureAwait(false);
-            }
-            catch (Exception)
-            {
-                // A throwing stop step still counts as stopped once its execution ended.
-            }
-        }
     }
 
     public async ValueTask DisposeAsync()
     {
-        try
-        {
-            switch (_instance)
-            {
-                case IAsyncDisposable asyncDisposable:
-                    await asyncDisposable.DisposeAsync().ConfigureAwait(false);
-                    break;
-                case IDisposable disposable:
-                    disposable.Dispose();
-                    break;
-            }
-        }
-        catch (Exception)
-        {
-            // A member's own dispose failing must not stop its group's supervision.
-        }
-
-        try
-        {
-            await _scope.DisposeAsync().ConfigureAwait(false);
-        }
-        catch (Exception)
-        {
-        }
+        await HostedServiceSteps.DisposeQuietlyAsync(_instance, _scope).ConfigureAwait(false);
 
         _startToken.Dispose();
     }

@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-using System.Threading.Channels;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Leasing;
 using HighlanderPG.Supervision;
@@ -23,15 +21,10 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     private readonly ILogger _logger;
     private readonly IHostApplicationLifetime? _lifetime;
     private readonly TimeProvider _time;
-    private readonly Lock _subscribersGate = new();
-    private readonly List<Channel<SingletonStateChanged>> _subscribers = [];
     private CancellationTokenSource[] _runnerStops = [];
     private readonly CancellationTokenSource _sessionStopping = new();
 
-    // Changes are handed to subscribers and StateChanged handlers by one task, in order, so that a slow handler never
-    // holds up the session loop or a runner on its way to stopping a child.
-    private readonly Channel<SingletonStateChanged> _changes = Channel.CreateUnbounded<SingletonStateChanged>(new UnboundedChannelOptions { SingleReader = true });
-    private Task _dispatcher = Task.CompletedTask;
+    private readonly ChangeFeed<SingletonStateChanged> _stateEvents = new();
     private List<SingletonRunner> _runners = [];
     private NpgsqlDataSource? _lockDataSource;
     private NpgsqlDataSource? _waitDataSource;
@@ -40,7 +33,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     private Task _runnersTask = Task.CompletedTask;
     private int _stopped;
     private readonly IReadOnlyList<Groups.SingletonGroup> _groups;
-    private readonly Groups.GroupEvents _groupEvents = new();
+    private readonly ChangeFeed<Groups.GroupMemberChanged> _groupEvents = new();
 
     public HighlanderNode(
         IOptions<HighlanderOptions> options,
@@ -62,7 +55,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     public string NodeId => _options.NodeId;
 
-    public event EventHandler<SingletonStateChanged>? StateChanged;
+    public event EventHandler<SingletonStateChanged>? StateChanged
+    {
+        add => _stateEvents.Changed += value;
+        remove => _stateEvents.Changed -= value;
+    }
 
     internal LockSession? Session { get; private set; }
 
@@ -86,7 +83,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }).ToList();
 
         var waiter = new LockWaiter(_options, timings, _waitDataSource, session, _time, _logger);
-        _dispatcher = Task.Run(DispatchAsync, CancellationToken.None);
+        _stateEvents.Start(this, ex => Log.StateChangedHandlerFailed(_logger, ex));
         _groupEvents.Start(this, ex => Log.MemberChangedHandlerFailed(_logger, ex));
         foreach (var group in _groups)
         {
@@ -150,8 +147,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             Log.SessionStopFailed(_logger, ex);
         }
 
-        _changes.Writer.TryComplete();
-        await _dispatcher.ConfigureAwait(false);
+        await _stateEvents.CompleteAsync().ConfigureAwait(false);
         await _groupEvents.CompleteAsync().ConfigureAwait(false);
     }
 
@@ -178,76 +174,9 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         return runner.StepDownAsync().WaitAsync(cancellationToken);
     }
 
-    public IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default)
-    {
-        // Subscribe at the call, not at the first MoveNext, so that nothing between the two is missed. A subscriber that
-        // does not keep up loses the oldest changes rather than growing without bound.
-        var channel = Channel.CreateBounded<SingletonStateChanged>(new BoundedChannelOptions(1024) { SingleReader = true, FullMode = BoundedChannelFullMode.DropOldest });
-        lock (_subscribersGate)
-        {
-            if (_stopped == 1)
-            {
-                channel.Writer.TryComplete();
-            }
-            else
-            {
-                _subscribers.Add(channel);
-            }
-        }
+    public IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default) => _stateEvents.WatchAsync(cancellationToken);
 
-        return ReadAsync(channel, cancellationToken);
-    }
-
-    private async IAsyncEnumerable<SingletonStateChanged> ReadAsync(Channel<SingletonStateChanged> channel, [EnumeratorCancellation] CancellationToken cancellationToken)
-    {
-        try
-        {
-            await foreach (var change in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
-            {
-                yield return change;
-            }
-        }
-        finally
-        {
-            lock (_subscribersGate)
-            {
-                _subscribers.Remove(channel);
-            }
-        }
-    }
-
-    private void Publish(SingletonStateChanged change) => _changes.Writer.TryWrite(change);
-
-    private async Task DispatchAsync()
-    {
-        await foreach (var change in _changes.Reader.ReadAllAsync().ConfigureAwait(false))
-        {
-            lock (_subscribersGate)
-            {
-                foreach (var subscriber in _subscribers)
-                {
-                    subscriber.Writer.TryWrite(change);
-                }
-            }
-
-            try
-            {
-                StateChanged?.Invoke(this, change);
-            }
-            catch (Exception ex)
-            {
-                Log.StateChangedHandlerFailed(_logger, ex);
-            }
-        }
-
-        lock (_subscribersGate)
-        {
-            foreach (var subscriber in _subscribers)
-            {
-                subscriber.Writer.TryComplete();
-            }
-        }
-    }
+    private void Publish(SingletonStateChanged change) => _stateEvents.Publish(change);
 
     public async ValueTask DisposeAsync()
     {

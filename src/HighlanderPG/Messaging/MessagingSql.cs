@@ -297,11 +297,7 @@ internal static class MessagingSql
         }
 
         await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
-        await using (var serialize = new NpgsqlCommand("SELECT pg_advisory_xact_lock($1)", connection, tx))
-        {
-            serialize.Parameters.Add(new NpgsqlParameter<long> { TypedValue = SingletonKey.Derive("highlander:ddl", schema) });
-            await serialize.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }
+        await FencingSql.LockDdlAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false);
 
         if (!await IsCurrentAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false))
         {

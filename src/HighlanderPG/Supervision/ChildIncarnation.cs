@@ -202,7 +202,7 @@ internal sealed class ChildIncarnation : IAsyncDisposable
             return true;
         }
 
-        var stop = StopCoreAsync(_instance, expired.Token);
+        var stop = HostedServiceSteps.StopAsync(_instance, expired.Token);
         Volatile.Write(ref _stop, stop);
         await Task.WhenAny(stop, expiredSignal.Task).ConfigureAwait(false);
         if (_instance is BackgroundService { ExecuteTask: { } execution })
@@ -212,62 +212,10 @@ internal sealed class ChildIncarnation : IAsyncDisposable
         }
 
         return stop.IsCompleted && !expired.IsCancellationRequested;
-
-        static async Task StopCoreAsync(IHostedService instance, CancellationToken token)
-        {
-            // Like the host does: an IHostedLifecycleService gets StoppingAsync before and StoppedAsync after, all within
-            // the same stop budget; each is called even when the one before threw.
-            var lifecycle = instance as IHostedLifecycleService;
-            if (lifecycle is not null)
-            {
-                await CallAsync(lifecycle.StoppingAsync, token).ConfigureAwait(false);
-            }
-
-            await CallAsync(instance.StopAsync, token).ConfigureAwait(false);
-            if (lifecycle is not null)
-            {
-                await CallAsync(lifecycle.StoppedAsync, token).ConfigureAwait(false);
-            }
-        }
-
-        static async Task CallAsync(Func<CancellationToken, Task> step, CancellationToken token)
-        {
-            try
-            {
-                await step(token).ConfigureAwait(false);
-            }
-            catch (Exception)
-            {
-                // A throwing stop step still counts as stopped when its execution ended; the runner judges by that.
-            }
-        }
     }
 
     public async ValueTask DisposeAsync()
     {
-        try
-        {
-            switch (_instance)
-            {
-                case IAsyncDisposable asyncDisposable:
-                    await asyncDisposable.DisposeAsync().ConfigureAwait(false);
-                    break;
-                case IDisposable disposable:
-                    disposable.Dispose();
-                    break;
-            }
-        }
-        catch (Exception)
-        {
-            // The child's own dispose failing must not keep its lock held or stop the supervision.
-        }
-
-        try
-        {
-            await _scope.DisposeAsync().ConfigureAwait(false);
-        }
-        catch (Exception)
-        {
-        }
+        await HostedServiceSteps.DisposeQuietlyAsync(_instance, _scope).ConfigureAwait(false);
     }
 }
