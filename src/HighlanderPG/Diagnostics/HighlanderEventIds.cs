@@ -6,7 +6,7 @@ namespace HighlanderPG.Diagnostics;
 /// </summary>
 /// <remarks>
 /// Ranges: 1000-1099 the lock session, 1100-1199 leadership, 1200-1299 children, 1300-1399 escalation and supervision,
-/// 1400-1499 the follower waiter, 1500-1599 the node, 2000-2099 the CLI's command child, 2100-2199 the CLI's run host.
+/// 1400-1499 the follower waiter, 1500-1599 the node, 1770-1789 the dashboard, 2000-2099 the CLI's command child, 2100-2199 the CLI's run host.
 /// </remarks>
 public static class HighlanderEventIds
 {
@@ -114,4 +114,10 @@ public static class HighlanderEventIds
 
     /// <summary>CLI: <c>--once</c>: the command ran once and the lock was released.</summary>
     public const int RunOnceDone = 2102;
+
+    /// <summary>Dashboard (the <c>HighlanderPG.Dashboard</c> package): a read of the cluster failed; the page shows the error and the last snapshot.</summary>
+    public const int DashboardReadFailed = 1770;
+
+    /// <summary>Dashboard: a user made this node step down from a singleton through the dashboard's action.</summary>
+    public const int DashboardStepDown = 1771;
 }
