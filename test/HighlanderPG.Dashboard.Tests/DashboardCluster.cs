@@ -24,7 +24,7 @@ public sealed class DashboardServer : ICollectionFixture<PostgresFixture>
 /// Nodes in this test process against a real PostgreSQL: an ASP.NET Core app (Kestrel on a free port) that is a node and
 /// maps the dashboard, and plain hosts as other nodes. Each cluster has its own namespace and fencing schema.
 /// </summary>
-public sealed class DashboardCluster(string connectionString) : IAsyncDisposable
+public sealed class DashboardCluster(string connectionString, string? fencingSchema = null) : IAsyncDisposable
 {
     public const string AdminPolicy = "highlander-admin";
 
@@ -32,7 +32,7 @@ public sealed class DashboardCluster(string connectionString) : IAsyncDisposable
 
     public string Namespace { get; } = "dash-" + Guid.NewGuid().ToString("N")[..10];
 
-    public string FencingSchema { get; } = "dash_" + Guid.NewGuid().ToString("N")[..10];
+    public string FencingSchema { get; } = fencingSchema ?? "dash_" + Guid.NewGuid().ToString("N")[..10];
 
     public string ConnectionString => connectionString;
 
