@@ -109,13 +109,18 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
             }
             catch (Exception ex) when (ex is NpgsqlException or TimeoutException or IOException or System.Net.Sockets.SocketException or InvalidOperationException)
             {
-                // Npgsql's messages name the host, never the password.
+                // Npgsql's messages name the host, never the password. Logged once per outage, not at every read.
+                bool first;
                 lock (_gate)
                 {
+                    first = _error is null;
                     _error = "The database cannot be read: " + ex.Message;
                 }
 
-                LogReadFailed(_logger, ex.Message);
+                if (first)
+                {
+                    LogReadFailed(_logger, ex.Message);
+                }
             }
 
             _firstRead.TrySetResult();
@@ -148,6 +153,6 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
         await _dataSource.DisposeAsync().ConfigureAwait(false);
     }
 
-    [LoggerMessage(EventId = HighlanderPG.Diagnostics.HighlanderEventIds.DashboardReadFailed, Level = LogLevel.Warning, Message = "The HighlanderPG dashboard cannot read the database: {Error}")]
+    [LoggerMessage(EventId = HighlanderPG.Diagnostics.HighlanderEventIds.DashboardReadFailed, Level = LogLevel.Warning, Message = "The HighlanderPG dashboard cannot read the database (it retries at every poll; logged again after a successful read): {Error}")]
     private static partial void LogReadFailed(ILogger logger, string error);
 }
