@@ -44,6 +44,13 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         var options = new HighlanderDashboardOptions();
         configure?.Invoke(options);
         var services = endpoints.ServiceProvider;
+        var actionsEnabled = options.ActionsPolicy is not null;
+        if (actionsEnabled && services.GetService<IAntiforgery>() is null)
+        {
+            throw new InvalidOperationException(
+                $"HighlanderPG dashboard: ActionsPolicy is set ('{options.ActionsPolicy}'), so its POST needs an antiforgery token: add builder.Services.AddAntiforgery() (and the policy, with builder.Services.AddAuthorization(...)).");
+        }
+
         var monitor = CreateMonitor(services, options);
 
         var lifetime = services.GetService<IHostApplicationLifetime>();
@@ -51,13 +58,6 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         {
             lifetime.ApplicationStarted.Register(monitor.Start);
             lifetime.ApplicationStopping.Register(() => monitor.DisposeAsync().AsTask().GetAwaiter().GetResult());
-        }
-
-        var actionsEnabled = options.ActionsPolicy is not null;
-        if (actionsEnabled && services.GetService<IAntiforgery>() is null)
-        {
-            throw new InvalidOperationException(
-                $"HighlanderPG dashboard: ActionsPolicy is set ('{options.ActionsPolicy}'), so its POST needs an antiforgery token: add builder.Services.AddAntiforgery() (and the policy, with builder.Services.AddAuthorization(...)).");
         }
 
         var group = endpoints.MapGroup(pattern);

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace HighlanderPG.Dashboard.Tests;
 
@@ -210,5 +211,22 @@ public sealed class DashboardApiTests(PostgresFixture pg)
         Assert.Empty(json.RootElement.GetProperty("singletons").EnumerateArray());
         var page = await http.GetStringAsync(a.Dashboard);
         Assert.DoesNotContain("hunter2-pw", page, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Bad_options_are_refused_when_mapped_with_what_to_fix()
+    {
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        builder.Services.AddHighlander(o => o.ConnectionString = pg.ConnectionString);
+        await using var app = builder.Build();
+        var noAntiforgery = Assert.Throws<InvalidOperationException>(() => app.MapHighlanderDashboard("/highlander", o => o.ActionsPolicy = "ops"));
+        Assert.Contains("AddAntiforgery()", noAntiforgery.Message, StringComparison.Ordinal);
+        var tooFast = Assert.Throws<ArgumentException>(() => app.MapHighlanderDashboard("/fast", o => o.PollInterval = TimeSpan.FromMilliseconds(10)));
+        Assert.Contains("at least 100 ms", tooFast.Message, StringComparison.Ordinal);
+
+        var bare = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        await using var noNode = bare.Build();
+        var noDatabase = Assert.Throws<InvalidOperationException>(() => noNode.MapHighlanderDashboard());
+        Assert.Contains("AddHighlander", noDatabase.Message, StringComparison.Ordinal);
     }
 }
