@@ -17,7 +17,7 @@ internal static class DashboardJson
     {
         var (snapshot, error, handOvers, watchingSince) = monitor.Current;
         var local = monitor.Local;
-        var localStatus = local?.GetAll().ToDictionary(s => s.Name, StringComparer.Ordinal) ?? [];
+        var localStatus = local?.GetAll().ToDictionary(s => s.Key) ?? [];
         var names = snapshot?.Singletons.ToDictionary(s => s.Key, s => s.Name) ?? [];
 
         w.WriteStartObject();
@@ -62,7 +62,7 @@ internal static class DashboardJson
             Str(w, "lastNode", s.LastNodeId);
             Sessions(w, "followers", s.Followers);
             w.WritePropertyName("onThisNode");
-            Local(w, s.Name is not null ? localStatus.GetValueOrDefault(s.Name) : null);
+            Local(w, localStatus.GetValueOrDefault(s.Key));
             w.WriteEndObject();
         }
 

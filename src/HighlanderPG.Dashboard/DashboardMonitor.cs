@@ -79,7 +79,9 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
         {
             try
             {
-                var names = _names.Concat(_local?.GetAll().Select(s => s.Name) ?? []).Distinct(StringComparer.Ordinal).ToList();
+                // This node's singletons are recognised by name, except those with an explicit key (their name would derive another key).
+                var local = _local?.GetAll().Where(s => s.Key == SingletonKey.Derive(_namespace, s.Name)).Select(s => s.Name) ?? [];
+                var names = _names.Concat(local).Distinct(StringComparer.Ordinal).ToList();
                 await using var connection = await _dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
                 var snapshot = await ClusterSnapshot.ReadAsync(connection, _namespace, _fencingSchema, names, stopping).ConfigureAwait(false);
                 lock (_gate)
