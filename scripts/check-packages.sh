@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packs the shipped packages (HighlanderPG, HighlanderPG.Cli, HighlanderPG.Testing) in Release with warnings as errors
+# Packs the shipped packages (HighlanderPG, HighlanderPG.Cli, HighlanderPG.Testing, HighlanderPG.Dashboard) in Release with warnings as errors
 # and checks what is inside: license and readme, the assemblies and their XML docs, symbol packages whose PDBs point
 # at the canonical repository (SourceLink), the nuspec's license expression and repository, and no test rig in what
 # ships. .ci/run calls it before the tests. Output: artifacts/packages/ (or the directory given as $1).
@@ -23,7 +23,7 @@ fail() {
 
 rm -rf "$out"
 mkdir -p "$out"
-for project in src/HighlanderPG src/HighlanderPG.Cli src/HighlanderPG.Testing; do
+for project in src/HighlanderPG src/HighlanderPG.Cli src/HighlanderPG.Testing src/HighlanderPG.Dashboard; do
   echo "==> dotnet pack $project"
   if ! dotnet pack "$project" --configuration Release -warnaserror --output "$out" -nologo -v:q; then
     echo "error: dotnet pack $project failed (warnings count as errors here)" >&2
@@ -131,6 +131,7 @@ check_package() {
 
 check_package HighlanderPG lib/net10.0/HighlanderPG.dll lib/net10.0/HighlanderPG.xml
 check_package HighlanderPG.Testing lib/net10.0/HighlanderPG.Testing.dll lib/net10.0/HighlanderPG.Testing.xml
+check_package HighlanderPG.Dashboard lib/net10.0/HighlanderPG.Dashboard.dll lib/net10.0/HighlanderPG.Dashboard.xml
 check_package HighlanderPG.Cli tools/net10.0/any/highlander.dll tools/net10.0/any/highlander.xml \
   tools/net10.0/any/DotnetToolSettings.xml tools/net10.0/any/HighlanderPG.dll
 

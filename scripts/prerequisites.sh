@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the demo or the tests need on a fresh Debian/Ubuntu machine, when it is missing:
 #   demo:  the PostgreSQL server programs (initdb, pg_ctl, postgres)        Debian package: postgresql
-#   tests: the same, plus PgBouncer (pooler tests), iproute2 + iptables (network-namespace partition tests) and
-#          libfaketime (a test server whose clock steps)             Debian packages: pgbouncer iproute2 iptables libfaketime
+#   tests: the same, plus PgBouncer (pooler tests), iproute2 + iptables (network-namespace partition tests),
+#          libfaketime (a test server whose clock steps) and chromium (the dashboard's page in a headless browser)
+#                                                      Debian packages: pgbouncer iproute2 iptables libfaketime chromium
 # Nothing is installed when everything is there already. apt-get runs directly as root, through sudo otherwise;
 # where neither works (no root and no sudo, or not Debian/Ubuntu) it prints what to install and fails.
 #
@@ -59,6 +60,8 @@ highlander_missing_packages() {
     highlander_have_program iptables || echo iptables
     # libfaketime, preloaded into a throwaway server of its own to step that server's wall clock (ServerClockStepTests).
     compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || echo libfaketime
+    # Debian's chromium, driven by Playwright in the dashboard's browser test (Playwright downloads no browser of its own).
+    [ -x /usr/bin/chromium ] || echo chromium
   fi
 }
 
@@ -79,6 +82,7 @@ highlander_cannot_install() {
         iproute2)   echo "         - iproute2 (the ip program; Fedora: iproute)" ;;
         iptables)   echo "         - iptables" ;;
         libfaketime) echo "         - libfaketime (libfaketime.so.1, preloaded into a test server to step its clock)" ;;
+        chromium)   echo "         - Chromium at /usr/bin/chromium (the dashboard's browser test)" ;;
         *)          echo "         - $package" ;;
       esac
     done

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Discovery;
 using Npgsql;
@@ -23,16 +24,45 @@ internal static class StatusCommand
             AllowMultipleArgumentsPerToken = false,
         };
         var fencingSchema = new Option<string?>("--fencing-schema") { Description = "Schema of the fencing table, read if it exists (default highlander).", HelpName = "SCHEMA" };
+        var watch = new Option<bool>("--watch")
+        {
+            Description = "Keep watching: a live view of the whole cluster (nodes, singletons, leaders, epochs, followers, hand-overs seen), redrawn on change until Ctrl+C (exit 0). With --json: one JSON snapshot per change, one per line.",
+        };
+        var interval = CliOptions.Duration("--interval", "With --watch: how often the database is read (default 1s, at least 100ms).");
         var command = new Command("status", "Show every singleton currently held in the database: name (where known), holding node, since when, backend pid, client address, epoch, followers.")
         {
-            json, connection, ns, names, fencingSchema,
+            json, connection, ns, names, fencingSchema, watch, interval,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
+            var every = parse.GetValue(interval);
+            if (every is not null && !parse.GetValue(watch))
+            {
+                Say.Error("status", "--interval goes with --watch.");
+                return ExitCodes.Usage;
+            }
+
+            if (every is { } tooShort && tooShort < TimeSpan.FromMilliseconds(100))
+            {
+                Say.Error("status", $"--interval {Durations.Format(tooShort)} is too short: at least 100ms.");
+                return ExitCodes.Usage;
+            }
+
             var resolved = RunCommand.ResolveConnection(parse.GetValue(connection), "status");
             if (resolved is null)
             {
                 return ExitCodes.Usage;
+            }
+
+            if (parse.GetValue(watch))
+            {
+                return await StatusWatch.RunAsync(
+                    resolved,
+                    parse.GetValue(ns) ?? "highlander",
+                    parse.GetValue(fencingSchema) ?? "highlander",
+                    parse.GetValue(names) ?? [],
+                    parse.GetValue(json),
+                    every ?? TimeSpan.FromSeconds(1)).ConfigureAwait(false);
             }
 
             IReadOnlyList<SingletonLeader> leaders;

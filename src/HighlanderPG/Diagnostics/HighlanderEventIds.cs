@@ -6,9 +6,9 @@ namespace HighlanderPG.Diagnostics;
 /// </summary>
 /// <remarks>
 /// Ranges: 1000-1099 the lock session, 1100-1199 leadership, 1200-1299 children, 1300-1399 escalation and supervision,
-/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 1700-1749 messaging, 2000-2099 the
-/// CLI's command child, 2100-2199 the CLI's run host, 2200-2249 the CLI's group (<c>highlander run --procfile</c>): its
-/// members, restarts and stops.
+/// 1400-1499 the follower waiter, 1500-1599 the node, 1600-1649 singleton groups, 1700-1749 messaging, 1770-1789 the
+/// dashboard, 2000-2099 the CLI's command child, 2100-2199 the CLI's run host, 2200-2249 the CLI's group
+/// (<c>highlander run --procfile</c>): its members, restarts and stops.
 /// </remarks>
 public static class HighlanderEventIds
 {
@@ -206,4 +206,10 @@ public static class HighlanderEventIds
 
     /// <summary>Messaging: deleting old acknowledged messages failed; retried later.</summary>
     public const int MessagingPurgeFailed = 1705;
+
+    /// <summary>Dashboard (the <c>HighlanderPG.Dashboard</c> package): a read of the cluster failed; the page shows the error and the last snapshot.</summary>
+    public const int DashboardReadFailed = 1770;
+
+    /// <summary>Dashboard: a user made this node step down from a singleton through the dashboard's action.</summary>
+    public const int DashboardStepDown = 1771;
 }

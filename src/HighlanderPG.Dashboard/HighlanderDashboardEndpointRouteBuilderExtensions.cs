@@ -1,0 +1,215 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using HighlanderPG.Diagnostics;
+using Microsoft.AspNetCore.Antiforgery;
+using Microsoft.AspNetCore.Authorization;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Npgsql;
+
+namespace HighlanderPG.Dashboard;
+
+/// <summary>Maps the HighlanderPG dashboard.</summary>
+public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
+{
+    private static readonly Lazy<string> Page = new(() =>
+    {
+        using var stream = typeof(HighlanderDashboardEndpointRouteBuilderExtensions).Assembly.GetManifestResourceStream("HighlanderPG.Dashboard.dashboard.html")
+            ?? throw new InvalidOperationException("The dashboard page is missing from the assembly's resources.");
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        return reader.ReadToEnd();
+    });
+
+    /// <summary>
+    /// Maps the dashboard under <paramref name="pattern"/>: the page (<c>GET pattern</c>), its JSON
+    /// (<c>GET pattern/api/snapshot</c>) and, only when <see cref="HighlanderDashboardOptions.ActionsPolicy"/> is set, the
+    /// step-down action (<c>POST pattern/api/singletons/{name}/step-down</c>, behind that policy and an antiforgery token).
+    /// The cluster is read from the database every <see cref="HighlanderDashboardOptions.PollInterval"/> from the app's start.
+    /// </summary>
+    /// <param name="endpoints">The app (<c>WebApplication</c>) or another endpoint route builder.</param>
+    /// <param name="pattern">The path prefix, e.g. <c>/highlander</c>.</param>
+    /// <param name="configure">Sets the options.</param>
+    /// <returns>The endpoints' group: add conventions to all of them, e.g. <c>.RequireAuthorization("ops")</c> to restrict who may look.</returns>
+    public static RouteGroupBuilder MapHighlanderDashboard(this IEndpointRouteBuilder endpoints, string pattern = "/highlander", Action<HighlanderDashboardOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(endpoints);
+        ArgumentException.ThrowIfNullOrWhiteSpace(pattern);
+        var options = new HighlanderDashboardOptions();
+        configure?.Invoke(options);
+        var services = endpoints.ServiceProvider;
+        var actionsEnabled = options.ActionsPolicy is not null;
+        if (actionsEnabled && services.GetService<IAntiforgery>() is null)
+        {
+            throw new InvalidOperationException(
+                $"HighlanderPG dashboard: ActionsPolicy is set ('{options.ActionsPolicy}'), so its POST needs an antiforgery token: add builder.Services.AddAntiforgery() (and the policy, with builder.Services.AddAuthorization(...)).");
+        }
+
+        var monitor = CreateMonitor(services, options);
+
+        var lifetime = services.GetService<IHostApplicationLifetime>();
+        if (lifetime is not null)
+        {
+            lifetime.ApplicationStarted.Register(monitor.Start);
+            lifetime.ApplicationStopping.Register(() => monitor.DisposeAsync().AsTask().GetAwaiter().GetResult());
+        }
+
+        var group = endpoints.MapGroup(pattern);
+        group.MapGet("/", (HttpContext context) => ServePage(context, options)).ExcludeFromDescription();
+        group.MapGet("/api/snapshot", async (HttpContext context) =>
+        {
+            await monitor.FirstReadAsync(context.RequestAborted).ConfigureAwait(false);
+            var actions = new DashboardJson.Actions(false, false, null, null);
+            if (actionsEnabled)
+            {
+                var authorization = context.RequestServices.GetRequiredService<IAuthorizationService>();
+                var allowed = (await authorization.AuthorizeAsync(context.User, options.ActionsPolicy!).ConfigureAwait(false)).Succeeded;
+                if (allowed)
+                {
+                    var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
+                    var tokens = antiforgery.GetAndStoreTokens(context);
+                    actions = new DashboardJson.Actions(true, true, tokens.RequestToken, tokens.HeaderName);
+                }
+                else
+                {
+                    actions = new DashboardJson.Actions(true, false, null, null);
+                }
+            }
+
+            context.Response.Headers.CacheControl = "no-store";
+            context.Response.ContentType = "application/json; charset=utf-8";
+            using var buffer = new MemoryStream();
+            using (var writer = new Utf8JsonWriter(buffer))
+            {
+                DashboardJson.Write(writer, options.Title, monitor, actions);
+            }
+
+            buffer.Position = 0;
+            await buffer.CopyToAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
+        }).ExcludeFromDescription();
+
+        if (actionsEnabled)
+        {
+            group.MapPost("/api/singletons/{name}/step-down", async (HttpContext context, string name) =>
+            {
+                var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
+                try
+                {
+                    await antiforgery.ValidateRequestAsync(context).ConfigureAwait(false);
+                }
+                catch (AntiforgeryValidationException)
+                {
+                    return Results.Problem("The antiforgery token is missing or invalid: reload the dashboard and try again.", statusCode: StatusCodes.Status400BadRequest);
+                }
+
+                var local = monitor.Local;
+                if (local is null)
+                {
+                    return Results.Problem("This app is not a HighlanderPG node (no AddHighlander): it leads nothing and cannot step down.", statusCode: StatusCodes.Status409Conflict);
+                }
+
+                var status = local.Get(name);
+                if (status is null)
+                {
+                    return Results.Problem($"This node ({local.NodeId}) has no singleton named '{name}'.", statusCode: StatusCodes.Status404NotFound);
+                }
+
+                if (status.State is not (SingletonState.Leading or SingletonState.Starting or SingletonState.Completed))
+                {
+                    return Results.Problem(
+                        $"This node ({local.NodeId}) does not lead '{name}' (it is {status.State}): only the leading node's dashboard can make it step down. A step-down from any node is not built yet.",
+                        statusCode: StatusCodes.Status409Conflict);
+                }
+
+                LogStepDown(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard"), name, local.NodeId, context.User.Identity?.Name ?? "(anonymous)");
+                await local.StepDownAsync(name, context.RequestAborted).ConfigureAwait(false);
+                return Results.Ok(new { name, node = local.NodeId, steppedDown = true });
+            }).RequireAuthorization(options.ActionsPolicy!).ExcludeFromDescription();
+        }
+
+        return group;
+    }
+
+    private static DashboardMonitor CreateMonitor(IServiceProvider services, HighlanderDashboardOptions options)
+    {
+        if (options.PollInterval < TimeSpan.FromMilliseconds(100))
+        {
+            throw new ArgumentException($"HighlanderPG dashboard: PollInterval ({options.PollInterval}) must be at least 100 ms.", nameof(options));
+        }
+
+        if (options.HandOverHistory < 0)
+        {
+            throw new ArgumentException($"HighlanderPG dashboard: HandOverHistory ({options.HandOverHistory}) must not be negative.", nameof(options));
+        }
+
+        var node = services.GetService<IOptions<HighlanderOptions>>()?.Value;
+        var connectionString = options.ConnectionString ?? node?.ConnectionString;
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            throw new InvalidOperationException(
+                "HighlanderPG dashboard: no database to read: call builder.Services.AddHighlander(o => o.ConnectionString = ...) or set the dashboard's ConnectionString option.");
+        }
+
+        NpgsqlDataSourceBuilder builder;
+        try
+        {
+            builder = new NpgsqlDataSourceBuilder(connectionString);
+        }
+        catch (ArgumentException ex)
+        {
+            // The connection string is not repeated: it may hold a password.
+            throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be parsed ({ex.GetType().Name}); fix ConnectionString.", ex);
+        }
+
+        builder.ConnectionStringBuilder.ApplicationName = "highlander-dashboard";
+        builder.ConnectionStringBuilder.MaxPoolSize = 2;
+        if (options.ConnectionString is null)
+        {
+            node?.ConfigureDataSource?.Invoke(builder);
+        }
+
+        builder.ConnectionStringBuilder.ApplicationName = "highlander-dashboard";
+        var local = services.GetService<IClusterSingletons>();
+        return new DashboardMonitor(
+            builder.Build(),
+            options.Namespace ?? node?.Namespace ?? "highlander",
+            options.FencingSchema ?? node?.FencingSchema ?? "highlander",
+            [.. options.Names],
+            local,
+            options.PollInterval,
+            options.HandOverHistory,
+            services.GetService<TimeProvider>() ?? TimeProvider.System,
+            services.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard"));
+    }
+
+    private static IResult ServePage(HttpContext context, HighlanderDashboardOptions options)
+    {
+        var request = context.Request;
+        var path = (request.PathBase + request.Path).Value ?? "/";
+        if (!path.EndsWith('/'))
+        {
+            // Relative URLs in the page (api/snapshot) resolve under the prefix only with a trailing slash.
+            return Results.Redirect(path + "/" + request.QueryString, permanent: false);
+        }
+
+        var nonce = Convert.ToBase64String(RandomNumberGenerator.GetBytes(16));
+        var html = Page.Value
+            .Replace("{{NONCE}}", nonce, StringComparison.Ordinal)
+            .Replace("{{TITLE}}", HtmlEncoder.Default.Encode(options.Title), StringComparison.Ordinal);
+        var headers = context.Response.Headers;
+        headers.CacheControl = "no-store";
+        headers.ContentSecurityPolicy = $"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
+        headers.XContentTypeOptions = "nosniff";
+        headers["Referrer-Policy"] = "no-referrer";
+        return Results.Content(html, "text/html; charset=utf-8");
+    }
+
+    [LoggerMessage(EventId = HighlanderEventIds.DashboardStepDown, Level = LogLevel.Information, Message = "Dashboard: {User} made node {Node} step down from {Name}")]
+    private static partial void LogStepDown(ILogger logger, string name, string node, string user);
+}

@@ -1,0 +1,69 @@
+using Microsoft.Playwright;
+using static Microsoft.Playwright.Assertions;
+
+namespace HighlanderPG.Dashboard.Tests;
+
+/// <summary>The dashboard's page in a real headless browser (Debian's chromium), updating live.</summary>
+[Collection(DashboardServer.Name)]
+public sealed class DashboardBrowserTests(PostgresFixture pg)
+{
+    /// <summary>Debian's chromium package (scripts/prerequisites.sh installs it); Playwright downloads no browser.</summary>
+    public const string Chromium = "/usr/bin/chromium";
+
+    [Fact]
+    public async Task The_page_shows_the_singletons_and_their_leader_and_updates_live_on_a_hand_over()
+    {
+        Assert.True(File.Exists(Chromium), $"{Chromium} is missing: install Debian's chromium package (scripts/prerequisites.sh tests does).");
+        await using var cluster = new DashboardCluster(pg.ConnectionString);
+        string[] singletons = ["outbox-relay", "nightly-report", "cache-warmer"];
+        var a = await cluster.StartWebNodeAsync("web-1", singletons);
+        foreach (var name in singletons)
+        {
+            await DashboardCluster.WaitForStateAsync(a.App, name, SingletonState.Leading);
+        }
+
+        var b = await cluster.StartNodeAsync("web-2", singletons);
+        await DashboardCluster.WaitForStateAsync(b, "outbox-relay", SingletonState.Following);
+
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions { ExecutablePath = Chromium, Headless = true });
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1360, Height = 860 } });
+        var errors = new List<string>();
+        page.Console += (_, message) =>
+        {
+            if (message.Type == "error")
+            {
+                errors.Add(message.Text);
+            }
+        };
+        page.PageError += (_, error) => errors.Add(error);
+        await page.GotoAsync(new Uri(a.Address, "/highlander").ToString());
+
+        var wait = new LocatorAssertionsToContainTextOptions { Timeout = 60_000 };
+        var relay = page.Locator("tr[data-singleton='outbox-relay'] td.leader");
+        foreach (var name in singletons)
+        {
+            await Expect(page.Locator($"tr[data-singleton='{name}'] td.leader")).ToContainTextAsync("web-1", wait);
+        }
+
+        await Expect(page.Locator("tr[data-node='web-2'] td.node")).ToContainTextAsync("web-2", wait);
+        await Expect(page.Locator("tr[data-singleton='outbox-relay'] td.local")).ToContainTextAsync("Leading", wait);
+        var epochBefore = await page.Locator("tr[data-singleton='outbox-relay'] td.epoch").TextContentAsync();
+
+        // The hand-over, with the page left open: no reload, the DOM changes by itself.
+        await a.Singletons.StepDownAsync("outbox-relay");
+        await Expect(relay).ToContainTextAsync("web-2", wait);
+        await Expect(page.Locator("tr[data-singleton='outbox-relay'] td.local")).ToContainTextAsync("Following", wait);
+        await Expect(page.Locator("tr[data-handover='outbox-relay']").First).ToContainTextAsync("web-2", wait);
+        await Expect(page.Locator("tr[data-singleton='outbox-relay'] td.epoch")).Not.ToHaveTextAsync(epochBefore ?? "", new LocatorAssertionsToHaveTextOptions { Timeout = 60_000 });
+        await Expect(page.Locator("tr[data-singleton='nightly-report'] td.leader")).ToContainTextAsync("web-1", wait);
+        await Expect(page.Locator("tr[data-node='web-2'] td.leads")).ToContainTextAsync("outbox-relay", wait);
+
+        // The screenshot in the README (docs/images/dashboard.png is this file, copied).
+        await page.Locator("tr[data-singleton='outbox-relay']").EvaluateAsync("e => e.classList.remove('changed')");
+        var screenshot = Path.Combine(AppContext.BaseDirectory, "dashboard.png");
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = screenshot, FullPage = true });
+        Assert.True(new FileInfo(screenshot).Length > 10_000);
+        Assert.True(errors.Count == 0, "The page logged errors: " + string.Join("; ", errors));
+    }
+}
