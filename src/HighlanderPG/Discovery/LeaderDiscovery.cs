@@ -86,7 +86,8 @@ public static class LeaderDiscovery
         CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(connectionString);
-        var builder = new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" };
+        // With several hosts, the primary: the locks live there only (Npgsql's default would take a standby that answers first).
+        var builder = Hosting.ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" });
         await using var connection = new NpgsqlConnection(builder.ConnectionString);
         await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
         return await ListAsync(connection, names, @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
