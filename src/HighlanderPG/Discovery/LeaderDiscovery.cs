@@ -88,8 +88,10 @@ public static class LeaderDiscovery
         ArgumentNullException.ThrowIfNull(connectionString);
         // With several hosts, the primary: the locks live there only (Npgsql's default would take a standby that answers first).
         var builder = Hosting.ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" });
-        await using var connection = new NpgsqlConnection(builder.ConnectionString);
-        await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        // A data source of its own: a NpgsqlConnection shares one per connection string, whose memory of which host was a
+        // standby (kept for Host Recheck Seconds) would skip a standby promoted meanwhile.
+        await using var dataSource = NpgsqlDataSource.Create(builder);
+        await using var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         return await ListAsync(connection, names, @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
     }
 
