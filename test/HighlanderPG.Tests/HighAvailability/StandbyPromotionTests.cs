@@ -166,6 +166,29 @@ public sealed class StandbyPromotionTests
         Assert.Equal(SingletonState.Leading, node.Singletons.Get("job")!.State);
     }
 
+    [Fact]
+    public async Task A_node_whose_first_session_is_on_a_fresh_promotion_waits_the_lock_delay_when_it_can_see_the_walwriter()
+    {
+        await using var primary = await LocalPostgresServer.StartAsync();
+        await using var standby = await primary.CreateStandbyAsync("replica1");
+        await primary.StopAsync(ShutdownMode.Immediate);
+        await standby.PromoteAsync();
+
+        // A node process started during the failover: no earlier session to compare with. As superuser it sees the
+        // walwriter, which starts when the promotion ends, so the promotion counts as the server's start.
+        await using var cluster = new TestCluster(MultiHost(primary, standby, null));
+        await cluster.StartNodeAsync("fresh");
+        await cluster.Recorder.WaitStartedAsync("job", node: "fresh");
+        var sincePromotion = await Db.ScalarAsync<double>(
+            standby.ConnectionString,
+            "SELECT extract(epoch from clock_timestamp() - (SELECT backend_start FROM pg_stat_activity WHERE backend_type = 'walwriter'))::float8");
+        var postmasterUptime = await Db.ScalarAsync<double>(standby.ConnectionString, "SELECT extract(epoch from clock_timestamp() - pg_postmaster_start_time())::float8");
+
+        Assert.True(postmasterUptime > sincePromotion, "the promoted standby's postmaster started before the promotion");
+        Assert.True(sincePromotion >= 3.0, $"a child started {sincePromotion:F2}s after the promotion, inside the 3s lock-delay");
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.LockDelay);
+    }
+
     private static string MultiHost(LocalPostgresServer first, LocalPostgresServer second, string? extra)
     {
         var builder = new NpgsqlConnectionStringBuilder(first.ConnectionString)
