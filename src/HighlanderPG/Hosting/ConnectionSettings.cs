@@ -76,12 +76,16 @@ internal static class ConnectionSettings
 
     /// <summary>
     /// With several hosts and no <c>Target Session Attributes</c>, aims at the primary (Npgsql's default, <c>any</c>,
-    /// would take whichever host answers first, a standby included). Returns the builder.
+    /// would take whichever host answers first, a standby included). With <paramref name="overrideStandbyTargets"/>
+    /// (discovery: the locks are visible on the primary only), a target that could reach a standby (<c>any</c>,
+    /// <c>standby</c>, <c>prefer-standby</c>, <c>read-only</c>) is replaced by <c>primary</c> too. Returns the builder.
     /// </summary>
-    public static NpgsqlConnectionStringBuilder TargetPrimary(NpgsqlConnectionStringBuilder builder)
+    public static NpgsqlConnectionStringBuilder TargetPrimary(NpgsqlConnectionStringBuilder builder, bool overrideStandbyTargets = false)
     {
 #pragma warning disable CS0618 // The keyword is how users give it in the connection string.
-        if (IsMultiHost(builder) && string.IsNullOrWhiteSpace(builder.TargetSessionAttributes))
+        if (IsMultiHost(builder)
+            && (string.IsNullOrWhiteSpace(builder.TargetSessionAttributes)
+                || (overrideStandbyTargets && builder.TargetSessionAttributes.Trim().ToLowerInvariant() is not ("primary" or "read-write" or "prefer-primary"))))
         {
             builder.TargetSessionAttributes = "primary";
         }

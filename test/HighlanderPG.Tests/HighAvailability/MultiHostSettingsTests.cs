@@ -46,6 +46,12 @@ public sealed class MultiHostSettingsTests
         Assert.Equal("primary", ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(TwoHosts)).TargetSessionAttributes);
         Assert.Equal("read-write", ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(TwoHosts + ";Target Session Attributes=read-write")).TargetSessionAttributes);
         Assert.Null(ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder("Host=pg1")).TargetSessionAttributes);
+
+        // Discovery aims at the primary whatever the string says (a standby holds no lock), keeping read-write.
+        Assert.Equal("any", ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(TwoHosts + ";Target Session Attributes=any")).TargetSessionAttributes);
+        Assert.Equal("primary", ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(TwoHosts + ";Target Session Attributes=any"), overrideStandbyTargets: true).TargetSessionAttributes);
+        Assert.Equal("primary", ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(TwoHosts + ";Target Session Attributes=prefer-standby"), overrideStandbyTargets: true).TargetSessionAttributes);
+        Assert.Equal("read-write", ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(TwoHosts + ";Target Session Attributes=read-write"), overrideStandbyTargets: true).TargetSessionAttributes);
 #pragma warning restore CS0618
     }
 

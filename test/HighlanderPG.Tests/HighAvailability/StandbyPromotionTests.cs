@@ -164,6 +164,10 @@ public sealed class StandbyPromotionTests
         Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.Refused);
         Assert.NotNull(await Db.HolderPidAsync(primary.ConnectionString, SingletonKey.Derive(cluster.Namespace, "job")));
         Assert.Equal(SingletonState.Leading, node.Singletons.Get("job")!.State);
+
+        // Discovery (and `highlander status`) finds it on the primary even when told Target Session Attributes=any.
+        var seen = await LeaderDiscovery.ListAsync(MultiHost(standby, primary, "Target Session Attributes=any"), ["job"], cluster.Namespace);
+        Assert.Equal("job", Assert.Single(seen).Name);
     }
 
     [Fact]
