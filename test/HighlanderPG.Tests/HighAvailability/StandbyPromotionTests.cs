@@ -5,6 +5,7 @@ using HighlanderPG.Testing;
 using HighlanderPG.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
+using Xunit.Abstractions;
 
 namespace HighlanderPG.Tests.HighAvailability;
 
@@ -12,9 +13,11 @@ namespace HighlanderPG.Tests.HighAvailability;
 /// A real physical standby (<c>pg_basebackup -R</c>) promoted while nodes with a multi-host connection string run
 /// singletons with fencing on. Each test has a primary and a standby of its own.
 /// </summary>
-public sealed class StandbyPromotionTests
+public sealed class StandbyPromotionTests(ITestOutputHelper output)
 {
     private static readonly string[] Singletons = ["s1", "s2", "s3"];
+
+    private static readonly TimeSpan TestClusterLockDelay = TimeSpan.FromSeconds(3);
 
     [Fact]
     public async Task With_synchronous_replication_a_promotion_keeps_one_child_per_singleton_epochs_increasing_and_stale_writes_refused()
@@ -49,8 +52,11 @@ public sealed class StandbyPromotionTests
         await WaitUntilAsync(() => Task.FromResult(writes.Committed >= 6), "the leaders' guarded writes");
 
         var mark = cluster.Recorder.Mark();
+        var stopping = DateTimeOffset.Now;
         await primary.StopAsync(ShutdownMode.Immediate);
+        var promoting = DateTimeOffset.Now;
         await standby.PromoteAsync();
+        var promoted = DateTimeOffset.Now;
 
         var after = new Dictionary<string, LifeEvent>();
         foreach (var name in Singletons)
@@ -58,7 +64,15 @@ public sealed class StandbyPromotionTests
             after[name] = await cluster.Recorder.WaitStartedAsync(name, mark);
         }
 
-        // The nodes saw another server and waited the lock-delay from their reconnect.
+        // Not asserted (the machine is shared): how long the failover took, for the report.
+        output.WriteLine(
+            $"primary stop {(promoting - stopping).TotalSeconds:F2}s, promotion {(promoted - promoting).TotalSeconds:F2}s, " +
+            $"first new child {(after.Values.Min(e => e.At) - promoted).TotalSeconds:F2}s and last {(after.Values.Max(e => e.At) - promoted).TotalSeconds:F2}s after the promotion " +
+            $"(lock-delay {TestClusterLockDelay.TotalSeconds:F0}s from each node's reconnect)");
+
+        // The nodes saw another server and waited the lock-delay from their reconnect (which came after the promotion began:
+        // until then no host was a primary).
+        Assert.All(after.Values, e => Assert.True(e.At - promoting >= TestClusterLockDelay, $"{e.Singleton} started on {e.Node} {(e.At - promoting).TotalSeconds:F2}s after the promotion began, inside the lock-delay"));
         Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.ServerChanged && e.Message.Contains("timeline", StringComparison.Ordinal));
 
         // Exactly one child per singleton, with no overlap across the failover (every old child stopped before a new one started).
