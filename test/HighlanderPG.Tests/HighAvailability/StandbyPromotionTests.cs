@@ -43,6 +43,14 @@ public sealed class StandbyPromotionTests(ITestOutputHelper output)
             before[name] = await cluster.Recorder.WaitStartedAsync(name);
         }
 
+        // Every lock is held on the primary, none on the standby listed first.
+        foreach (var name in Singletons)
+        {
+            Assert.NotNull(await Db.HolderPidAsync(primary.ConnectionString, SingletonKey.Derive(cluster.Namespace, name)));
+        }
+
+        Assert.Equal(0L, await Db.ScalarAsync<long>(standby.ConnectionString, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"));
+
         // Discovery (and `highlander status`) with the standby first and no Target Session Attributes finds the leaders on the primary.
         var discoveryString = MultiHost(standby, primary, null);
         var seen = await LeaderDiscovery.ListAsync(discoveryString, Singletons, cluster.Namespace);
