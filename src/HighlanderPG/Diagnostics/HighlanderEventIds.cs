@@ -42,6 +42,15 @@ public static class HighlanderEventIds
     /// <summary>The server's wall clock was seen to step forward: no lock is taken for the lock-delay (Warning).</summary>
     public const int ServerClockStepped = 1009;
 
+    /// <summary>
+    /// The lock session reached another server than its previous session's (a promoted standby, another cluster or
+    /// address): no lock is taken for the lock-delay (Warning).
+    /// </summary>
+    public const int ServerChanged = 1010;
+
+    /// <summary>The server's identity could be read only in part (system identifier or timeline refused to this role); logged once per node.</summary>
+    public const int ServerIdentityPartial = 1011;
+
     /// <summary>A singleton's lock was acquired; its child starts.</summary>
     public const int Acquired = 1100;
 

@@ -26,6 +26,12 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.ServerClockStepped, Level = LogLevel.Warning, Message = "The server's wall clock read ahead of this node's clock by about {Step} (a forward step, or a reply too slow to tell): PostgreSQL may have ended idle sessions early, freeing locks whose holders still run their children; no lock is taken for {Delay} (lock-delay)")]
     public static partial void ServerClockStepped(ILogger logger, TimeSpan step, TimeSpan delay);
 
+    [LoggerMessage(EventId = HighlanderEventIds.ServerChanged, Level = LogLevel.Warning, Message = "The lock session reached {Change}: holders cut off on the previous server may still run their children; no lock is taken for {Delay} (lock-delay). Previous server: {Previous}; this one: {Current}")]
+    public static partial void ServerChanged(ILogger logger, string change, string previous, string current, TimeSpan delay);
+
+    [LoggerMessage(EventId = HighlanderEventIds.ServerIdentityPartial, Level = LogLevel.Information, Message = "The server's system identifier and timeline cannot be read by this role ({Reason}); a failover is recognised by the server's start time and address only")]
+    public static partial void ServerIdentityPartial(ILogger logger, string reason);
+
     [LoggerMessage(EventId = HighlanderEventIds.LeaseExpiring, Level = LogLevel.Error, Message = "Lease about to expire (no answer from the server since {SinceAck} ago): stopping every child of this node before the server may free its locks")]
     public static partial void LeaseExpiring(ILogger logger, TimeSpan sinceAck);
 

@@ -73,7 +73,10 @@ public sealed class SingletonLeader
 public static class LeaderDiscovery
 {
     /// <summary>Every singleton held by a HighlanderPG node in the database of <paramref name="connectionString"/>.</summary>
-    /// <param name="connectionString">Any connection string to the database.</param>
+    /// <param name="connectionString">
+    /// Any connection string to the database. With several hosts (<c>Host=a,b</c>) it connects to the primary, whatever
+    /// <c>Target Session Attributes</c> says (<c>read-write</c> and <c>prefer-primary</c> are kept): a standby holds no lock.
+    /// </param>
     /// <param name="names">Names to recognise (their keys are derived in <paramref name="namespace"/>); optional.</param>
     /// <param name="namespace">The namespace of <paramref name="names"/>.</param>
     /// <param name="fencingSchema">The fencing schema to read, if it exists.</param>
@@ -86,9 +89,12 @@ public static class LeaderDiscovery
         CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(connectionString);
-        var builder = new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" };
-        await using var connection = new NpgsqlConnection(builder.ConnectionString);
-        await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        // With several hosts, the primary whatever Target Session Attributes says: the locks live there only.
+        var builder = Hosting.ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" }, overrideStandbyTargets: true);
+        // A data source of its own: a NpgsqlConnection shares one per connection string, whose memory of which host was a
+        // standby (kept for Host Recheck Seconds) would skip a standby promoted meanwhile.
+        await using var dataSource = NpgsqlDataSource.Create(builder);
+        await using var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         return await ListAsync(connection, names, @namespace, fencingSchema, cancellationToken).ConfigureAwait(false);
     }
 

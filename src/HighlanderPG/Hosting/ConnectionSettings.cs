@@ -38,11 +38,75 @@ internal static class ConnectionSettings
             return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} names no Host.";
         }
 
-        return null;
+        return ValidateTargetSession(builder, $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)}");
+    }
+
+    /// <summary>Whether <c>Host</c> lists several servers (<c>Host=a,b:5433</c>): Npgsql's multi-host data source.</summary>
+    public static bool IsMultiHost(NpgsqlConnectionStringBuilder builder) => builder.Host?.Contains(',', StringComparison.Ordinal) == true;
+
+    /// <summary>
+    /// What is wrong with <c>Target Session Attributes</c> for holding locks, or <see langword="null"/>. Locks live on the
+    /// primary only (a standby is refused, and a promoted standby starts with none), so with several hosts the sessions
+    /// must aim at the primary: <c>primary</c> (the default HighlanderPG applies when none is given), <c>read-write</c> or
+    /// <c>prefer-primary</c>. The others would keep a node on a standby, refused, for as long as that standby answers
+    /// first. Npgsql accepts the keyword only with several hosts.
+    /// </summary>
+    public static string? ValidateTargetSession(NpgsqlConnectionStringBuilder builder, string what)
+    {
+#pragma warning disable CS0618 // The keyword is how users give it in the connection string.
+        var target = builder.TargetSessionAttributes;
+#pragma warning restore CS0618
+        if (string.IsNullOrWhiteSpace(target))
+        {
+            return null;
+        }
+
+        var normalized = target.Trim().ToLowerInvariant();
+        if (!IsMultiHost(builder))
+        {
+            return normalized == "any"
+                ? null
+                : $"{what} has Target Session Attributes={target} but a single Host: Npgsql applies it only to a list of hosts. List the primary and its standbys (Host=primary,standby;Target Session Attributes=primary), or remove Target Session Attributes.";
+        }
+
+        return normalized is "primary" or "read-write" or "prefer-primary"
+            ? null
+            : $"{what} has Target Session Attributes={target}: HighlanderPG's locks live on the primary only (a standby is refused, and a promoted standby starts with no locks), and with '{target}' a node would keep connecting to a standby. Set Target Session Attributes=primary (or read-write), or leave it out: with several hosts HighlanderPG then uses primary.";
+    }
+
+    /// <summary>
+    /// With several hosts and no <c>Target Session Attributes</c>, aims at the primary (Npgsql's default, <c>any</c>,
+    /// would take whichever host answers first, a standby included). With <paramref name="overrideStandbyTargets"/>
+    /// (discovery: the locks are visible on the primary only), a target that could reach a standby (<c>any</c>,
+    /// <c>standby</c>, <c>prefer-standby</c>, <c>read-only</c>) is replaced by <c>primary</c> too. Returns the builder.
+    /// </summary>
+    public static NpgsqlConnectionStringBuilder TargetPrimary(NpgsqlConnectionStringBuilder builder, bool overrideStandbyTargets = false)
+    {
+#pragma warning disable CS0618 // The keyword is how users give it in the connection string.
+        if (IsMultiHost(builder)
+            && (string.IsNullOrWhiteSpace(builder.TargetSessionAttributes)
+                || (overrideStandbyTargets && builder.TargetSessionAttributes.Trim().ToLowerInvariant() is not ("primary" or "read-write" or "prefer-primary"))))
+        {
+            builder.TargetSessionAttributes = "primary";
+        }
+#pragma warning restore CS0618
+
+        return builder;
     }
 
     /// <summary>The server and database, for logs: never the password, nor the whole connection string.</summary>
-    public static string Describe(NpgsqlConnectionStringBuilder builder) => $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username}";
+    public static string Describe(NpgsqlConnectionStringBuilder builder)
+    {
+        if (!IsMultiHost(builder))
+        {
+            return $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username}";
+        }
+
+        // Host=a,b:5433 with Port=5432: a:5432,b:5433 (an IPv6 address is bracketed when it has a port).
+        var hosts = builder.Host!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(h => h.EndsWith(']') || h.Count(c => c == ':') != 1 ? $"{h}:{builder.Port}" : h);
+        return $"{string.Join(',', hosts)}/{builder.Database ?? builder.Username}";
+    }
 
     /// <summary>
     /// A dedicated physical connection per open: <c>Pooling=false</c> (a pooled connection's close does not end its backend,
@@ -65,6 +129,7 @@ internal static class ConnectionSettings
             CommandTimeout = Leasing.LeaseTimings.From(options).CommandTimeoutSeconds,
             Enlist = false,
         };
+        TargetPrimary(builder);
         var dataSource = new NpgsqlDataSourceBuilder(builder.ConnectionString);
         dataSource.UseLoggerFactory(loggerFactory);
         options.ConfigureDataSource?.Invoke(dataSource);

@@ -314,7 +314,7 @@ internal sealed partial class LockSession : ILockSession
         {
             _lockDelayUntil = Math.Max(_lockDelayUntil, _time.GetTimestamp() + LeaseTimings.ToTimestampDelta(lockDelay, _time));
         }
-        if (lockDelay > TimeSpan.Zero)
+        if (lockDelay > TimeSpan.Zero && start.ServerChange is null)
         {
             Log.LockDelay(_logger, start.ServerUptime, lockDelay);
         }

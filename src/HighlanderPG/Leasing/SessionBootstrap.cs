@@ -13,15 +13,25 @@ namespace HighlanderPG.Leasing;
 /// <param name="ServerUptime">How long the server had been up (since its start or last reinitialisation).</param>
 /// <param name="LockDelayRemaining">How long from now no lock may be taken (<see cref="LockDelay"/>); zero or less: none.</param>
 /// <param name="ServerTime">The server's clock, read by the session's first statement (<see cref="ServerClock"/>).</param>
-internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining, DateTime ServerTime);
+/// <param name="ServerChange">
+/// How the server differs from the one of the node's previous session when it is another server (another cluster, a
+/// promoted standby, another address), which <see cref="LockDelayRemaining"/> then covers (logged as event 1010);
+/// <see langword="null"/> for the same server, a restart in place (logged as a lock-delay after a restart) or a first session.
+/// </param>
+internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining, DateTime ServerTime, string? ServerChange = null);
 
 /// <summary>
 /// Opens a lock session: connects, refuses a server that cannot be used safely (<see cref="ServerChecks"/>), sets the
 /// server-side lease (<c>idle_session_timeout</c>, from <see cref="LeaseTimings"/>), creates the fencing table when
-/// fencing is on, listens for release announcements, and computes the lock-delay after a server (re)start.
+/// fencing is on, listens for release announcements, and computes the lock-delay after a server (re)start, a promotion
+/// or a move to another server (<see cref="ServerIdentity"/>; docs/lease-protocol.md, "Lock-delay after a failover").
 /// </summary>
 internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings timings, NpgsqlDataSource dataSource, int singletons, ILogger logger)
 {
+    /// <summary>The server of this node's last accepted session (one bootstrap per lock session, whose loop is sequential).</summary>
+    private ServerIdentity? _previous;
+    private bool _partialIdentityLogged;
+
     /// <summary>
     /// Opens and prepares the session. On any failure the connection is disposed and the error thrown
     /// (<see cref="RefusedException"/> when the server must not be used).
@@ -31,7 +41,17 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
     /// <param name="stopping">Fires when the node stops.</param>
     public async Task<SessionStart> OpenAsync(Action<string> onNotification, Func<TimeSpan?> sinceCrashSeen, CancellationToken stopping)
     {
-        var connection = await dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
+        NpgsqlConnection connection;
+        try
+        {
+            connection = await dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            ForgetHostStates();
+            throw;
+        }
+
         try
         {
             int pid;
@@ -44,9 +64,10 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
             await using (var cmd = new NpgsqlCommand(
                 "SELECT pg_backend_pid(), pg_is_in_recovery(), current_setting('server_version_num')::int, " +
                 // The server's (re)start: the postmaster's start, or a later reinitialisation after a backend crash, which
-                // shows as the checkpointer's start (visible with pg_read_all_stats or as superuser; otherwise null).
+                // shows as the checkpointer's start, and a promotion as the walwriter's, which does not run during recovery
+                // (both visible with pg_read_all_stats or as superuser; otherwise null).
                 "extract(epoch from clock_timestamp() - GREATEST(pg_postmaster_start_time(), " +
-                "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer')))::float8, current_setting('server_version'), " +
+                "(SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type IN ('checkpointer', 'walwriter'))))::float8, current_setting('server_version'), " +
                 // The shared lock table's size (ServerChecks.CheckLockCapacity).
                 "current_setting('max_locks_per_transaction')::int, current_setting('max_connections')::int, current_setting('max_prepared_transactions')::int, " +
                 // The server's clock (ServerClock: a forward step frees idle sessions' locks early).
@@ -70,6 +91,12 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
                 ?? ServerChecks.CheckLockCapacity(singletons, maxLocks, maxConnections, maxPrepared);
             if (refusal is not null)
             {
+                if (inRecovery)
+                {
+                    // A multi-host data source remembers which host is a standby for a while: ask again next time.
+                    ForgetHostStates();
+                }
+
                 throw new RefusedException(refusal);
             }
 
@@ -87,13 +114,48 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
             connection.Notification += (_, e) => onNotification(e.Payload);
             await LockProtocol.ListenAsync(connection, stopping).ConfigureAwait(false);
 
+            var (identity, partial) = await ServerIdentity.ReadAsync(connection, stopping).ConfigureAwait(false);
+            if (partial is not null && !_partialIdentityLogged)
+            {
+                _partialIdentityLogged = true;
+                Log.ServerIdentityPartial(logger, partial);
+            }
+
             var uptime = TimeSpan.FromSeconds(uptimeSeconds);
-            return new SessionStart(connection, pid, version, uptime, LockDelay.Remaining(timings.LockDelay, uptime, sinceCrashSeen()), serverTime);
+            var lockDelay = LockDelay.Remaining(timings.LockDelay, uptime, sinceCrashSeen());
+            var change = ServerIdentity.Change(_previous, identity);
+            string? serverChange = null;
+            if (change is not null)
+            {
+                // Holders on the previous server may run their children until their deadlines, up to the lease after
+                // their last answer from it, which came before this node reached this server: the lock-delay from now.
+                lockDelay = lockDelay > timings.LockDelay ? lockDelay : timings.LockDelay;
+                if (!ServerIdentity.IsRestartInPlace(_previous!, identity))
+                {
+                    serverChange = change;
+                    Log.ServerChanged(logger, change, _previous!.ToString(), identity.ToString(), lockDelay);
+                }
+            }
+
+            _previous = identity;
+            return new SessionStart(connection, pid, version, uptime, lockDelay, serverTime, serverChange);
         }
         catch
         {
             await connection.DisposeAsync().ConfigureAwait(false);
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Makes a multi-host data source probe every host again at the next open: it remembers a host's state (primary,
+    /// standby, offline) for <c>Host Recheck Seconds</c>, and a standby promoted meanwhile would be skipped until then.
+    /// </summary>
+    private void ForgetHostStates()
+    {
+        if (dataSource is NpgsqlMultiHostDataSource multiHost)
+        {
+            multiHost.ClearDatabaseStates();
         }
     }
 
