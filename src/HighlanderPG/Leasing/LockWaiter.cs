@@ -96,6 +96,14 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
                     // Until it is back, the lock session's heartbeats try every wanted key again.
                     session.SetWatched(null);
                     Log.WaiterError(logger, ex);
+
+                    // A multi-host data source remembers each host's state (primary, standby, offline) for a while: after
+                    // a failover the next open must look again, or it would skip the promoted standby until then.
+                    if (dataSource is NpgsqlMultiHostDataSource multiHost)
+                    {
+                        multiHost.ClearDatabaseStates();
+                    }
+
                     try
                     {
                         await Task.Delay(backoff.Next(), time, stopping).ConfigureAwait(false);
