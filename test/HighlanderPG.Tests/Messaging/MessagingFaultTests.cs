@@ -120,6 +120,7 @@ public sealed class MessagingFaultTests(PostgresFixture pg, ITestOutputHelper ou
         // Frozen inside a message's transaction (its effect written, not yet acknowledged), for longer than the lease: the
         // server ends its lock session, b takes over and processes the stream.
         var inHand = await WithMessageInHandAsync(rig, "a", oldEpoch, a.Pause);
+        var oldAcknowledged = await AcknowledgedByAsync(rig, oldEpoch); // frozen, it cannot commit anything more
         long newEpoch;
         try
         {
@@ -136,6 +137,7 @@ public sealed class MessagingFaultTests(PostgresFixture pg, ITestOutputHelper ou
         // (README, "Pauses and OnEscalation"). Its transaction in flight never commits.
         Assert.NotEqual(0, await a.Exited.WaitAsync(TimeSpan.FromSeconds(60)));
         Assert.True(a.Logged(HighlanderEventIds.Escalating), a.Output);
+        Assert.Equal(oldAcknowledged, await AcknowledgedByAsync(rig, oldEpoch)); // nothing acknowledged with its old epoch once awake
         stream.AssertRunning();
         var ids = await stream.StopAsync();
 
@@ -178,6 +180,11 @@ public sealed class MessagingFaultTests(PostgresFixture pg, ITestOutputHelper ou
         await block.RollbackAsync();
         return inHand;
     }
+
+    /// <summary>How many messages <paramref name="epoch"/> has acknowledged, and how many effects it has written.</summary>
+    private static async Task<(long Acknowledged, long Effects)> AcknowledgedByAsync(MessagingRig rig, long epoch) =>
+        (await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Schema}.messages WHERE finished_epoch = $1", epoch),
+         await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Effects} WHERE epoch = $1", epoch));
 
     /// <summary>The messages the old leader had in its hands were processed by the new one, on a later delivery.</summary>
     private static async Task AssertRedeliveredAsync(MessagingRig rig, List<long> inHand, long newEpoch) =>
