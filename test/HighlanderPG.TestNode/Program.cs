@@ -4,6 +4,10 @@
 //   TestNode__Singleton                     the singleton's name (default "ticker")
 //   TestNode__IgnoreCancellation=true       a child that will not stop when told to (the default escalation ends us)
 //   TestNode__StarveThreadPoolWhenFileExists=PATH   once PATH exists, every thread-pool thread blocks for good
+//   TestNode__Messaging=true               a messaging node (AddHighlanderMessaging; set Highlander__Fencing=true and
+//                                           Highlander__FencingSchema): the child processes its inbox with ProcessAsync,
+//                                           writing each message's effect row to the table TestNode__Effects in the
+//                                           acknowledging transaction (the messaging tests' effects table), no journal
 //   TestNode__Journal=PATH                  the child journals its start and stop there (HighlanderPG.Testing's LifeJournal),
 //                                           holding the journal's kernel lock (flock on PATH.lock) while it lives, as the
 //                                           journal's script child does: a start that finds it taken journals an overlap
@@ -12,6 +16,7 @@
 // escalation is out before the process ends itself.
 using System.Globalization;
 using HighlanderPG;
+using HighlanderPG.Messaging;
 using HighlanderPG.Testing.Journal;
 using HighlanderPG.TestNodeProgram;
 using Microsoft.Extensions.Configuration;
@@ -28,7 +33,20 @@ builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
 builder.Logging.AddProvider(new StderrLoggerProvider());
 builder.Services.AddHighlander(builder.Configuration.GetSection("Highlander"));
 var singleton = builder.Configuration["TestNode:Singleton"] ?? "ticker";
-builder.Services.AddClusterSingleton<Ticker>(singleton);
+if (builder.Configuration.GetValue<bool>("TestNode:Messaging"))
+{
+    builder.Services.AddHighlanderMessaging(o =>
+    {
+        o.PollInterval = TimeSpan.FromSeconds(2);
+        o.MaxDeliveries = 10_000; // the tests count redeliveries; nothing is dead-lettered
+    });
+    builder.Services.AddClusterSingleton<Processor>(singleton);
+}
+else
+{
+    builder.Services.AddClusterSingleton<Ticker>(singleton);
+}
+
 await builder.Build().RunAsync();
 
 namespace HighlanderPG.TestNodeProgram
@@ -122,6 +140,33 @@ namespace HighlanderPG.TestNodeProgram
             Say("STARVING");
             Thread.Sleep(Timeout.Infinite); // this thread is one of the pool's too
         }
+    }
+
+    /// <summary>
+    /// The messaging child: says when it starts, then processes its inbox, writing each message's effect (message id, its
+    /// payload's N, the epoch, the node, the delivery) in the acknowledging transaction.
+    /// </summary>
+    internal sealed class Processor(ILeadership leadership, ISingletonInbox inbox, IConfiguration configuration) : BackgroundService
+    {
+        protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+        {
+            var effects = configuration["TestNode:Effects"] ?? throw new InvalidOperationException("TestNode__Effects (the effects table) is required with TestNode__Messaging=true.");
+            Console.Out.WriteLine($"STARTED {leadership.NodeId} epoch={leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "-"}");
+            Console.Out.Flush();
+            await inbox.ProcessAsync(async (message, tx, ct) =>
+            {
+                await using var cmd = new Npgsql.NpgsqlCommand($"INSERT INTO {effects} (message_id, n, epoch, node, delivery) VALUES ($1, $2, $3, $4, $5)", tx.Connection, tx);
+                cmd.Parameters.Add(new Npgsql.NpgsqlParameter<long> { TypedValue = message.Id });
+                cmd.Parameters.Add(new Npgsql.NpgsqlParameter<int> { TypedValue = message.GetPayload<Item>().N });
+                cmd.Parameters.Add(new Npgsql.NpgsqlParameter<long> { TypedValue = leadership.FencingEpoch!.Value });
+                cmd.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = leadership.NodeId });
+                cmd.Parameters.Add(new Npgsql.NpgsqlParameter<int> { TypedValue = message.Delivery });
+                await cmd.ExecuteNonQueryAsync(ct);
+            }, stoppingToken);
+        }
+
+        /// <summary>The messaging tests' payload (the same shape as theirs).</summary>
+        private sealed record Item(int N);
     }
 
     /// <summary>One line per message on standard error, written on the logging thread (no queue that an ending process loses).</summary>

@@ -11,6 +11,12 @@ public static class Signals
     /// <summary>SIGKILL: the process dies at once, nothing of it runs any more.</summary>
     public const int Kill = 9;
 
+    /// <summary>SIGSTOP: the process is frozen (a long GC pause, a frozen VM or container) until <see cref="Continue"/> (Linux's number).</summary>
+    public const int Stop = 19;
+
+    /// <summary>SIGCONT: a frozen process runs again (Linux's number).</summary>
+    public const int Continue = 18;
+
     /// <summary>Sends <paramref name="signal"/> to the process <paramref name="pid"/>.</summary>
     /// <exception cref="InvalidOperationException">kill(2) failed.</exception>
     public static void Send(int pid, int signal)

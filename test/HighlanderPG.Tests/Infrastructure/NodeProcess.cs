@@ -44,10 +44,11 @@ public sealed class NodeProcess : IAsyncDisposable
     }
 
     /// <summary>A node of <paramref name="cluster"/> (its namespace and journal) as a process.</summary>
-    public static NodeProcess Start(TestCluster cluster, string nodeId, string connectionString, bool ignoreCancellation = false, string? starveThreadPoolWhenFileExists = null) =>
-        Start(cluster.Recorder, cluster.Namespace, nodeId, connectionString, ignoreCancellation, starveThreadPoolWhenFileExists);
+    /// <remarks><paramref name="environment"/>: more variables for the node (set last, so they may override the above).</remarks>
+    public static NodeProcess Start(TestCluster cluster, string nodeId, string connectionString, bool ignoreCancellation = false, string? starveThreadPoolWhenFileExists = null, IReadOnlyDictionary<string, string>? environment = null) =>
+        Start(cluster.Recorder, cluster.Namespace, nodeId, connectionString, ignoreCancellation, starveThreadPoolWhenFileExists, environment);
 
-    public static NodeProcess Start(LifeJournal journal, string @namespace, string nodeId, string connectionString, bool ignoreCancellation = false, string? starveThreadPoolWhenFileExists = null)
+    public static NodeProcess Start(LifeJournal journal, string @namespace, string nodeId, string connectionString, bool ignoreCancellation = false, string? starveThreadPoolWhenFileExists = null, IReadOnlyDictionary<string, string>? environment = null)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "HighlanderPG.TestNode.dll");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = AppContext.BaseDirectory };
@@ -74,6 +75,10 @@ public sealed class NodeProcess : IAsyncDisposable
         }
 
         psi.Environment["DOTNET_DbgEnableMiniDump"] = "0";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[name] = value;
+        }
 
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
         var node = new NodeProcess(nodeId, process, journal);
@@ -166,6 +171,12 @@ public sealed class NodeProcess : IAsyncDisposable
         _journal.Record(NodeId, Singleton, LifeKind.Killed, "SIGKILL sent");
         _process.Kill(entireProcessTree: true);
     }
+
+    /// <summary>SIGSTOP: the whole process is frozen (its lease guard too) until <see cref="Resume"/>.</summary>
+    public void Pause() => Signals.Send(_process.Id, Signals.Stop);
+
+    /// <summary>SIGCONT: a paused process runs again.</summary>
+    public void Resume() => Signals.Send(_process.Id, Signals.Continue);
 
     public async ValueTask DisposeAsync()
     {
