@@ -74,6 +74,19 @@ internal static partial class Escapees
         return all.Count;
     }
 
+    /// <summary>
+    /// Runs the search for escaped processes once, at start, and drops its result: the first search (a scan of
+    /// <c>/proc</c>) otherwise pays for compiling its code, and it runs on the way from SIGTERM to the lock's release.
+    /// </summary>
+    public static void WarmUp(ProcessLauncher launcher)
+    {
+        if (Enabled)
+        {
+            _ = Find(launcher, null);
+            _ = Native.GroupExists(Environment.ProcessId);
+        }
+    }
+
     /// <summary>Escalation: SIGKILL every escaped process now.</summary>
     public static void KillAll(ProcessLauncher launcher)
     {

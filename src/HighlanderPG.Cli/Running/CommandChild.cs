@@ -192,8 +192,9 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
 
     private async Task StopAsync(int group, Task exited, TimeSpan killAfter)
     {
-        LogStopping(Logger, Display, group, killAfter);
+        // The signal first, the log line after: the command stops while the line is written (the lock waits for both).
         Native.SignalGroup(group, Native.SigTerm);
+        LogStopping(Logger, Display, group, killAfter);
         if (await Task.WhenAny(exited, Task.Delay(killAfter)).ConfigureAwait(false) != exited)
         {
             LogKilling(Logger, Display, group, killAfter);

@@ -69,6 +69,7 @@ internal static partial class RunHost
         // instead of PID 1 when their parent exits, so they can be stopped before the lock is released (Escapees).
         Escapees.Enabled = Native.BecomeChildSubreaper();
         await ProcessLauncher.Shared.WarmUpAsync().ConfigureAwait(false);
+        Escapees.WarmUp(ProcessLauncher.Shared);
         using var loggerProvider = new CliLoggerProvider(Console.Error, settings.LogLevel <= LogLevel.Debug, settings.LogFormat);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
         builder.Logging.ClearProviders();
