@@ -5,7 +5,7 @@ namespace HighlanderPG.Leasing;
 /// keys it wants, which releases are queued or in flight, and which newly taken keys still wait for their fencing epoch.
 /// Every member takes the ledger's lock; callers act (complete tasks, raise events) outside it.
 /// </summary>
-internal sealed class KeyLedger
+internal sealed partial class KeyLedger
 {
     private readonly Lock _gate = new();
     private readonly Dictionary<long, Want> _wants = [];

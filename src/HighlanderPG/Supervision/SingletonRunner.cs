@@ -30,6 +30,7 @@ internal sealed class SingletonRunner : ISessionObserver
     private string? _lastError;
     private Lease? _lease;
     private TaskCompletionSource? _stepDownRequested;
+    private TimeSpan? _stepDownHoldOff; // the hold-off asked for with the current step-down (null: the node's StepDownHoldOff)
     private TaskCompletionSource? _released;
 
     public SingletonRunner(
@@ -75,8 +76,11 @@ internal sealed class SingletonRunner : ISessionObserver
         }
     }
 
-    /// <summary>Asks this runner to step down; completes when the lock is released, or at once when not leading.</summary>
-    public Task StepDownAsync()
+    /// <summary>
+    /// Asks this runner to step down and not contend again for <paramref name="holdOff"/> (default: the node's
+    /// <see cref="HighlanderOptions.StepDownHoldOff"/>); completes when the lock is released, or at once when not leading.
+    /// </summary>
+    public Task StepDownAsync(TimeSpan? holdOff = null)
     {
         lock (_gate)
         {
@@ -85,7 +89,10 @@ internal sealed class SingletonRunner : ISessionObserver
                 return Task.CompletedTask;
             }
 
-            _stepDownRequested.TrySetResult();
+            if (_stepDownRequested.TrySetResult())
+            {
+                _stepDownHoldOff = holdOff;
+            }
             return _released.Task;
         }
     }
@@ -128,7 +135,12 @@ internal sealed class SingletonRunner : ISessionObserver
                             holdOff = _singleton.RestartDelay;
                             break;
                         case Outcome.SteppedDown:
-                            holdOff = _options.StepDownHoldOff;
+                            lock (_gate)
+                            {
+                                holdOff = _stepDownHoldOff ?? _options.StepDownHoldOff;
+                                _stepDownHoldOff = null;
+                            }
+
                             break;
                         default:
                             holdOff = TimeSpan.Zero;
@@ -188,6 +200,7 @@ internal sealed class SingletonRunner : ISessionObserver
         {
             _lease = lease;
             _stepDownRequested = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _stepDownHoldOff = null;
             _released = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             stepDownTask = _stepDownRequested.Task;
         }
