@@ -221,4 +221,13 @@ public static class HighlanderEventIds
 
     /// <summary>Dashboard: a user made this node step down from a singleton through the dashboard's action.</summary>
     public const int DashboardStepDown = 1771;
+
+    /// <summary>Step down / drain: this node read its hold-offs (an operator's <c>step_down</c> or <c>drain</c>): it steps down from what they cover and takes none of it until they end.</summary>
+    public const int HoldOffs = 1800;
+
+    /// <summary>Step down / drain: the control objects cannot be created or read by this node's role; requests do not reach it until a DBA runs the DDL.</summary>
+    public const int ControlUnavailable = 1801;
+
+    /// <summary>Step down / drain: a runner stepped down because of a hold-off.</summary>
+    public const int HoldOffStepDown = 1802;
 }

@@ -82,6 +82,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return new SingletonRunner(r, singleton, key, _options, timings, session, _services, _time, _logger, Publish, () => _lifetime?.StopApplication());
         }).ToList();
 
+        session.HoldOffStepDown += StepDownHeldOff;
         var waiter = new LockWaiter(_options, timings, _waitDataSource, session, _time, _logger);
         _stateEvents.Start(this, ex => Log.StateChangedHandlerFailed(_logger, ex));
         _groupEvents.Start(this, ex => Log.MemberChangedHandlerFailed(_logger, ex));
@@ -172,6 +173,16 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         var runner = _runners.FirstOrDefault(r => r.Name == name)
             ?? throw new ArgumentException($"No cluster singleton named '{name}' runs on this node.", nameof(name));
         return runner.StepDownAsync().WaitAsync(cancellationToken);
+    }
+
+    /// <summary>An operator's step-down or drain covers these keys this node holds: their runners step down (the session's hold-off keeps them from taking them back).</summary>
+    private void StepDownHeldOff(IReadOnlyList<long> keys)
+    {
+        foreach (var runner in _runners.Where(r => keys.Contains(r.Key)))
+        {
+            Log.HoldOffStepDown(_logger, runner.Name);
+            _ = runner.StepDownAsync(TimeSpan.Zero);
+        }
     }
 
     public IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default) => _stateEvents.WatchAsync(cancellationToken);

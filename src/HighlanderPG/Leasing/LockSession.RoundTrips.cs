@@ -18,6 +18,12 @@ internal sealed partial class LockSession
                 throw new LeaseExpiringException();
             }
 
+            if (_controlPending)
+            {
+                await ReadHoldOffsAsync(connection, session).ConfigureAwait(false);
+                continue;
+            }
+
             var now = _time.GetTimestamp();
             var heartbeatDue = now >= nextHeartbeat;
             var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil);

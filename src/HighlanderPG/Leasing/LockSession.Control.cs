@@ -1,0 +1,84 @@
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Fencing;
+using Npgsql;
+
+namespace HighlanderPG.Leasing;
+
+/// <summary>
+/// Step-down and drain requests (docs/lease-protocol.md, "Step down and drain"): a notification on the control channel
+/// naming this node makes the loop read its hold-offs (a round trip bounded like any other); the ledger then keeps the
+/// held-off keys out of every try until they end, and the runners leading a covered singleton are asked to step down
+/// (<see cref="HoldOffStepDown"/>).
+/// </summary>
+internal sealed partial class LockSession
+{
+    private volatile bool _controlPending;
+    private ITimer? _holdOffTimer;
+
+    /// <summary>Raised (on the session loop) with the keys this node holds that a new hold-off covers: their runners step down.</summary>
+    public event Action<IReadOnlyList<long>>? HoldOffStepDown;
+
+    /// <summary>Whether <paramref name="key"/> is held off now (an operator's step-down or drain).</summary>
+    public bool IsHeldOff(long key) => _ledger.IsHeldOff(key);
+
+    private void OnControl(string payload)
+    {
+        if (payload == _options.NodeId)
+        {
+            _controlPending = true;
+            Wake();
+        }
+    }
+
+    /// <summary>Reads this node's hold-offs on the session's connection (when a notification asked for it).</summary>
+    private async Task ReadHoldOffsAsync(NpgsqlConnection connection, SessionIo session)
+    {
+        _controlPending = false;
+        var set = await RoundTripAsync(session, () => ControlSession.ReadAsync(connection, _options, _logger, CancellationToken.None)).ConfigureAwait(false);
+        ApplyHoldOffs(set);
+    }
+
+    private void ApplyHoldOffs(HoldOffSet set)
+    {
+        var (covered, next) = _ledger.SetHoldOffs(set);
+        ScheduleHoldOffEnd(next);
+        if (set.All is not null || set.Keys.Count > 0)
+        {
+            Log.HoldOffs(_logger, set.All, set.Keys.Count, covered.Count);
+        }
+
+        if (covered.Count > 0)
+        {
+            HoldOffStepDown?.Invoke(covered);
+        }
+
+        WantsChanged?.Invoke();
+    }
+
+    private void ScheduleHoldOffEnd(TimeSpan? next)
+    {
+        if (next is not { } due)
+        {
+            _holdOffTimer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            return;
+        }
+
+        // A little after the end, so that the ledger sees it ended (its clock is the same TimeProvider).
+        due += TimeSpan.FromMilliseconds(1);
+        if (_holdOffTimer is null)
+        {
+            _holdOffTimer = _time.CreateTimer(static state => ((LockSession)state!).OnHoldOffEnded(), this, due, Timeout.InfiniteTimeSpan);
+        }
+        else
+        {
+            _holdOffTimer.Change(due, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void OnHoldOffEnded()
+    {
+        ScheduleHoldOffEnd(_ledger.HoldOffsElapsed());
+        Wake();
+        WantsChanged?.Invoke();
+    }
+}
