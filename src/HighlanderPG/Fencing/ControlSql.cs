@@ -159,14 +159,19 @@ internal static class ControlSql
         """;
 
     /// <summary>
-    /// A node's current hold-offs (parameter: the node id), with what remains of each on the server's clock: the key
-    /// (NULL: every singleton) and the remaining time in milliseconds.
+    /// A node's hold-offs (parameters: the node id, the highest request id it saw before): those still running, and
+    /// those requested since (even if already over: a step-down with a zero hold-off), with what remains of each on the
+    /// server's clock. Rows: the highest request id so far, the key (NULL: every singleton), the remaining time in
+    /// milliseconds (NULL: no hold-off at all, the one row then).
     /// </summary>
     public static string Read(string schema) => $"""
-        SELECT h.key, max(extract(epoch from h.until - clock_timestamp()) * 1000)::float8
-          FROM {Messaging.MessagingSql.Valid(schema)}.hold_offs h
-         WHERE h.node_id = $1 AND h.until > clock_timestamp()
-         GROUP BY h.key
+        SELECT s.top, h.key, h.remaining
+          FROM (SELECT coalesce(max(id), 0) AS top FROM {Messaging.MessagingSql.Valid(schema)}.hold_offs) s
+          LEFT JOIN LATERAL (
+                SELECT h.key, max(extract(epoch from h.until - clock_timestamp()) * 1000)::float8 AS remaining
+                  FROM {Messaging.MessagingSql.Valid(schema)}.hold_offs h
+                 WHERE h.node_id = $1 AND (h.until > clock_timestamp() OR h.id > $2)
+                 GROUP BY h.key) h ON true
         """;
 
     /// <summary>Creates or upgrades the control objects unless current, under the schema's DDL lock (<see cref="FencingSql.LockDdlAsync"/>).</summary>
@@ -192,28 +197,39 @@ internal static class ControlSql
     public static Task<bool> ExistAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken) =>
         IsCurrentAsync(connection, null, schema, cancellationToken);
 
-    /// <summary>Reads a node's hold-offs: per key the remaining time, and under <see langword="null"/> key a drain's.</summary>
-    public static async Task<HoldOffSet> ReadAsync(NpgsqlConnection connection, string schema, string nodeId, CancellationToken cancellationToken)
+    /// <summary>
+    /// Reads a node's hold-offs: per key the remaining time, and under <see langword="null"/> key a drain's; those
+    /// running, and those requested after request <paramref name="seenId"/> (<see cref="long.MaxValue"/>: running only).
+    /// </summary>
+    public static async Task<HoldOffSet> ReadAsync(NpgsqlConnection connection, string schema, string nodeId, long seenId, CancellationToken cancellationToken)
     {
         var keys = new Dictionary<long, TimeSpan>();
         TimeSpan? all = null;
+        long top = 0;
         await using var cmd = new NpgsqlCommand(Read(schema), connection);
         cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = nodeId });
+        cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = seenId });
         await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
         while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
         {
-            var remaining = TimeSpan.FromMilliseconds(Math.Max(0, reader.GetDouble(1)));
-            if (reader.IsDBNull(0))
+            top = reader.GetInt64(0);
+            if (reader.IsDBNull(2))
+            {
+                continue;
+            }
+
+            var remaining = TimeSpan.FromMilliseconds(Math.Max(0, reader.GetDouble(2)));
+            if (reader.IsDBNull(1))
             {
                 all = remaining;
             }
             else
             {
-                keys[reader.GetInt64(0)] = remaining;
+                keys[reader.GetInt64(1)] = remaining;
             }
         }
 
-        return new HoldOffSet(all, keys);
+        return new HoldOffSet(all, keys, top);
     }
 
     private static async Task<bool> IsCurrentAsync(NpgsqlConnection connection, NpgsqlTransaction? tx, string schema, CancellationToken cancellationToken)
@@ -224,8 +240,11 @@ internal static class ControlSql
     }
 }
 
-/// <summary>A node's hold-offs as read: a drain's remaining time (every key), and per key a step-down's.</summary>
-internal sealed record HoldOffSet(TimeSpan? All, IReadOnlyDictionary<long, TimeSpan> Keys)
+/// <summary>
+/// A node's hold-offs as read: a drain's remaining time (every key), per key a step-down's (zero: step down, but no
+/// hold-off), and the highest request id at the time (the next read's <c>seenId</c>).
+/// </summary>
+internal sealed record HoldOffSet(TimeSpan? All, IReadOnlyDictionary<long, TimeSpan> Keys, long TopId = long.MaxValue)
 {
     public static readonly HoldOffSet None = new(null, new Dictionary<long, TimeSpan>());
 }

@@ -34,20 +34,20 @@ internal static class ControlSession
             await listen.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
         }
 
-        return await ReadAsync(connection, options, logger, stopping).ConfigureAwait(false);
+        return await ReadAsync(connection, options, long.MaxValue, logger, stopping).ConfigureAwait(false);
     }
 
     /// <summary>Reads this node's hold-offs; none when the control objects do not exist, or cannot be read (logged).</summary>
-    public static async Task<HoldOffSet> ReadAsync(NpgsqlConnection connection, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
+    public static async Task<HoldOffSet> ReadAsync(NpgsqlConnection connection, HighlanderOptions options, long seenId, ILogger logger, CancellationToken cancellationToken)
     {
         try
         {
             if (!await ControlSql.ExistAsync(connection, options.FencingSchema, cancellationToken).ConfigureAwait(false))
             {
-                return HoldOffSet.None;
+                return HoldOffSet.None with { TopId = 0 }; // every request made once they exist is new to this node
             }
 
-            return await ControlSql.ReadAsync(connection, options.FencingSchema, options.NodeId, cancellationToken).ConfigureAwait(false);
+            return await ControlSql.ReadAsync(connection, options.FencingSchema, options.NodeId, seenId, cancellationToken).ConfigureAwait(false);
         }
         catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open)
         {

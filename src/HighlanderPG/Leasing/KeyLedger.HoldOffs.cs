@@ -41,7 +41,8 @@ internal sealed partial class KeyLedger
             }
 
             _holdAllUntil = set.All is { } all ? now + LeaseTimings.ToTimestampDelta(all, _holdOffClock) : long.MinValue;
-            List<long> covered = [.. _held.Keys.Where(k => IsHeldOff(k, now))];
+            // Stepped down from even when the hold-off is already over (a step-down with a zero hold-off).
+            List<long> covered = [.. _held.Keys.Where(k => set.All is not null || set.Keys.ContainsKey(k))];
             TimeSpan? next = null;
             foreach (var remaining in set.Keys.Values.Append(set.All ?? TimeSpan.MaxValue))
             {
@@ -88,7 +89,11 @@ internal sealed partial class KeyLedger
         }
     }
 
-    /// <summary>Of <paramref name="keys"/>, those not held off now (the filter of <see cref="TakeWork"/>; under the ledger's lock).</summary>
+    /// <summary>
+    /// Of <paramref name="keys"/>, those not held off now (the filter of <see cref="TakeWork"/>; under the ledger's
+    /// lock). A held-off key is not tried, so no failed try asks who holds it: when its holder is not known, that is
+    /// flagged (<see cref="TakeHeldOffNeedHolders"/>) for the session to ask, so that a drained node shows whom it follows.
+    /// </summary>
     private long[] WithoutHeldOff(long[] keys)
     {
         if (keys.Length == 0 || (_holdOffs.Count == 0 && _holdAllUntil == long.MinValue))
@@ -97,7 +102,26 @@ internal sealed partial class KeyLedger
         }
 
         var now = _holdOffClock.GetTimestamp();
-        return [.. keys.Where(k => !IsHeldOff(k, now))];
+        var left = keys.Where(k => !IsHeldOff(k, now)).ToArray();
+        if (left.Length < keys.Length && keys.Except(left).Any(k => !_holders.ContainsKey(k) || _staleHolders.Contains(k)))
+        {
+            _heldOffNeedHolders = true;
+        }
+
+        return left;
+    }
+
+    private bool _heldOffNeedHolders;
+
+    /// <summary>Whether held-off keys were left out of a try while their holder is not known (and clears it).</summary>
+    public bool TakeHeldOffNeedHolders()
+    {
+        lock (_gate)
+        {
+            var need = _heldOffNeedHolders;
+            _heldOffNeedHolders = false;
+            return need;
+        }
     }
 
     private bool IsHeldOff(long key, long now) =>

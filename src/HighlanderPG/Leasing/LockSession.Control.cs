@@ -30,16 +30,35 @@ internal sealed partial class LockSession
         }
     }
 
-    /// <summary>Reads this node's hold-offs on the session's connection (when a notification asked for it).</summary>
-    private async Task ReadHoldOffsAsync(NpgsqlConnection connection, SessionIo session)
+    /// <summary>
+    /// The loop's control turn, before it takes its work: reads this node's hold-offs when a notification asked for it
+    /// (true: a round trip was made); asks who holds held-off keys whose holder is not known (they are not tried, so no
+    /// failed try would).
+    /// </summary>
+    private async Task<bool> ControlTurnAsync(NpgsqlConnection connection, SessionIo session)
     {
+        if (_ledger.TakeHeldOffNeedHolders() && !_holderQueryPending)
+        {
+            _holderQueryPending = true;
+            _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(HolderQueryInterval));
+        }
+
+        if (!_controlPending)
+        {
+            return false;
+        }
+
         _controlPending = false;
-        var set = await RoundTripAsync(session, () => ControlSession.ReadAsync(connection, _options, _logger, CancellationToken.None)).ConfigureAwait(false);
+        var set = await RoundTripAsync(session, () => ControlSession.ReadAsync(connection, _options, _controlSeenId, _logger, CancellationToken.None)).ConfigureAwait(false);
         ApplyHoldOffs(set);
+        return true;
     }
+
+    private long _controlSeenId = long.MaxValue;
 
     private void ApplyHoldOffs(HoldOffSet set)
     {
+        _controlSeenId = set.TopId;
         var (covered, next) = _ledger.SetHoldOffs(set);
         ScheduleHoldOffEnd(next);
         if (set.All is not null || set.Keys.Count > 0)

@@ -18,9 +18,8 @@ internal sealed partial class LockSession
                 throw new LeaseExpiringException();
             }
 
-            if (_controlPending)
+            if (await ControlTurnAsync(connection, session).ConfigureAwait(false))
             {
-                await ReadHoldOffsAsync(connection, session).ConfigureAwait(false);
                 continue;
             }
 

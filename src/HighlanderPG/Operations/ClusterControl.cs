@@ -231,9 +231,19 @@ public sealed class ClusterControl : IAsyncDisposable
         var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
+            bool exist;
             try
             {
-                if (!await ControlSql.ExistAsync(connection, Schema, cancellationToken).ConfigureAwait(false))
+                exist = await ControlSql.ExistAsync(connection, Schema, cancellationToken).ConfigureAwait(false);
+            }
+            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.InsufficientPrivilege)
+            {
+                exist = true; // no USAGE on the schema: the request below says what to grant
+            }
+
+            try
+            {
+                if (!exist)
                 {
                     await ControlSql.EnsureCreatedAsync(connection, Schema, cancellationToken).ConfigureAwait(false);
                 }
@@ -253,7 +263,8 @@ public sealed class ClusterControl : IAsyncDisposable
             {
                 var role = connection.UserName ?? "this role";
                 throw new ClusterControlException(
-                    $"Role {role} may not {what}: it needs EXECUTE on {signature}. As the schema's owner, run: GRANT EXECUTE ON FUNCTION {signature} TO {role};",
+                    $"Role {role} may not {what} ({ex.MessageText}): it needs USAGE on schema {Schema} and EXECUTE on {signature}. As the schema's owner, run: " +
+                    $"GRANT USAGE ON SCHEMA {Schema} TO {role}; GRANT EXECUTE ON FUNCTION {signature} TO {role};",
                     ex.SqlState, ex);
             }
             catch (PostgresException ex) when (ex.SqlState is ControlSql.NobodyLeadsSqlState or ControlSql.NotLeaderSqlState or ControlSql.UnknownNodeSqlState or ControlSql.BadArgumentSqlState)
