@@ -160,16 +160,17 @@ public sealed class ClusterControl : IAsyncDisposable
     /// <summary>
     /// Waits until none of <paramref name="keys"/> is led by <paramref name="fromNode"/> and each is led by another node
     /// (reading <see cref="ClusterSnapshot"/> every <paramref name="pollInterval"/>, default 200 ms). Bound it with
-    /// <paramref name="cancellationToken"/>. Returns those singletons as last read.
+    /// <paramref name="cancellationToken"/>. Returns those singletons as last read (named when the fencing table or
+    /// <paramref name="names"/> know them).
     /// </summary>
-    public async Task<IReadOnlyList<ClusterSingleton>> WaitMovedAsync(string fromNode, IReadOnlyCollection<long> keys, TimeSpan? pollInterval = null, CancellationToken cancellationToken = default)
+    public async Task<IReadOnlyList<ClusterSingleton>> WaitMovedAsync(string fromNode, IReadOnlyCollection<long> keys, IEnumerable<string>? names = null, TimeSpan? pollInterval = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(fromNode);
         ArgumentNullException.ThrowIfNull(keys);
         var poll = pollInterval ?? TimeSpan.FromMilliseconds(200);
         while (true)
         {
-            var now = await ReadMovedAsync(fromNode, keys, cancellationToken).ConfigureAwait(false);
+            var now = await ReadMovedAsync(keys, names, cancellationToken).ConfigureAwait(false);
             if (now.All(s => s.Leader is { } leader && leader.NodeId != fromNode))
             {
                 return now;
@@ -179,15 +180,14 @@ public sealed class ClusterControl : IAsyncDisposable
         }
     }
 
-    /// <summary>Where <paramref name="keys"/> are now (one snapshot).</summary>
-    public async Task<IReadOnlyList<ClusterSingleton>> ReadMovedAsync(string fromNode, IReadOnlyCollection<long> keys, CancellationToken cancellationToken = default)
+    /// <summary>Where <paramref name="keys"/> are now (one snapshot; named when the fencing table or <paramref name="names"/> know them).</summary>
+    public async Task<IReadOnlyList<ClusterSingleton>> ReadMovedAsync(IReadOnlyCollection<long> keys, IEnumerable<string>? names = null, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(fromNode);
         ArgumentNullException.ThrowIfNull(keys);
         var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
-            var snapshot = await ClusterSnapshot.ReadAsync(connection, Namespace, Schema, null, cancellationToken).ConfigureAwait(false);
+            var snapshot = await ClusterSnapshot.ReadAsync(connection, Namespace, Schema, names, cancellationToken).ConfigureAwait(false);
             return [.. keys.Select(k => snapshot.Singletons.FirstOrDefault(s => s.Key == k)
                 ?? new ClusterSingleton(k, null, null, null, null, null, null, null, null, null, []))];
         }
