@@ -43,6 +43,13 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
 
     public IClusterSingletons? Local => _local;
 
+    /// <summary>The dashboard's data source (the actions' <see cref="Operations.ClusterControl"/> uses it too).</summary>
+    public NpgsqlDataSource DataSource => _dataSource;
+
+    public string Namespace => _namespace;
+
+    public string FencingSchema => _fencingSchema;
+
     public TimeSpan Interval => _interval;
 
     /// <summary>The latest snapshot, the error of the latest read (if it failed), the hand-overs (newest first), and since when they are watched.</summary>
