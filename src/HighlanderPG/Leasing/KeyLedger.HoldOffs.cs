@@ -80,6 +80,18 @@ internal sealed partial class KeyLedger
         }
     }
 
+    /// <summary>Whether any hold-off is known (running, or not yet seen to end).</summary>
+    public bool AnyHoldOffs
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _holdOffs.Count > 0 || _holdAllUntil != long.MinValue;
+            }
+        }
+    }
+
     /// <summary>Whether <paramref name="key"/> is held off now.</summary>
     public bool IsHeldOff(long key)
     {

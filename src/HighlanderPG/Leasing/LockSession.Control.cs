@@ -21,6 +21,9 @@ internal sealed partial class LockSession
     /// <summary>Whether <paramref name="key"/> is held off now (an operator's step-down or drain).</summary>
     public bool IsHeldOff(long key) => _ledger.IsHeldOff(key);
 
+    /// <summary>Whether this node has any hold-off (a cheap check before <see cref="IsHeldOff"/>).</summary>
+    public bool AnyHoldOffs => _ledger.AnyHoldOffs;
+
     private void OnControl(string payload)
     {
         if (payload == _options.NodeId)
