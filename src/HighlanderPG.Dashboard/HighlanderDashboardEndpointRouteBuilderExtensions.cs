@@ -128,35 +128,18 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
                 }).ConfigureAwait(false);
             }).RequireAuthorization(options.ActionsPolicy!).ExcludeFromDescription();
 
-            group.MapPost("/api/nodes/{node}/drain", async (HttpContext context, string node) =>
+            MapNodeAction(group, "drain", options.ActionsPolicy!, async (context, node, logger, user) =>
             {
-                if (await RejectForgeryAsync(context).ConfigureAwait(false) is { } rejected)
-                {
-                    return rejected;
-                }
-
-                return await ControlAsync(async () =>
-                {
-                    var result = await control!.DrainAsync(node, null, context.RequestAborted).ConfigureAwait(false);
-                    LogDrain(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard"), node, context.User.Identity?.Name ?? "(anonymous)", result.HoldOffUntil);
-                    return Results.Ok(new { node, drained = true, holdOffUntil = result.HoldOffUntil, singletons = result.Singletons.Select(s => s.Name ?? s.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), otherNodes = result.OtherNodes });
-                }).ConfigureAwait(false);
-            }).RequireAuthorization(options.ActionsPolicy!).ExcludeFromDescription();
-
-            group.MapPost("/api/nodes/{node}/undrain", async (HttpContext context, string node) =>
+                var result = await control!.DrainAsync(node, null, context.RequestAborted).ConfigureAwait(false);
+                LogDrain(logger, node, user, result.HoldOffUntil);
+                return Results.Ok(new { node, drained = true, holdOffUntil = result.HoldOffUntil, singletons = result.Singletons.Select(s => s.Name ?? s.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), otherNodes = result.OtherNodes });
+            });
+            MapNodeAction(group, "undrain", options.ActionsPolicy!, async (context, node, logger, user) =>
             {
-                if (await RejectForgeryAsync(context).ConfigureAwait(false) is { } rejected)
-                {
-                    return rejected;
-                }
-
-                return await ControlAsync(async () =>
-                {
-                    var ended = await control!.UndrainAsync(node, context.RequestAborted).ConfigureAwait(false);
-                    LogUndrain(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard"), node, context.User.Identity?.Name ?? "(anonymous)", ended);
-                    return Results.Ok(new { node, undrained = true, ended });
-                }).ConfigureAwait(false);
-            }).RequireAuthorization(options.ActionsPolicy!).ExcludeFromDescription();
+                var ended = await control!.UndrainAsync(node, context.RequestAborted).ConfigureAwait(false);
+                LogUndrain(logger, node, user, ended);
+                return Results.Ok(new { node, undrained = true, ended });
+            });
         }
 
         return group;
@@ -234,6 +217,21 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         headers.XContentTypeOptions = "nosniff";
         headers["Referrer-Policy"] = "no-referrer";
         return Results.Content(html, "text/html; charset=utf-8");
+    }
+
+    /// <summary>Maps <c>POST api/nodes/{node}/{action}</c>: behind the policy and the antiforgery token, refusals as problems.</summary>
+    private static void MapNodeAction(RouteGroupBuilder group, string action, string policy, Func<HttpContext, string, ILogger, string, Task<IResult>> run)
+    {
+        group.MapPost("/api/nodes/{node}/" + action, async (HttpContext context, string node) =>
+        {
+            if (await RejectForgeryAsync(context).ConfigureAwait(false) is { } rejected)
+            {
+                return rejected;
+            }
+
+            var logger = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard");
+            return await ControlAsync(() => run(context, node, logger, context.User.Identity?.Name ?? "(anonymous)")).ConfigureAwait(false);
+        }).RequireAuthorization(policy).ExcludeFromDescription();
     }
 
     /// <summary>The antiforgery check of every action: a problem to return, or <see langword="null"/> when the token is valid.</summary>

@@ -105,28 +105,26 @@ public sealed class DashboardActionBrowserTests(PostgresFixture pg)
         await Expect(page.Locator("tr[data-singleton='billing'] td.leader")).ToContainTextAsync("ops-1", wait);
 
         // Step down "billing" from ops-web's dashboard, although ops-1 leads it: it moves to ops-web.
-        var stepDown = await page.RunAndWaitForResponseAsync(
-            () => page.Locator("tr[data-singleton='billing'] button.step-down").ClickAsync(),
-            r => r.Url.Contains("/step-down", StringComparison.Ordinal));
-        Assert.True(stepDown.Ok, await stepDown.TextAsync());
+        await ClickAsync(page, "tr[data-singleton='billing'] button.step-down", "/step-down");
         await Expect(page.Locator("tr[data-singleton='billing'] td.leader")).ToContainTextAsync("ops-web", wait);
         await Expect(page.Locator("tr[data-singleton='mailer'] td.leader")).ToContainTextAsync("ops-1", wait);
 
         // Drain ops-1 from the page: mailer moves too, and ops-1 leads nothing.
-        var drain = await page.RunAndWaitForResponseAsync(
-            () => page.Locator("tr[data-node='ops-1'] button.drain").ClickAsync(),
-            r => r.Url.Contains("/drain", StringComparison.Ordinal));
-        Assert.True(drain.Ok, await drain.TextAsync());
+        await ClickAsync(page, "tr[data-node='ops-1'] button.drain", "/drain");
         await Expect(page.Locator("tr[data-singleton='mailer'] td.leader")).ToContainTextAsync("ops-web", wait);
         await Expect(page.Locator("tr[data-node='ops-1'] td.leads")).ToHaveTextAsync("–", new LocatorAssertionsToHaveTextOptions { Timeout = 60_000 });
         Assert.Equal(1L, await Scalar<long>(cluster, $"SELECT count(*) FROM {cluster.FencingSchema}.hold_offs WHERE node_id = 'ops-1' AND key IS NULL AND until > now()"));
 
-        var undrain = await page.RunAndWaitForResponseAsync(
-            () => page.Locator("tr[data-node='ops-1'] button.undrain").ClickAsync(),
-            r => r.Url.Contains("/undrain", StringComparison.Ordinal));
-        Assert.True(undrain.Ok, await undrain.TextAsync());
+        await ClickAsync(page, "tr[data-node='ops-1'] button.undrain", "/undrain");
         Assert.Equal(0L, await Scalar<long>(cluster, $"SELECT count(*) FROM {cluster.FencingSchema}.hold_offs WHERE node_id = 'ops-1' AND until > now()"));
         Assert.True(errors.Count == 0, "The page logged errors: " + string.Join("; ", errors));
+    }
+
+    /// <summary>Clicks an action's button and waits for its POST's answer, which must succeed.</summary>
+    private static async Task ClickAsync(IPage page, string button, string action)
+    {
+        var response = await page.RunAndWaitForResponseAsync(() => page.Locator(button).ClickAsync(), r => r.Url.EndsWith(action, StringComparison.Ordinal));
+        Assert.True(response.Ok, await response.TextAsync());
     }
 
     private static async Task<T> Scalar<T>(DashboardCluster cluster, string sql)

@@ -67,6 +67,23 @@ internal static class ControlSql
             -- Nodes read their own hold-offs (whatever their role); only the functions below write them.
             GRANT SELECT ON {{s}}.hold_offs TO PUBLIC;
 
+            -- request_hold_off (for the functions below only): records a hold-off and tells the node (NOTIFY, at commit).
+            CREATE OR REPLACE FUNCTION {{s}}.request_hold_off(p_node text, p_key bigint, p_hold_off interval, p_reason text)
+            RETURNS timestamptz LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+            DECLARE
+                v_until timestamptz;
+            BEGIN
+                IF p_hold_off IS NULL OR p_hold_off < interval '0' THEN
+                    RAISE EXCEPTION 'the hold-off must be zero or positive, got %', coalesce(p_hold_off::text, 'NULL') USING ERRCODE = '{{BadArgumentSqlState}}';
+                END IF;
+                v_until := clock_timestamp() + p_hold_off;
+                DELETE FROM {{s}}.hold_offs h WHERE h.until < clock_timestamp();
+                INSERT INTO {{s}}.hold_offs (node_id, key, until, reason) VALUES (p_node, p_key, v_until, p_reason);
+                PERFORM pg_notify('{{Channel(schema)}}', p_node);
+                RETURN v_until;
+            END
+            $fn$;
+
             -- step_down: the node leading the key (or the node named, which must lead it) stops its child, releases the
             -- lock, tells the others, and does not take the key again for p_hold_off. Returns the node and the end of the
             -- hold-off. Raises HL020 (nobody leads it), HL021 (the node named does not lead it), HL023 (bad argument).
@@ -78,9 +95,6 @@ internal static class ControlSql
             BEGIN
                 IF p_key IS NULL THEN
                     RAISE EXCEPTION 'step_down needs the singleton''s key' USING ERRCODE = '{{BadArgumentSqlState}}';
-                END IF;
-                IF p_hold_off IS NULL OR p_hold_off < interval '0' THEN
-                    RAISE EXCEPTION 'the hold-off must be zero or positive, got %', coalesce(p_hold_off::text, 'NULL') USING ERRCODE = '{{BadArgumentSqlState}}';
                 END IF;
                 IF p_node IS NOT NULL AND btrim(p_node) = '' THEN
                     RAISE EXCEPTION 'the node id must not be blank (NULL: whoever leads the singleton)' USING ERRCODE = '{{BadArgumentSqlState}}';
@@ -96,10 +110,7 @@ internal static class ControlSql
                         USING ERRCODE = '{{NotLeaderSqlState}}',
                               HINT = 'Leave the node out to step down whoever leads it.';
                 END IF;
-                v_until := clock_timestamp() + p_hold_off;
-                DELETE FROM {{s}}.hold_offs h WHERE h.until < clock_timestamp();
-                INSERT INTO {{s}}.hold_offs (node_id, key, until, reason) VALUES (v_leader, p_key, v_until, p_reason);
-                PERFORM pg_notify('{{Channel(schema)}}', v_leader);
+                v_until := {{s}}.request_hold_off(v_leader, p_key, p_hold_off, p_reason);
                 RETURN QUERY SELECT v_leader, v_until;
             END
             $fn$;
@@ -114,18 +125,12 @@ internal static class ControlSql
                 IF p_node IS NULL OR btrim(p_node) = '' THEN
                     RAISE EXCEPTION 'drain needs a node id' USING ERRCODE = '{{BadArgumentSqlState}}';
                 END IF;
-                IF p_hold_off IS NULL OR p_hold_off < interval '0' THEN
-                    RAISE EXCEPTION 'the hold-off must be zero or positive, got %', coalesce(p_hold_off::text, 'NULL') USING ERRCODE = '{{BadArgumentSqlState}}';
-                END IF;
                 IF NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database() AND a.application_name = 'highlander/' || p_node) THEN
                     RAISE EXCEPTION 'no live node has id "%"', p_node
                         USING ERRCODE = '{{UnknownNodeSqlState}}',
                               HINT = 'Node ids are those of highlander status (the lock sessions'' application_name highlander/{NodeId}).';
                 END IF;
-                v_until := clock_timestamp() + p_hold_off;
-                DELETE FROM {{s}}.hold_offs h WHERE h.until < clock_timestamp();
-                INSERT INTO {{s}}.hold_offs (node_id, key, until, reason) VALUES (p_node, NULL, v_until, p_reason);
-                PERFORM pg_notify('{{Channel(schema)}}', p_node);
+                v_until := {{s}}.request_hold_off(p_node, NULL, p_hold_off, p_reason);
                 RETURN QUERY SELECT v_until, coalesce((SELECT array_agg(h.key ORDER BY h.key) FROM ({{Holders}}) h WHERE h.node_id = p_node), '{}');
             END
             $fn$;
@@ -147,6 +152,7 @@ internal static class ControlSql
             END
             $fn$;
 
+            REVOKE EXECUTE ON FUNCTION {{s}}.request_hold_off(text, bigint, interval, text) FROM PUBLIC;
             REVOKE EXECUTE ON FUNCTION {{StepDownSignature(schema)}} FROM PUBLIC;
             REVOKE EXECUTE ON FUNCTION {{DrainSignature(schema)}} FROM PUBLIC;
             REVOKE EXECUTE ON FUNCTION {{UndrainSignature(schema)}} FROM PUBLIC;
@@ -175,27 +181,12 @@ internal static class ControlSql
         """;
 
     /// <summary>Creates or upgrades the control objects unless current, under the schema's DDL lock (<see cref="FencingSql.LockDdlAsync"/>).</summary>
-    public static async Task EnsureCreatedAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken)
-    {
-        if (await IsCurrentAsync(connection, null, schema, cancellationToken).ConfigureAwait(false))
-        {
-            return;
-        }
-
-        await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
-        await FencingSql.LockDdlAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false);
-        if (!await IsCurrentAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false))
-        {
-            await using var ddl = new NpgsqlCommand(Ddl(schema), connection, tx);
-            await ddl.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }
-
-        await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
-    }
+    public static Task EnsureCreatedAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken) =>
+        SchemaObjects.EnsureCurrentAsync(connection, schema, Exists, Ddl, cancellationToken);
 
     /// <summary>Whether the current control objects exist (without creating them).</summary>
     public static Task<bool> ExistAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken) =>
-        IsCurrentAsync(connection, null, schema, cancellationToken);
+        SchemaObjects.IsCurrentAsync(connection, null, schema, Exists, cancellationToken);
 
     /// <summary>
     /// Reads a node's hold-offs: per key the remaining time, and under <see langword="null"/> key a drain's; those
@@ -232,12 +223,6 @@ internal static class ControlSql
         return new HoldOffSet(all, keys, top);
     }
 
-    private static async Task<bool> IsCurrentAsync(NpgsqlConnection connection, NpgsqlTransaction? tx, string schema, CancellationToken cancellationToken)
-    {
-        await using var check = new NpgsqlCommand(Exists, connection, tx);
-        check.Parameters.Add(new NpgsqlParameter<string> { TypedValue = schema });
-        return (bool)(await check.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
-    }
 }
 
 /// <summary>

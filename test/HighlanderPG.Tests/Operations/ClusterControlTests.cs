@@ -14,15 +14,23 @@ public sealed class ClusterControlTests(PostgresFixture pg)
 {
     private static string Id(string name) => name + "-" + Guid.NewGuid().ToString("N")[..8];
 
-    [Fact]
-    public async Task A_step_down_from_anywhere_moves_the_singleton_gracefully_and_the_old_leader_stays_off_during_the_hold_off()
+    /// <summary>Node a leads "job", node b follows it.</summary>
+    private static async Task<(TestNode A, TestNode B)> StartTwoAsync(TestCluster cluster)
     {
-        await using var cluster = new TestCluster(pg.ConnectionString);
         var (idA, idB) = (Id("a"), Id("b"));
         var a = await cluster.StartNodeAsync(idA);
         await cluster.Recorder.WaitStartedAsync("job", node: idA);
         var b = await cluster.StartNodeAsync(idB);
         await b.WaitForLeaderAsync("job", idA);
+        return (a, b);
+    }
+
+    [Fact]
+    public async Task A_step_down_from_anywhere_moves_the_singleton_gracefully_and_the_old_leader_stays_off_during_the_hold_off()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var (a, b) = await StartTwoAsync(cluster);
+        var (idA, idB) = (a.NodeId, b.NodeId);
         await using var control = new ClusterControl(pg.ConnectionString, cluster.Namespace);
 
         var mark = cluster.Recorder.Mark();
@@ -59,11 +67,8 @@ public sealed class ClusterControlTests(PostgresFixture pg)
     public async Task The_old_leader_takes_the_singleton_back_once_its_hold_off_has_ended()
     {
         await using var cluster = new TestCluster(pg.ConnectionString);
-        var (idA, idB) = (Id("a"), Id("b"));
-        var a = await cluster.StartNodeAsync(idA);
-        await cluster.Recorder.WaitStartedAsync("job", node: idA);
-        var b = await cluster.StartNodeAsync(idB);
-        await b.WaitForLeaderAsync("job", idA);
+        var (a, b) = await StartTwoAsync(cluster);
+        var (idA, idB) = (a.NodeId, b.NodeId);
         await using var control = new ClusterControl(pg.ConnectionString, cluster.Namespace);
 
         var mark = cluster.Recorder.Mark();
