@@ -1,3 +1,4 @@
+using HighlanderPG.Diagnostics;
 using HighlanderPG.Fencing;
 using HighlanderPG.Operations;
 using HighlanderPG.Tests.Infrastructure;
@@ -185,6 +186,44 @@ public sealed class ClusterControlTests(PostgresFixture pg)
         await cluster.Recorder.WaitStartedAsync("job", mark, node: idA);
         Assert.Equal(role, await Db.ScalarAsync<string>(pg.ConnectionString,
             "SELECT requested_by FROM highlander.hold_offs WHERE node_id = $1 ORDER BY id DESC LIMIT 1", idA));
+        cluster.Recorder.AssertNoOverlap();
+    }
+
+    [Fact]
+    public async Task A_node_whose_role_does_not_own_an_existing_fencing_schema_runs_on_and_obeys_once_the_owner_ran_the_control_ddl()
+    {
+        // An existing fencing schema, created by a DBA; the node's role has only what the README lists for fencing.
+        var schema = "ctl_" + Guid.NewGuid().ToString("N")[..10];
+        var nodeRole = schema + "_node";
+        var password = Guid.NewGuid().ToString("N");
+        await Db.ScalarAsync<object>(pg.ConnectionString, FencingSql.Ddl(schema));
+        await Db.ScalarAsync<object>(pg.ConnectionString, $"""
+            CREATE ROLE {nodeRole} LOGIN PASSWORD '{password}';
+            GRANT USAGE ON SCHEMA {schema} TO {nodeRole};
+            GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {nodeRole};
+            """);
+        var asNode = new NpgsqlConnectionStringBuilder(pg.ConnectionString) { Username = nodeRole, Password = password }.ConnectionString;
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = Id("a");
+        var a = await cluster.StartNodeAsync(idA, connectionString: asNode, configure: o =>
+        {
+            o.Fencing = true;
+            o.FencingSchema = schema;
+        });
+
+        // It may not create the control objects: it says so and leads all the same.
+        await cluster.Logs.WaitAsync(e => e.Node == idA && e.EventId.Id == HighlanderEventIds.ControlUnavailable);
+        await a.WaitForStateAsync("job", SingletonState.Leading);
+
+        // The owner creates them (ClusterControl does, as the owner); the node, listening already, obeys a step-down.
+        await using var control = new ClusterControl(pg.ConnectionString, cluster.Namespace, schema);
+        var mark = cluster.Recorder.Mark();
+        var result = await control.StepDownAsync("job", idA, TimeSpan.FromMinutes(5));
+        Assert.Equal(idA, result.NodeId);
+        await cluster.Recorder.WaitStoppedAsync("job", idA, mark);
+        await a.WaitForStateAsync("job", SingletonState.Following);
+        Assert.Equal(1, await control.UndrainAsync(idA));
+        await cluster.Recorder.WaitStartedAsync("job", mark, node: idA);
         cluster.Recorder.AssertNoOverlap();
     }
 
