@@ -62,8 +62,13 @@ internal sealed partial class LockSession
     private void ApplyHoldOffs(HoldOffSet set)
     {
         _controlSeenId = set.TopId;
-        var (covered, next) = _ledger.SetHoldOffs(set);
-        ScheduleHoldOffEnd(next);
+        List<long> covered;
+        lock (_holdOffTimerGate)
+        {
+            (covered, var next) = _ledger.SetHoldOffs(set);
+            ScheduleHoldOffEnd(next);
+        }
+
         if (set.All is not null || set.Keys.Count > 0)
         {
             Log.HoldOffs(_logger, set.All, set.Keys.Count, covered.Count);
@@ -77,29 +82,43 @@ internal sealed partial class LockSession
         WantsChanged?.Invoke();
     }
 
+    private readonly Lock _holdOffTimerGate = new();
+
+    /// <summary>
+    /// Sets the timer to the next hold-off's end (none: off). Only a prompt wake-up: every try checks the hold-offs
+    /// against the clock itself (<see cref="KeyLedger.TakeWork"/>).
+    /// </summary>
     private void ScheduleHoldOffEnd(TimeSpan? next)
     {
-        if (next is not { } due)
+        lock (_holdOffTimerGate)
         {
-            _holdOffTimer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            return;
-        }
+            if (next is not { } due)
+            {
+                _holdOffTimer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                return;
+            }
 
-        // A little after the end, so that the ledger sees it ended (its clock is the same TimeProvider).
-        due += TimeSpan.FromMilliseconds(1);
-        if (_holdOffTimer is null)
-        {
-            _holdOffTimer = _time.CreateTimer(static state => ((LockSession)state!).OnHoldOffEnded(), this, due, Timeout.InfiniteTimeSpan);
-        }
-        else
-        {
-            _holdOffTimer.Change(due, Timeout.InfiniteTimeSpan);
+            // A little after the end, so that the ledger sees it ended (its clock is the same TimeProvider).
+            due += TimeSpan.FromMilliseconds(1);
+            if (_holdOffTimer is null)
+            {
+                _holdOffTimer = _time.CreateTimer(static state => ((LockSession)state!).OnHoldOffEnded(), this, due, Timeout.InfiniteTimeSpan);
+            }
+            else
+            {
+                _holdOffTimer.Change(due, Timeout.InfiniteTimeSpan);
+            }
         }
     }
 
     private void OnHoldOffEnded()
     {
-        ScheduleHoldOffEnd(_ledger.HoldOffsElapsed());
+        lock (_holdOffTimerGate)
+        {
+            // Computed and set under one lock, so that a newer read's schedule is never overwritten by an older one.
+            ScheduleHoldOffEnd(_ledger.HoldOffsElapsed());
+        }
+
         Wake();
         WantsChanged?.Invoke();
     }
