@@ -113,9 +113,11 @@ public sealed class DashboardActionBrowserTests(PostgresFixture pg)
         await ClickAsync(page, "tr[data-node='ops-1'] button.drain", "/drain");
         await Expect(page.Locator("tr[data-singleton='mailer'] td.leader")).ToContainTextAsync("ops-web", wait);
         await Expect(page.Locator("tr[data-node='ops-1'] td.leads")).ToHaveTextAsync("–", new LocatorAssertionsToHaveTextOptions { Timeout = 60_000 });
+        await Expect(page.Locator("tr[data-node='ops-1'] td.node")).ToContainTextAsync("drained until", wait);
         Assert.Equal(1L, await Scalar<long>(cluster, $"SELECT count(*) FROM {cluster.FencingSchema}.hold_offs WHERE node_id = 'ops-1' AND key IS NULL AND until > now()"));
 
         await ClickAsync(page, "tr[data-node='ops-1'] button.undrain", "/undrain");
+        await Expect(page.Locator("tr[data-node='ops-1'] td.node")).Not.ToContainTextAsync("drained", wait);
         Assert.Equal(0L, await Scalar<long>(cluster, $"SELECT count(*) FROM {cluster.FencingSchema}.hold_offs WHERE node_id = 'ops-1' AND until > now()"));
         Assert.True(errors.Count == 0, "The page logged errors: " + string.Join("; ", errors));
     }

@@ -157,6 +157,47 @@ public sealed class ClusterControl : IAsyncDisposable
         }, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>The hold-offs running now (drains and step-downs), oldest first; none when the control objects do not exist.</summary>
+    public async Task<IReadOnlyList<HoldOff>> GetHoldOffsAsync(CancellationToken cancellationToken = default)
+    {
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            return await ReadHoldOffsAsync(connection, Schema, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// The hold-offs running now in <paramref name="schema"/>, on an open connection of the caller's; none when the control
+    /// objects do not exist. Needs <c>USAGE</c> on the schema (the table is readable by every role).
+    /// </summary>
+    public static async Task<IReadOnlyList<HoldOff>> ReadHoldOffsAsync(NpgsqlConnection connection, string schema = "highlander", CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        if (!await ControlSql.ExistAsync(connection, schema, cancellationToken).ConfigureAwait(false))
+        {
+            return [];
+        }
+
+        var list = new List<HoldOff>();
+        await using var cmd = new NpgsqlCommand(
+            $"SELECT node_id, key, until, requested_by, requested_at, reason FROM {Messaging.MessagingSql.Valid(schema)}.hold_offs WHERE until > clock_timestamp() ORDER BY id",
+            connection);
+        await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            list.Add(new HoldOff(
+                reader.GetString(0),
+                reader.IsDBNull(1) ? null : reader.GetInt64(1),
+                reader.GetFieldValue<DateTimeOffset>(2),
+                reader.GetString(3),
+                reader.GetFieldValue<DateTimeOffset>(4),
+                reader.IsDBNull(5) ? null : reader.GetString(5)));
+        }
+
+        return list;
+    }
+
     /// <summary>
     /// Waits until none of <paramref name="keys"/> is led by <paramref name="fromNode"/> and each is led by another node
     /// (reading <see cref="ClusterSnapshot"/> every <paramref name="pollInterval"/>, default 200 ms). Bound it with
@@ -325,6 +366,38 @@ public sealed class DrainResult
 
     /// <summary>The other live nodes; empty: the drained node's singletons run nowhere until the hold-off ends.</summary>
     public IReadOnlyList<string> OtherNodes { get; }
+}
+
+/// <summary>One running hold-off: a node may not lead a singleton (or, drained, any) until <see cref="Until"/>.</summary>
+public sealed class HoldOff
+{
+    internal HoldOff(string nodeId, long? key, DateTimeOffset until, string requestedBy, DateTimeOffset requestedAt, string? reason)
+    {
+        NodeId = nodeId;
+        Key = key;
+        Until = until;
+        RequestedBy = requestedBy;
+        RequestedAt = requestedAt;
+        Reason = reason;
+    }
+
+    /// <summary>The node held off.</summary>
+    public string NodeId { get; }
+
+    /// <summary>The singleton's key (a step-down), or <see langword="null"/>: every singleton (a drain).</summary>
+    public long? Key { get; }
+
+    /// <summary>When it ends (the database server's clock).</summary>
+    public DateTimeOffset Until { get; }
+
+    /// <summary>The database role that asked.</summary>
+    public string RequestedBy { get; }
+
+    /// <summary>When it was asked (the database server's clock).</summary>
+    public DateTimeOffset RequestedAt { get; }
+
+    /// <summary>The reason given, if any.</summary>
+    public string? Reason { get; }
 }
 
 /// <summary>A step-down, drain or undrain request was refused: the message says why and what to do.</summary>
