@@ -310,7 +310,7 @@ public sealed class ClusterControl : IAsyncDisposable
             }
             catch (PostgresException ex) when (ex.SqlState is ControlSql.NobodyLeadsSqlState or ControlSql.NotLeaderSqlState or ControlSql.UnknownNodeSqlState or ControlSql.BadArgumentSqlState)
             {
-                throw new ClusterControlException(ex.MessageText + (ex.Hint is { } hint ? " " + hint : ""), ex.SqlState, ex);
+                throw new ClusterControlException(ex.MessageText + (ex.Hint is { } hint ? ". " + hint : ""), ex.SqlState, ex);
             }
         }
     }
