@@ -1,0 +1,150 @@
+using HighlanderPG.Diagnostics;
+using HighlanderPG.Placement;
+using Npgsql;
+
+namespace HighlanderPG.Leasing;
+
+/// <summary>
+/// The spread placement on the lock session (docs/lease-protocol.md, "Placement"): joining the namespace's members,
+/// reading them (at most once per heartbeat, and before the next try after a holder went away), splitting each try by
+/// the share, and asking runners above their share or not preferred to hand over. Under <see cref="SingletonPlacement.FirstComer"/>
+/// none of it runs.
+/// </summary>
+internal sealed partial class LockSession
+{
+    private SpreadView? _view;
+    private int _joinedGeneration = -1;
+    private long _nextMembersRead = long.MinValue;
+    private long _nextHandOverPlan = long.MinValue;
+    private int _registered;
+    private Func<long, TimeSpan, Task>? _handOver;
+    private Dictionary<long, string> _names = [];
+
+    private bool Spread => _options.Placement == SingletonPlacement.Spread;
+
+    /// <summary>
+    /// Sets up the spread placement: the node's singletons (key, name, preferred node patterns), and how to make one of
+    /// them step down gracefully with a hold-off (its runner's <c>StepDownAsync</c>). Called once, before the session runs.
+    /// </summary>
+    public void ConfigurePlacement(IReadOnlyList<(long Key, string Name, IReadOnlyList<string> Preferred)> singletons, Func<long, TimeSpan, Task> handOver)
+    {
+        _registered = singletons.Count;
+        _handOver = handOver;
+        _names = singletons.ToDictionary(s => s.Key, s => s.Name);
+        foreach (var (key, _, preferred) in singletons)
+        {
+            _ledger.SetPreferred(key, preferred);
+        }
+    }
+
+    /// <summary>The current view of the members (spread placement only; <see langword="null"/> before the first read).</summary>
+    internal SpreadView? PlacementView => Volatile.Read(ref _view);
+
+    /// <summary>Whether the members must be read before anything else: a new session, a holder gone, or a heartbeat's time.</summary>
+    private bool MembersDue(long now) =>
+        Spread && (_joinedGeneration != _ledger.Generation || now >= _nextMembersRead || _ledger.MembersStale);
+
+    /// <summary>When the loop must wake for the placement: the next membership read or the end of a deferred key's grace.</summary>
+    private long PlacementWakeAt() => Spread ? Math.Min(_nextMembersRead, _ledger.NextGraceEnd) : long.MaxValue;
+
+    /// <summary>
+    /// Joins the members in a new session (a shared lock on the namespace's membership key) and holds every try back for the
+    /// grace, so that nodes started together have all joined before any computes its share; then reads the members (this
+    /// read also renews the lease, like a heartbeat) and, at most once per heartbeat, plans the hand-overs.
+    /// </summary>
+    private async Task<long> RefreshMembersAsync(NpgsqlConnection connection, SessionIo session)
+    {
+        var sent = _time.GetTimestamp();
+        var key = Membership.Key(_options.Namespace);
+        if (_joinedGeneration != _ledger.Generation)
+        {
+            await RoundTripAsync(session, () => Membership.JoinAsync(connection, key)).ConfigureAwait(false);
+            _joinedGeneration = _ledger.Generation;
+            var joinEnds = _time.GetTimestamp() + Delta(_timings.SpreadGrace);
+            _lockDelayUntil = Math.Max(_lockDelayUntil, joinEnds);
+            _nextMembersRead = joinEnds;
+            _nextHandOverPlan = joinEnds;
+        }
+
+        _ledger.MembersStale = false;
+        var (members, pid, serverTime) = await RoundTripAsync(session, () => Membership.ReadAsync(connection, key)).ConfigureAwait(false);
+        CheckPid(pid);
+        ObserveServerClock(serverTime, sent);
+        var view = new SpreadView(_options.NodeId, _backendPid, members, _timings.SpreadSettle);
+        if (!view.SameMembers(_view))
+        {
+            Log.PlacementMembers(_logger, view.Live, view.Share(_registered), view.Describe());
+        }
+
+        Volatile.Write(ref _view, view);
+        var now = _time.GetTimestamp();
+        _nextMembersRead = Math.Max(_nextMembersRead, sent + Delta(_timings.Heartbeat));
+        if (now >= _nextHandOverPlan && now >= _lockDelayUntil)
+        {
+            _nextHandOverPlan = now + Delta(_timings.Heartbeat);
+            PlanHandOvers(view);
+        }
+
+        return sent + Delta(_timings.Heartbeat);
+    }
+
+    /// <summary>
+    /// Asks the runners of the singletons this node should give up (<see cref="SpreadPlanner.HandOvers"/>) to step down,
+    /// with the grace as their hold-off; never while an earlier hand-over is still under way (a rate limit: at most one
+    /// batch per heartbeat, each sized to the members' deficit).
+    /// </summary>
+    private void PlanHandOvers(SpreadView view)
+    {
+        if (_handOver is null || _ledger.HandOverInFlight)
+        {
+            return;
+        }
+
+        var handOvers = SpreadPlanner.HandOvers(_ledger.HeldForPlacement(), _registered, view);
+        if (handOvers.Count == 0)
+        {
+            return;
+        }
+
+        _ledger.HandingOver(handOvers.Select(h => h.Key));
+        var surplus = handOvers.Where(h => h.Reason == HandOverReason.Surplus).ToList();
+        if (surplus.Count > 0)
+        {
+            Log.SpreadHandOver(_logger, surplus.Count, _ledger.LeadingCount, view.Share(_registered), view.Live);
+        }
+
+        foreach (var (key, reason) in handOvers)
+        {
+            if (reason == HandOverReason.Preference)
+            {
+                Log.PreferenceHandOver(_logger, _names.GetValueOrDefault(key, key.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+            }
+
+            _ = StepDownQuietly(key);
+        }
+
+        async Task StepDownQuietly(long key)
+        {
+            try
+            {
+                await _handOver(key, _timings.SpreadGrace).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                Log.RunnerError(_logger, ex, _names.GetValueOrDefault(key, "?"));
+            }
+        }
+    }
+
+    /// <summary>What to try of <paramref name="keys"/>: all of them (first comer), or as the spread placement splits them.</summary>
+    private TryPlan? PlanTries(long[] keys)
+    {
+        if (!Spread)
+        {
+            return TryPlan.Every(keys);
+        }
+
+        var view = _view ?? new SpreadView(_options.NodeId, _backendPid, [], _timings.SpreadSettle);
+        return _ledger.PlanTries(keys, view, _registered, _time.GetTimestamp(), Delta(_timings.SpreadGrace));
+    }
+}
