@@ -120,6 +120,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return;
         }
 
+        Session?.LeavePlacement(); // spread: counted out before its singletons are released (docs/lease-protocol.md, "Placement")
         foreach (var stop in _runnerStops)
         {
             _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do

@@ -40,9 +40,25 @@ internal sealed partial class LockSession
     /// <summary>The current view of the members (spread placement only; <see langword="null"/> before the first read).</summary>
     internal SpreadView? PlacementView => Volatile.Read(ref _view);
 
-    /// <summary>Whether the members must be read before anything else: a new session, a holder gone, or a heartbeat's time.</summary>
+    /// <summary>
+    /// The node is stopping: it leaves the members before its singletons are released (the next round trip), so that the
+    /// others count it out when they see its releases, and take them at once by their new share instead of waiting the grace.
+    /// </summary>
+    public void LeavePlacement()
+    {
+        if (Spread)
+        {
+            _leaving = true;
+            Wake();
+        }
+    }
+
+    private volatile bool _leaving;
+    private bool _left;
+
+    /// <summary>Whether the members must be read (or left) before anything else: a new session, a holder gone, a heartbeat's time, a stop.</summary>
     private bool MembersDue(long now) =>
-        Spread && (_joinedGeneration != _ledger.Generation || now >= _nextMembersRead || _ledger.MembersStale);
+        Spread && !_left && (_leaving || _joinedGeneration != _ledger.Generation || now >= _nextMembersRead || _ledger.MembersStale);
 
     /// <summary>When the loop must wake for the placement: the next membership read or the end of a deferred key's grace.</summary>
     private long PlacementWakeAt() => Spread ? Math.Min(_nextMembersRead, _ledger.NextGraceEnd) : long.MaxValue;
@@ -56,6 +72,17 @@ internal sealed partial class LockSession
     {
         var sent = _time.GetTimestamp();
         var key = Membership.Key(_options.Namespace);
+        if (_leaving)
+        {
+            _left = true;
+            if (_joinedGeneration == _ledger.Generation)
+            {
+                await RoundTripAsync(session, () => Membership.LeaveAsync(connection, key)).ConfigureAwait(false);
+            }
+
+            return sent + Delta(_timings.Heartbeat);
+        }
+
         if (_joinedGeneration != _ledger.Generation)
         {
             await RoundTripAsync(session, () => Membership.JoinAsync(connection, key)).ConfigureAwait(false);

@@ -29,6 +29,14 @@ internal static class Membership
         return (bool)(await cmd.ExecuteScalarAsync().ConfigureAwait(false))!;
     }
 
+    /// <summary>Leaves: gives the shared lock on the membership key back (the node is stopping).</summary>
+    public static async Task<bool> LeaveAsync(NpgsqlConnection connection, long key)
+    {
+        await using var cmd = new NpgsqlCommand("SELECT pg_advisory_unlock_shared($1)", connection);
+        cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+        return (bool)(await cmd.ExecuteScalarAsync().ConfigureAwait(false))!;
+    }
+
     /// <summary>
     /// The members (one <c>pg_locks</c> scan, materialised once), with this backend's pid and the server's clock (so that the
     /// read also serves as a heartbeat).
