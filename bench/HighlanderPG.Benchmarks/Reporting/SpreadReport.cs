@@ -52,7 +52,12 @@ internal sealed class SpreadReport(BenchmarkSettings settings, EnvironmentInfo e
         return p.ReturnedLeads is { } r ? text + string.Create(CultureInfo.InvariantCulture, $"; the returned node leads {r}") : text;
     }
 
-    private static string Ms(double? ms) => ms is { } m ? Format.Milliseconds(m) : "–";
+    private static string Ms(double? ms) => ms switch
+    {
+        null => "–",
+        0 => "nothing moved",
+        { } m => Format.Milliseconds(m),
+    };
 
     public string Render(string jsonName)
     {

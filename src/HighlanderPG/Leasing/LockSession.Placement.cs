@@ -37,9 +37,6 @@ internal sealed partial class LockSession
         }
     }
 
-    /// <summary>The current view of the members (spread placement only; <see langword="null"/> before the first read).</summary>
-    internal SpreadView? PlacementView => Volatile.Read(ref _view);
-
     /// <summary>
     /// The node is stopping: it leaves the members before its singletons are released (the next round trip), so that the
     /// others count it out when they see its releases, and take them at once by their new share instead of waiting the grace.
@@ -103,7 +100,7 @@ internal sealed partial class LockSession
             Log.PlacementMembers(_logger, view.Live, view.Share(_registered), view.Describe());
         }
 
-        Volatile.Write(ref _view, view);
+        _view = view;
         var now = _time.GetTimestamp();
         _nextMembersRead = Math.Max(_nextMembersRead, sent + Delta(_timings.Heartbeat));
         if (now >= _nextHandOverPlan && now >= _lockDelayUntil)
