@@ -39,6 +39,13 @@ internal sealed class LeaseTimings
     /// </summary>
     public TimeSpan SpreadGrace { get; }
 
+    /// <summary>
+    /// Spread placement: the longest join window of a new session. It lasts the grace, and another grace each time it ends
+    /// while some member joined within the last grace (nodes started one after another), up to this: 4 × the grace. It
+    /// holds back only that session's own tries, so it adds to 0x only when nothing else runs the singletons (a cold start).
+    /// </summary>
+    public TimeSpan SpreadJoinWindowMax => SpreadGrace * 4;
+
     /// <summary>Spread placement: how long a member must have been live before others hand singletons over to it. The option, or 5 heartbeats.</summary>
     public TimeSpan SpreadSettle { get; }
 

@@ -14,6 +14,8 @@ internal sealed partial class LockSession
 {
     private SpreadView? _view;
     private int _joinedGeneration = -1;
+    private long _joinedAt;
+    private bool _joining;
     private long _nextMembersRead = long.MinValue;
     private long _nextHandOverPlan = long.MinValue;
     private int _registered;
@@ -62,7 +64,8 @@ internal sealed partial class LockSession
 
     /// <summary>
     /// Joins the members in a new session (a shared lock on the namespace's membership key) and holds every try back for the
-    /// grace, so that nodes started together have all joined before any computes its share; then reads the members (this
+    /// grace (longer while others are still joining, see <see cref="LeaseTimings.SpreadJoinWindowMax"/>), so that nodes
+    /// started together have all joined before any computes its share; then reads the members (this
     /// read also renews the lease, like a heartbeat) and, at most once per heartbeat, plans the hand-overs.
     /// </summary>
     private async Task<long> RefreshMembersAsync(NpgsqlConnection connection, SessionIo session)
@@ -84,7 +87,9 @@ internal sealed partial class LockSession
         {
             await RoundTripAsync(session, () => Membership.JoinAsync(connection, key)).ConfigureAwait(false);
             _joinedGeneration = _ledger.Generation;
-            var joinEnds = _time.GetTimestamp() + Delta(_timings.SpreadGrace);
+            _joinedAt = _time.GetTimestamp();
+            _joining = true;
+            var joinEnds = _joinedAt + Delta(_timings.SpreadGrace);
             _lockDelayUntil = Math.Max(_lockDelayUntil, joinEnds);
             _nextMembersRead = joinEnds;
             _nextHandOverPlan = joinEnds;
@@ -102,6 +107,23 @@ internal sealed partial class LockSession
 
         _view = view;
         var now = _time.GetTimestamp();
+        if (_joining && now >= _lockDelayUntil)
+        {
+            // The join window ends; while other members are still joining (one joined within the grace), it is extended
+            // by a grace, up to SpreadJoinWindowMax in all: nodes started one after another then all count each other
+            // before any takes its share. It holds back this session's own tries only.
+            if (view.Others.Any(m => m.Age is { } age && age < _timings.SpreadGrace) && now + Delta(_timings.SpreadGrace) <= _joinedAt + Delta(_timings.SpreadJoinWindowMax))
+            {
+                _lockDelayUntil = now + Delta(_timings.SpreadGrace);
+                _nextMembersRead = _lockDelayUntil;
+                _nextHandOverPlan = _lockDelayUntil;
+            }
+            else
+            {
+                _joining = false;
+            }
+        }
+
         _nextMembersRead = Math.Max(_nextMembersRead, sent + Delta(_timings.Heartbeat));
         if (now >= _nextHandOverPlan && now >= _lockDelayUntil)
         {
