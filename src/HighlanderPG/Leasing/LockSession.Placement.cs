@@ -125,6 +125,12 @@ internal sealed partial class LockSession
         }
 
         _nextMembersRead = Math.Max(_nextMembersRead, sent + Delta(_timings.Heartbeat));
+        if (_joining)
+        {
+            // The first tries, at the join window's end, go with a fresh view (the grace may be shorter than the heartbeat).
+            _nextMembersRead = Math.Min(_nextMembersRead, _lockDelayUntil);
+        }
+
         if (now >= _nextHandOverPlan && now >= _lockDelayUntil)
         {
             _nextHandOverPlan = now + Delta(_timings.Heartbeat);
