@@ -187,6 +187,15 @@ internal sealed partial class KeyLedger
         }
     }
 
+    /// <summary>The step-down asked for <paramref name="key"/> is over (released, or its runner was not leading it).</summary>
+    public void HandOverDone(long key)
+    {
+        lock (_gate)
+        {
+            _handingOver.Remove(key);
+        }
+    }
+
     /// <summary>These keys' runners were asked to step down.</summary>
     public void HandingOver(IEnumerable<long> keys)
     {

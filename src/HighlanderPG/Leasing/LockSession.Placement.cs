@@ -185,6 +185,12 @@ internal sealed partial class LockSession
             {
                 Log.RunnerError(_logger, ex, _names.GetValueOrDefault(key, "?"));
             }
+            finally
+            {
+                // Released, or the runner was not leading it (yet): either way no longer under way, so the next batch is
+                // not held back by a step-down that did not happen.
+                _ledger.HandOverDone(key);
+            }
         }
     }
 
