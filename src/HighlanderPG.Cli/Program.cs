@@ -45,6 +45,9 @@ internal static class Program
             RunCommand.Create(command, hasSeparator),
             StatusCommand.Create(),
             DemoCommand.Create(),
+            ControlCommands.StepDown(),
+            ControlCommands.Drain(),
+            ControlCommands.Undrain(),
         };
         foreach (var subcommand in root.Subcommands.Where(c => c.Name != "run"))
         {

@@ -40,6 +40,9 @@ internal static class DashboardJson
             Sessions(w, "waitSessions", node.WaitSessions);
             Keys(w, "leading", node.Leading, names);
             Keys(w, "waitingOn", node.WaitingOn, names);
+            var holdOffs = monitor.HoldOffs.Where(h => h.NodeId == node.NodeId).ToList();
+            Time(w, "drainedUntil", holdOffs.Where(h => h.Key is null).Select(h => (DateTimeOffset?)h.Until).Max());
+            Keys(w, "heldOff", [.. holdOffs.Where(h => h.Key is not null).Select(h => h.Key!.Value).Distinct()], names);
             w.WriteEndObject();
         }
 

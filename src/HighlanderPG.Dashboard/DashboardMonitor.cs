@@ -24,6 +24,7 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
     private readonly object _gate = new();
     private readonly TaskCompletionSource _firstRead = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private ClusterSnapshot? _latest;
+    private IReadOnlyList<Operations.HoldOff> _holdOffs = [];
     private string? _error;
     private DateTimeOffset? _watchingSince;
     private Task? _loop;
@@ -43,7 +44,26 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
 
     public IClusterSingletons? Local => _local;
 
+    /// <summary>The dashboard's data source (the actions' <see cref="Operations.ClusterControl"/> uses it too).</summary>
+    public NpgsqlDataSource DataSource => _dataSource;
+
+    public string Namespace => _namespace;
+
+    public string FencingSchema => _fencingSchema;
+
     public TimeSpan Interval => _interval;
+
+    /// <summary>The hold-offs (drains, step-downs) running at the latest read.</summary>
+    public IReadOnlyList<Operations.HoldOff> HoldOffs
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _holdOffs;
+            }
+        }
+    }
 
     /// <summary>The latest snapshot, the error of the latest read (if it failed), the hand-overs (newest first), and since when they are watched.</summary>
     public (ClusterSnapshot? Snapshot, string? Error, IReadOnlyList<ClusterHandOver> HandOvers, DateTimeOffset? WatchingSince) Current
@@ -84,6 +104,15 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
                 var names = _names.Concat(local).Distinct(StringComparer.Ordinal).ToList();
                 await using var connection = await _dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
                 var snapshot = await ClusterSnapshot.ReadAsync(connection, _namespace, _fencingSchema, names, stopping).ConfigureAwait(false);
+                IReadOnlyList<Operations.HoldOff> holdOffs;
+                try
+                {
+                    holdOffs = await Operations.ClusterControl.ReadHoldOffsAsync(connection, _fencingSchema, stopping).ConfigureAwait(false);
+                }
+                catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.InsufficientPrivilege)
+                {
+                    holdOffs = []; // no USAGE on the schema: the page shows no drains
+                }
                 lock (_gate)
                 {
                     _watchingSince ??= snapshot.TakenAt;
@@ -100,6 +129,7 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
                     }
 
                     _latest = snapshot;
+                    _holdOffs = holdOffs;
                     _error = null;
                 }
 

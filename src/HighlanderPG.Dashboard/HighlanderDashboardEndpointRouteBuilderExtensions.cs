@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using HighlanderPG.Diagnostics;
+using HighlanderPG.Operations;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authorization;
 using Microsoft.AspNetCore.Builder;
@@ -30,7 +31,10 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
     /// <summary>
     /// Maps the dashboard under <paramref name="pattern"/>: the page (<c>GET pattern</c>), its JSON
     /// (<c>GET pattern/api/snapshot</c>) and, only when <see cref="HighlanderDashboardOptions.ActionsPolicy"/> is set, the
-    /// step-down action (<c>POST pattern/api/singletons/{name}/step-down</c>, behind that policy and an antiforgery token).
+    /// actions, behind that policy and an antiforgery token: step down (<c>POST pattern/api/singletons/{name}/step-down</c>,
+    /// whichever node leads it), drain and undrain a node (<c>POST pattern/api/nodes/{node}/drain</c>, <c>.../undrain</c>).
+    /// A singleton this node leads steps down locally; any other request goes through <see cref="ClusterControl"/>, so the
+    /// dashboard's database role needs EXECUTE on the control functions (docs/operations.md).
     /// The cluster is read from the database every <see cref="HighlanderDashboardOptions.PollInterval"/> from the app's start.
     /// </summary>
     /// <param name="endpoints">The app (<c>WebApplication</c>) or another endpoint route builder.</param>
@@ -52,6 +56,7 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         }
 
         var monitor = CreateMonitor(services, options);
+        var control = actionsEnabled ? new ClusterControl(monitor.DataSource, monitor.Namespace, monitor.FencingSchema) : null;
 
         var lifetime = services.GetService<IHostApplicationLifetime>();
         if (lifetime is not null)
@@ -98,39 +103,43 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         {
             group.MapPost("/api/singletons/{name}/step-down", async (HttpContext context, string name) =>
             {
-                var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
-                try
+                if (await RejectForgeryAsync(context).ConfigureAwait(false) is { } rejected)
                 {
-                    await antiforgery.ValidateRequestAsync(context).ConfigureAwait(false);
-                }
-                catch (AntiforgeryValidationException)
-                {
-                    return Results.Problem("The antiforgery token is missing or invalid: reload the dashboard and try again.", statusCode: StatusCodes.Status400BadRequest);
+                    return rejected;
                 }
 
+                var logger = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard");
+                var user = context.User.Identity?.Name ?? "(anonymous)";
                 var local = monitor.Local;
-                if (local is null)
+                if (local?.Get(name) is { State: SingletonState.Leading or SingletonState.Starting or SingletonState.Completed })
                 {
-                    return Results.Problem("This app is not a HighlanderPG node (no AddHighlander): it leads nothing and cannot step down.", statusCode: StatusCodes.Status409Conflict);
+                    // Led here: stepped down locally (no database privilege needed), with the node's StepDownHoldOff.
+                    LogStepDown(logger, name, local.NodeId, user);
+                    await local.StepDownAsync(name, context.RequestAborted).ConfigureAwait(false);
+                    return Results.Ok(new { name, node = local.NodeId, steppedDown = true });
                 }
 
-                var status = local.Get(name);
-                if (status is null)
+                // Led elsewhere: through the database (step_down), whoever leads it.
+                return await ControlAsync(async () =>
                 {
-                    return Results.Problem($"This node ({local.NodeId}) has no singleton named '{name}'.", statusCode: StatusCodes.Status404NotFound);
-                }
-
-                if (status.State is not (SingletonState.Leading or SingletonState.Starting or SingletonState.Completed))
-                {
-                    return Results.Problem(
-                        $"This node ({local.NodeId}) does not lead '{name}' (it is {status.State}): only the leading node's dashboard can make it step down. A step-down from any node is not built yet.",
-                        statusCode: StatusCodes.Status409Conflict);
-                }
-
-                LogStepDown(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard"), name, local.NodeId, context.User.Identity?.Name ?? "(anonymous)");
-                await local.StepDownAsync(name, context.RequestAborted).ConfigureAwait(false);
-                return Results.Ok(new { name, node = local.NodeId, steppedDown = true });
+                    var result = await control!.StepDownAsync(name, null, null, context.RequestAborted).ConfigureAwait(false);
+                    LogStepDown(logger, name, result.NodeId, user);
+                    return Results.Ok(new { name, node = result.NodeId, steppedDown = true, holdOffUntil = result.HoldOffUntil });
+                }).ConfigureAwait(false);
             }).RequireAuthorization(options.ActionsPolicy!).ExcludeFromDescription();
+
+            MapNodeAction(group, "drain", options.ActionsPolicy!, async (context, node, logger, user) =>
+            {
+                var result = await control!.DrainAsync(node, null, context.RequestAborted).ConfigureAwait(false);
+                LogDrain(logger, node, user, result.HoldOffUntil);
+                return Results.Ok(new { node, drained = true, holdOffUntil = result.HoldOffUntil, singletons = result.Singletons.Select(s => s.Name ?? s.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), otherNodes = result.OtherNodes });
+            });
+            MapNodeAction(group, "undrain", options.ActionsPolicy!, async (context, node, logger, user) =>
+            {
+                var ended = await control!.UndrainAsync(node, context.RequestAborted).ConfigureAwait(false);
+                LogUndrain(logger, node, user, ended);
+                return Results.Ok(new { node, undrained = true, ended });
+            });
         }
 
         return group;
@@ -209,6 +218,63 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         headers["Referrer-Policy"] = "no-referrer";
         return Results.Content(html, "text/html; charset=utf-8");
     }
+
+    /// <summary>Maps <c>POST api/nodes/{node}/{action}</c>: behind the policy and the antiforgery token, refusals as problems.</summary>
+    private static void MapNodeAction(RouteGroupBuilder group, string action, string policy, Func<HttpContext, string, ILogger, string, Task<IResult>> run)
+    {
+        group.MapPost("/api/nodes/{node}/" + action, async (HttpContext context, string node) =>
+        {
+            if (await RejectForgeryAsync(context).ConfigureAwait(false) is { } rejected)
+            {
+                return rejected;
+            }
+
+            var logger = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("HighlanderPG.Dashboard");
+            return await ControlAsync(() => run(context, node, logger, context.User.Identity?.Name ?? "(anonymous)")).ConfigureAwait(false);
+        }).RequireAuthorization(policy).ExcludeFromDescription();
+    }
+
+    /// <summary>The antiforgery check of every action: a problem to return, or <see langword="null"/> when the token is valid.</summary>
+    private static async Task<IResult?> RejectForgeryAsync(HttpContext context)
+    {
+        var antiforgery = context.RequestServices.GetRequiredService<IAntiforgery>();
+        try
+        {
+            await antiforgery.ValidateRequestAsync(context).ConfigureAwait(false);
+            return null;
+        }
+        catch (AntiforgeryValidationException)
+        {
+            return Results.Problem("The antiforgery token is missing or invalid: reload the dashboard and try again.", statusCode: StatusCodes.Status400BadRequest);
+        }
+    }
+
+    /// <summary>Runs a <see cref="ClusterControl"/> request; its refusals become problems that say what to fix.</summary>
+    private static async Task<IResult> ControlAsync(Func<Task<IResult>> request)
+    {
+        try
+        {
+            return await request().ConfigureAwait(false);
+        }
+        catch (ClusterControlException ex) when (ex.SqlState == "42501")
+        {
+            return Results.Problem(ex.Message, statusCode: StatusCodes.Status403Forbidden, title: "The dashboard's database role may not do this");
+        }
+        catch (ClusterControlException ex)
+        {
+            return Results.Problem(ex.Message, statusCode: StatusCodes.Status409Conflict);
+        }
+        catch (ArgumentException ex)
+        {
+            return Results.Problem(ex.Message, statusCode: StatusCodes.Status400BadRequest);
+        }
+    }
+
+    [LoggerMessage(EventId = HighlanderEventIds.DashboardDrain, Level = LogLevel.Information, Message = "Dashboard: {User} drained node {Node} until {Until}")]
+    private static partial void LogDrain(ILogger logger, string node, string user, DateTimeOffset until);
+
+    [LoggerMessage(EventId = HighlanderEventIds.DashboardUndrain, Level = LogLevel.Information, Message = "Dashboard: {User} undrained node {Node} ({Ended} hold-off(s) ended)")]
+    private static partial void LogUndrain(ILogger logger, string node, string user, int ended);
 
     [LoggerMessage(EventId = HighlanderEventIds.DashboardStepDown, Level = LogLevel.Information, Message = "Dashboard: {User} made node {Node} step down from {Name}")]
     private static partial void LogStepDown(ILogger logger, string name, string node, string user);

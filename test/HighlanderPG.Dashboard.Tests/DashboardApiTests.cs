@@ -192,10 +192,14 @@ public sealed class DashboardApiTests(PostgresFixture pg)
 
         Assert.NotEqual(SingletonState.Leading, a.Singletons.Get("job")!.State);
 
-        // A singleton this node does not lead (now, after its step-down): refused with what is and is not built.
-        using var notLeading = await PostAsync("root", "admin", headerName, token);
-        Assert.Equal(HttpStatusCode.Conflict, notLeading.StatusCode);
-        Assert.Contains("not built yet", await notLeading.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        // A singleton nobody leads goes to the database (step_down), which refuses it with why.
+        using var request2 = new HttpRequestMessage(HttpMethod.Post, new Uri(a.Dashboard, "api/singletons/nobody-runs-this/step-down"));
+        request2.Headers.Add("X-Test-User", "root");
+        request2.Headers.Add("X-Test-Roles", "admin");
+        request2.Headers.Add(headerName, token);
+        using var nobody = await http.SendAsync(request2);
+        Assert.Equal(HttpStatusCode.Conflict, nobody.StatusCode);
+        Assert.Contains("nobody leads", await nobody.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
     [Fact]

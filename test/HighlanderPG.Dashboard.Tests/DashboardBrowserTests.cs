@@ -67,3 +67,73 @@ public sealed class DashboardBrowserTests(PostgresFixture pg)
         Assert.True(errors.Count == 0, "The page logged errors: " + string.Join("; ", errors));
     }
 }
+
+/// <summary>The dashboard's actions in a real headless browser: a step-down from a node that does not lead, a drain and an undrain.</summary>
+[Collection(DashboardServer.Name)]
+public sealed class DashboardActionBrowserTests(PostgresFixture pg)
+{
+    [Fact]
+    public async Task Step_down_from_another_nodes_dashboard_then_drain_and_undrain_a_node_from_the_page()
+    {
+        Assert.True(File.Exists(DashboardBrowserTests.Chromium), $"{DashboardBrowserTests.Chromium} is missing: install Debian's chromium package (scripts/prerequisites.sh tests does).");
+        await using var cluster = new DashboardCluster(pg.ConnectionString);
+        string[] singletons = ["billing", "mailer"];
+        var plain = await cluster.StartNodeAsync("ops-1", singletons);
+        foreach (var name in singletons)
+        {
+            await DashboardCluster.WaitForStateAsync(plain, name, SingletonState.Leading);
+        }
+
+        var web = await cluster.StartWebNodeAsync("ops-web", singletons, o => o.ActionsPolicy = DashboardCluster.AdminPolicy);
+        foreach (var name in singletons)
+        {
+            await DashboardCluster.WaitForStateAsync(web.App, name, SingletonState.Following);
+        }
+
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions { ExecutablePath = DashboardBrowserTests.Chromium, Headless = true });
+        var context = await browser.NewContextAsync(new BrowserNewContextOptions
+        {
+            ExtraHTTPHeaders = new Dictionary<string, string> { ["X-Test-User"] = "root", ["X-Test-Roles"] = "admin" },
+        });
+        var page = await context.NewPageAsync();
+        var errors = new List<string>();
+        page.PageError += (_, error) => errors.Add(error);
+        page.Dialog += (_, dialog) => errors.Add("dialog: " + dialog.Message);
+        await page.GotoAsync(web.Dashboard.ToString());
+        var wait = new LocatorAssertionsToContainTextOptions { Timeout = 60_000 };
+        await Expect(page.Locator("tr[data-singleton='billing'] td.leader")).ToContainTextAsync("ops-1", wait);
+
+        // Step down "billing" from ops-web's dashboard, although ops-1 leads it: it moves to ops-web.
+        await ClickAsync(page, "tr[data-singleton='billing'] button.step-down", "/step-down");
+        await Expect(page.Locator("tr[data-singleton='billing'] td.leader")).ToContainTextAsync("ops-web", wait);
+        await Expect(page.Locator("tr[data-singleton='mailer'] td.leader")).ToContainTextAsync("ops-1", wait);
+
+        // Drain ops-1 from the page: mailer moves too, and ops-1 leads nothing.
+        await ClickAsync(page, "tr[data-node='ops-1'] button.drain", "/drain");
+        await Expect(page.Locator("tr[data-singleton='mailer'] td.leader")).ToContainTextAsync("ops-web", wait);
+        await Expect(page.Locator("tr[data-node='ops-1'] td.leads")).ToHaveTextAsync("–", new LocatorAssertionsToHaveTextOptions { Timeout = 60_000 });
+        await Expect(page.Locator("tr[data-node='ops-1'] td.node")).ToContainTextAsync("drained until", wait);
+        Assert.Equal(1L, await Scalar<long>(cluster, $"SELECT count(*) FROM {cluster.FencingSchema}.hold_offs WHERE node_id = 'ops-1' AND key IS NULL AND until > now()"));
+
+        await ClickAsync(page, "tr[data-node='ops-1'] button.undrain", "/undrain");
+        await Expect(page.Locator("tr[data-node='ops-1'] td.node")).Not.ToContainTextAsync("drained", wait);
+        Assert.Equal(0L, await Scalar<long>(cluster, $"SELECT count(*) FROM {cluster.FencingSchema}.hold_offs WHERE node_id = 'ops-1' AND until > now()"));
+        Assert.True(errors.Count == 0, "The page logged errors: " + string.Join("; ", errors));
+    }
+
+    /// <summary>Clicks an action's button and waits for its POST's answer, which must succeed.</summary>
+    private static async Task ClickAsync(IPage page, string button, string action)
+    {
+        var response = await page.RunAndWaitForResponseAsync(() => page.Locator(button).ClickAsync(), r => r.Url.EndsWith(action, StringComparison.Ordinal));
+        Assert.True(response.Ok, await response.TextAsync());
+    }
+
+    private static async Task<T> Scalar<T>(DashboardCluster cluster, string sql)
+    {
+        await using var connection = new Npgsql.NpgsqlConnection(cluster.ConnectionString);
+        await connection.OpenAsync();
+        await using var cmd = new Npgsql.NpgsqlCommand(sql, connection);
+        return (T)(await cmd.ExecuteScalarAsync())!;
+    }
+}

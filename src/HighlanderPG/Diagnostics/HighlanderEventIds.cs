@@ -222,6 +222,21 @@ public static class HighlanderEventIds
     /// <summary>Dashboard: a user made this node step down from a singleton through the dashboard's action.</summary>
     public const int DashboardStepDown = 1771;
 
+    /// <summary>Dashboard: a user drained a node through the dashboard's action.</summary>
+    public const int DashboardDrain = 1772;
+
+    /// <summary>Dashboard: a user undrained a node through the dashboard's action.</summary>
+    public const int DashboardUndrain = 1773;
+
+    /// <summary>Step down / drain: this node read its hold-offs (an operator's <c>step_down</c> or <c>drain</c>): it steps down from what they cover and takes none of it until they end.</summary>
+    public const int HoldOffs = 1800;
+
+    /// <summary>Step down / drain: the control objects cannot be created or read by this node's role; requests do not reach it until a DBA runs the DDL.</summary>
+    public const int ControlUnavailable = 1801;
+
+    /// <summary>Step down / drain: a runner stepped down because of a hold-off.</summary>
+    public const int HoldOffStepDown = 1802;
+
     /// <summary>Spread placement: this node leads more than its share while another live node leads less; it hands the surplus over gracefully.</summary>
     public const int SpreadHandOver = 1900;
 

@@ -116,6 +116,15 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.MemberChangedHandlerFailed, Level = LogLevel.Error, Message = "A MemberChanged handler threw")]
     public static partial void MemberChangedHandlerFailed(ILogger logger, Exception exception);
 
+    [LoggerMessage(EventId = HighlanderEventIds.HoldOffs, Level = LogLevel.Information, Message = "Hold-offs for this node: drained for {Drain}, {Keys} singleton key(s) held off by a step-down; stepping down from {Covered} it leads")]
+    public static partial void HoldOffs(ILogger logger, TimeSpan? drain, int keys, int covered);
+
+    [LoggerMessage(EventId = HighlanderEventIds.ControlUnavailable, Level = LogLevel.Warning, Message = "Step down / drain: the control objects in schema {Schema} cannot be created or read by this node ({Reason}); step_down and drain requests do not reach it until their owner runs the DDL (docs/operations.md)")]
+    public static partial void ControlUnavailable(ILogger logger, string schema, string reason);
+
+    [LoggerMessage(EventId = HighlanderEventIds.HoldOffStepDown, Level = LogLevel.Information, Message = "Stepping down from {Singleton}: an operator's step-down or drain holds this node off it")]
+    public static partial void HoldOffStepDown(ILogger logger, string singleton);
+
     [LoggerMessage(EventId = HighlanderEventIds.MessagingRegistered, Level = LogLevel.Information, Message = "Messaging ready in schema {Schema}: {Count} singleton(s) registered for messages")]
     public static partial void MessagingRegistered(ILogger logger, int count, string schema);
 

@@ -87,6 +87,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         var byKey = _runners.ToDictionary(r => r.Key);
         session.ConfigurePlacement(placed, (key, holdOff) => byKey.TryGetValue(key, out var runner) ? runner.StepDownAsync(holdOff) : Task.CompletedTask);
 
+        session.HoldOffStepDown += StepDownHeldOff;
         var waiter = new LockWaiter(_options, timings, _waitDataSource, session, _time, _logger);
         _stateEvents.Start(this, ex => Log.StateChangedHandlerFailed(_logger, ex));
         _groupEvents.Start(this, ex => Log.MemberChangedHandlerFailed(_logger, ex));
@@ -180,9 +181,36 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         return runner.StepDownAsync().WaitAsync(cancellationToken);
     }
 
+    private void StepDownIfHeldOff(LockSession session, string name)
+    {
+        if (_runners.FirstOrDefault(r => r.Name == name) is { } runner && session.IsHeldOff(runner.Key))
+        {
+            Log.HoldOffStepDown(_logger, runner.Name);
+            _ = Task.Run(() => runner.StepDownAsync(TimeSpan.Zero));
+        }
+    }
+
+    /// <summary>An operator's step-down or drain covers these keys this node holds: their runners step down (the session's hold-off keeps them from taking them back).</summary>
+    private void StepDownHeldOff(IReadOnlyList<long> keys)
+    {
+        foreach (var runner in _runners.Where(r => keys.Contains(r.Key)))
+        {
+            Log.HoldOffStepDown(_logger, runner.Name);
+            _ = runner.StepDownAsync(TimeSpan.Zero);
+        }
+    }
+
     public IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default) => _stateEvents.WatchAsync(cancellationToken);
 
-    private void Publish(SingletonStateChanged change) => _stateEvents.Publish(change);
+    private void Publish(SingletonStateChanged change)
+    {
+        _stateEvents.Publish(change);
+        if (change.Current is SingletonState.Starting or SingletonState.Leading && Session is { AnyHoldOffs: true } session)
+        {
+            // Took it while a hold-off came in (between the try and the lease reaching the runner): step down now.
+            StepDownIfHeldOff(session, change.Name);
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {

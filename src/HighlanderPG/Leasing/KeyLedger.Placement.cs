@@ -43,6 +43,18 @@ internal sealed partial class KeyLedger
         }
     }
 
+    /// <summary>Whether an operator's drain holds every key off now (KeyLedger.HoldOffs.cs): the node then leaves the members.</summary>
+    public bool IsDrained
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _holdAllUntil > _holdOffClock.GetTimestamp();
+            }
+        }
+    }
+
     /// <summary>How many keys this session holds (whether or not their epoch is bumped yet).</summary>
     public int LeadingCount
     {

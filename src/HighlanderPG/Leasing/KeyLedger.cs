@@ -274,6 +274,7 @@ internal sealed partial class KeyLedger
                     : heartbeatDue
                         ? [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && (!IsWatched(k) || _announced.Contains(k)))]
                         : [.. _announced.Where(k => _wants.ContainsKey(k) && !_held.ContainsKey(k))];
+                toTry = WithoutHeldOff(toTry);
                 if (full)
                 {
                     _heartbeatsSinceFullTry = 0;

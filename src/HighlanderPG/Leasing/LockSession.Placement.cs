@@ -57,7 +57,9 @@ internal sealed partial class LockSession
 
     /// <summary>Whether the members must be read (or left) before anything else: a new session, a holder gone, a heartbeat's time, a stop.</summary>
     private bool MembersDue(long now) =>
-        Spread && !_left && (_leaving || _joinedGeneration != _ledger.Generation || now >= _nextMembersRead || _ledger.MembersStale);
+        Spread && !_left && (_leaving || (!_outForDrain && _joinedGeneration != _ledger.Generation) || now >= _nextMembersRead || _ledger.MembersStale || _ledger.IsDrained != _outForDrain);
+
+    private bool _outForDrain; // left the members while an operator's drain holds every key off (docs/lease-protocol.md, "Placement")
 
     /// <summary>When the loop must wake for the placement: the next membership read or the end of a deferred key's grace.</summary>
     private long PlacementWakeAt() => Spread ? Math.Min(_nextMembersRead, _ledger.NextGraceEnd) : long.MaxValue;
@@ -83,7 +85,24 @@ internal sealed partial class LockSession
             return sent + Delta(_timings.Heartbeat);
         }
 
-        if (_joinedGeneration != _ledger.Generation)
+        var drained = _ledger.IsDrained;
+        if (drained && !_outForDrain)
+        {
+            // Drained: counted out, so that the others take its singletons by their share at once, not after the grace.
+            _outForDrain = true;
+            if (_joinedGeneration == _ledger.Generation)
+            {
+                await RoundTripAsync(session, () => Membership.LeaveAsync(connection, key)).ConfigureAwait(false);
+            }
+
+            _joinedGeneration = -1;
+        }
+        else if (!drained && _outForDrain)
+        {
+            _outForDrain = false; // undrained: joins again below, like a new session
+        }
+
+        if (!_outForDrain && _joinedGeneration != _ledger.Generation)
         {
             await RoundTripAsync(session, () => Membership.JoinAsync(connection, key)).ConfigureAwait(false);
             _joinedGeneration = _ledger.Generation;
@@ -131,7 +150,7 @@ internal sealed partial class LockSession
             _nextMembersRead = Math.Min(_nextMembersRead, _lockDelayUntil);
         }
 
-        if (now >= _nextHandOverPlan && now >= _lockDelayUntil)
+        if (now >= _nextHandOverPlan && now >= _lockDelayUntil && !_outForDrain)
         {
             _nextHandOverPlan = now + Delta(_timings.Heartbeat);
             PlanHandOvers(view);

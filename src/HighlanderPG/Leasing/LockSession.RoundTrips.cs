@@ -19,6 +19,11 @@ internal sealed partial class LockSession
                 throw new LeaseExpiringException();
             }
 
+            if (await ControlTurnAsync(connection, session).ConfigureAwait(false))
+            {
+                continue;
+            }
+
             var now = _time.GetTimestamp();
             if (MembersDue(now))
             {

@@ -51,6 +51,7 @@ internal sealed partial class LockSession : ILockSession
         _clock = new LeaseClock(time, timings);
         _serverClock = new ServerClock(time, timings.ClockStepTolerance);
         _guard = new LeaseGuard(time, options.NodeId, OnStopPoint);
+        _ledger.HoldOffClock = time;
         _bootstrap = new SessionBootstrap(options, timings, dataSource, singletons, logger);
     }
 
@@ -253,6 +254,7 @@ internal sealed partial class LockSession : ILockSession
         }
 
         _guard.Dispose();
+        _holdOffTimer?.Dispose();
     }
 
     /// <summary>
@@ -295,7 +297,8 @@ internal sealed partial class LockSession : ILockSession
         var start = await _bootstrap.OpenAsync(
             OnNotification,
             () => _crashSeenAt == long.MinValue ? null : _time.GetElapsedTime(_crashSeenAt),
-            stopping).ConfigureAwait(false);
+            stopping,
+            OnControl).ConfigureAwait(false);
         try
         {
             Acknowledge(sent);
@@ -323,6 +326,7 @@ internal sealed partial class LockSession : ILockSession
         ObserveServerClock(start.ServerTime, sent);
 
         _ledger.NewGeneration();
+        ApplyHoldOffs(start.HoldOffs);
         Log.Connected(_logger, _dataSourceName, start.BackendPid, start.Version);
         LastError = null;
         SetConnected(true, null);

@@ -18,7 +18,11 @@ namespace HighlanderPG.Leasing;
 /// promoted standby, another address), which <see cref="LockDelayRemaining"/> then covers (logged as event 1010);
 /// <see langword="null"/> for the same server, a restart in place (logged as a lock-delay after a restart) or a first session.
 /// </param>
-internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining, DateTime ServerTime, string? ServerChange = null);
+internal sealed record SessionStart(NpgsqlConnection Connection, int BackendPid, string Version, TimeSpan ServerUptime, TimeSpan LockDelayRemaining, DateTime ServerTime, string? ServerChange = null)
+{
+    /// <summary>This node's hold-offs when the session started (docs/lease-protocol.md, "Step down and drain").</summary>
+    public HoldOffSet HoldOffs { get; init; } = HoldOffSet.None;
+}
 
 /// <summary>
 /// Opens a lock session: connects, refuses a server that cannot be used safely (<see cref="ServerChecks"/>), sets the
@@ -39,7 +43,8 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
     /// <param name="onNotification">Called with each notification's payload on <see cref="LockProtocol.Channel"/>.</param>
     /// <param name="sinceCrashSeen">How long ago this node saw the server reinitialise after a backend crash, if it did.</param>
     /// <param name="stopping">Fires when the node stops.</param>
-    public async Task<SessionStart> OpenAsync(Action<string> onNotification, Func<TimeSpan?> sinceCrashSeen, CancellationToken stopping)
+    /// <param name="onControl">Called with each notification's payload on the control channel (<see cref="ControlSql.Channel"/>).</param>
+    public async Task<SessionStart> OpenAsync(Action<string> onNotification, Func<TimeSpan?> sinceCrashSeen, CancellationToken stopping, Action<string>? onControl = null)
     {
         NpgsqlConnection connection;
         try
@@ -111,8 +116,20 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
                 await FencingSql.EnsureCreatedAsync(connection, options.FencingSchema, stopping).ConfigureAwait(false);
             }
 
-            connection.Notification += (_, e) => onNotification(e.Payload);
+            var control = ControlSql.Channel(options.FencingSchema);
+            connection.Notification += (_, e) =>
+            {
+                if (e.Channel == control)
+                {
+                    onControl?.Invoke(e.Payload);
+                }
+                else
+                {
+                    onNotification(e.Payload);
+                }
+            };
             await LockProtocol.ListenAsync(connection, stopping).ConfigureAwait(false);
+            var holdOffs = await ControlSession.StartAsync(connection, options, logger, stopping).ConfigureAwait(false);
 
             var (identity, partial) = await ServerIdentity.ReadAsync(connection, stopping).ConfigureAwait(false);
             if (partial is not null && !_partialIdentityLogged)
@@ -138,7 +155,7 @@ internal sealed class SessionBootstrap(HighlanderOptions options, LeaseTimings t
             }
 
             _previous = identity;
-            return new SessionStart(connection, pid, version, uptime, lockDelay, serverTime, serverChange);
+            return new SessionStart(connection, pid, version, uptime, lockDelay, serverTime, serverChange) { HoldOffs = holdOffs };
         }
         catch
         {

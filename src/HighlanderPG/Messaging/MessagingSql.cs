@@ -289,31 +289,8 @@ internal static class MessagingSql
         """;
 
     /// <summary>Creates or upgrades the messaging objects unless current; concurrent nodes serialize on an advisory lock.</summary>
-    public static async Task EnsureCreatedAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken)
-    {
-        if (await IsCurrentAsync(connection, null, schema, cancellationToken).ConfigureAwait(false))
-        {
-            return;
-        }
-
-        await using var tx = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
-        await FencingSql.LockDdlAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false);
-
-        if (!await IsCurrentAsync(connection, tx, schema, cancellationToken).ConfigureAwait(false))
-        {
-            await using var ddl = new NpgsqlCommand(Ddl(schema), connection, tx);
-            await ddl.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }
-
-        await tx.CommitAsync(cancellationToken).ConfigureAwait(false);
-    }
-
-    private static async Task<bool> IsCurrentAsync(NpgsqlConnection connection, NpgsqlTransaction? tx, string schema, CancellationToken cancellationToken)
-    {
-        await using var check = new NpgsqlCommand(Exists, connection, tx);
-        check.Parameters.Add(new NpgsqlParameter<string> { TypedValue = schema });
-        return (bool)(await check.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
-    }
+    public static Task EnsureCreatedAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken) =>
+        SchemaObjects.EnsureCurrentAsync(connection, schema, Exists, Ddl, cancellationToken);
 
     internal static string Valid(string schema) => FencingSql.IsValidSchema(schema)
         ? schema

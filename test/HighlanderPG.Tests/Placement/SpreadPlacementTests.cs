@@ -188,6 +188,29 @@ public sealed class SpreadPlacementTests(PostgresFixture pg)
         cluster.Recorder.AssertNoOverlap();
     }
 
+    /// <summary>
+    /// An operator drains b (docs/lease-protocol.md, "Step down and drain"): b leaves the members, so a and c take its
+    /// singletons by their new share (15) at once; undrained, b joins again and gets its share back by hand-overs.
+    /// Node ids are unique: hold-offs are durable and keyed by node id.
+    /// </summary>
+    [Fact]
+    public async Task A_drained_node_is_counted_out_and_gets_its_share_back_when_undrained()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var suffix = "-" + Guid.NewGuid().ToString("N")[..6];
+        var nodes = await StartTogetherAsync(cluster, Names(30), "a" + suffix, "b" + suffix, "c" + suffix);
+        await WaitSpreadAsync(nodes, 30, 10);
+        await using var control = new HighlanderPG.Operations.ClusterControl(pg.ConnectionString, cluster.Namespace);
+
+        await control.DrainAsync(nodes[1].NodeId, TimeSpan.FromMinutes(5));
+        await WaitSpreadAsync([nodes[0], nodes[2]], 30, 15);
+        Assert.Equal(0, Leading(nodes[1]));
+
+        Assert.Equal(1, await control.UndrainAsync(nodes[1].NodeId));
+        await WaitSpreadAsync(nodes, 30, 10);
+        cluster.Recorder.AssertNoOverlap();
+    }
+
     [Fact]
     public async Task Under_first_comer_the_first_node_keeps_every_singleton()
     {

@@ -1,0 +1,141 @@
+using HighlanderPG.Fencing;
+
+namespace HighlanderPG.Leasing;
+
+/// <summary>
+/// The hold-offs of this node (docs/lease-protocol.md, "Step down and drain"): keys it must not try until a point in
+/// time, because an operator asked it to step down from them (<c>step_down</c>) or to take nothing (<c>drain</c>). A
+/// held-off key stays wanted (its runner follows) but <see cref="TakeWork"/> leaves it out until the hold-off ends.
+/// </summary>
+internal sealed partial class KeyLedger
+{
+    private readonly Dictionary<long, long> _holdOffs = []; // key -> until (a TimeProvider timestamp)
+    private long _holdAllUntil = long.MinValue; // a drain: every key, until then
+    private TimeProvider _holdOffClock = TimeProvider.System;
+
+    /// <summary>The clock hold-offs are measured on (the node's).</summary>
+    public TimeProvider HoldOffClock
+    {
+        set
+        {
+            lock (_gate)
+            {
+                _holdOffClock = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Replaces the hold-offs with those just read (remaining times from now); returns the keys this session holds that
+    /// they cover (to step down from) and when the earliest of them ends (<see langword="null"/>: none).
+    /// </summary>
+    public (List<long> Covered, TimeSpan? NextEnd) SetHoldOffs(HoldOffSet set)
+    {
+        lock (_gate)
+        {
+            var now = _holdOffClock.GetTimestamp();
+            _holdOffs.Clear();
+            foreach (var (key, remaining) in set.Keys)
+            {
+                _holdOffs[key] = now + LeaseTimings.ToTimestampDelta(remaining, _holdOffClock);
+            }
+
+            _holdAllUntil = set.All is { } all ? now + LeaseTimings.ToTimestampDelta(all, _holdOffClock) : long.MinValue;
+            // Stepped down from even when the hold-off is already over (a step-down with a zero hold-off).
+            List<long> covered = [.. _held.Keys.Where(k => set.All is not null || set.Keys.ContainsKey(k))];
+            TimeSpan? next = null;
+            foreach (var remaining in set.Keys.Values.Append(set.All ?? TimeSpan.MaxValue))
+            {
+                if (remaining != TimeSpan.MaxValue && (next is null || remaining < next))
+                {
+                    next = remaining;
+                }
+            }
+
+            // Whatever was held off before may be free now (an undrain): try at the next turn.
+            _poke = true;
+            return (covered, next);
+        }
+    }
+
+    /// <summary>Some hold-off ended: forget the ended ones and try at the next turn; returns when the next one ends (<see langword="null"/>: none).</summary>
+    public TimeSpan? HoldOffsElapsed()
+    {
+        lock (_gate)
+        {
+            var now = _holdOffClock.GetTimestamp();
+            foreach (var ended in _holdOffs.Where(h => h.Value <= now).Select(h => h.Key).ToList())
+            {
+                _holdOffs.Remove(ended);
+            }
+
+            if (_holdAllUntil <= now)
+            {
+                _holdAllUntil = long.MinValue;
+            }
+
+            _poke = true;
+            var next = _holdOffs.Values.Append(_holdAllUntil).Where(u => u != long.MinValue).DefaultIfEmpty(long.MinValue).Min();
+            return next == long.MinValue ? null : _holdOffClock.GetElapsedTime(now, next);
+        }
+    }
+
+    /// <summary>Whether any hold-off is known (running, or not yet seen to end).</summary>
+    public bool AnyHoldOffs
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _holdOffs.Count > 0 || _holdAllUntil != long.MinValue;
+            }
+        }
+    }
+
+    /// <summary>Whether <paramref name="key"/> is held off now.</summary>
+    public bool IsHeldOff(long key)
+    {
+        lock (_gate)
+        {
+            return IsHeldOff(key, _holdOffClock.GetTimestamp());
+        }
+    }
+
+    /// <summary>
+    /// Of <paramref name="keys"/>, those not held off now (the filter of <see cref="TakeWork"/>; under the ledger's
+    /// lock). A held-off key is not tried, so no failed try asks who holds it: when its holder is not known, that is
+    /// flagged (<see cref="TakeHeldOffNeedHolders"/>) for the session to ask, so that a drained node shows whom it follows.
+    /// </summary>
+    private long[] WithoutHeldOff(long[] keys)
+    {
+        if (keys.Length == 0 || (_holdOffs.Count == 0 && _holdAllUntil == long.MinValue))
+        {
+            return keys;
+        }
+
+        var now = _holdOffClock.GetTimestamp();
+        var left = keys.Where(k => !IsHeldOff(k, now)).ToArray();
+        if (left.Length < keys.Length && keys.Except(left).Any(k => !_holders.ContainsKey(k) || _staleHolders.Contains(k)))
+        {
+            _heldOffNeedHolders = true;
+        }
+
+        return left;
+    }
+
+    private bool _heldOffNeedHolders;
+
+    /// <summary>Whether held-off keys were left out of a try while their holder is not known (and clears it).</summary>
+    public bool TakeHeldOffNeedHolders()
+    {
+        lock (_gate)
+        {
+            var need = _heldOffNeedHolders;
+            _heldOffNeedHolders = false;
+            return need;
+        }
+    }
+
+    private bool IsHeldOff(long key, long now) =>
+        _holdAllUntil > now || (_holdOffs.TryGetValue(key, out var until) && until > now);
+}

@@ -1,0 +1,71 @@
+using HighlanderPG.Fencing;
+using HighlanderPG.Leasing;
+using Microsoft.Extensions.Time.Testing;
+
+namespace HighlanderPG.Tests.Leasing;
+
+/// <summary>The ledger's hold-offs (an operator's step-down or drain), without any I/O.</summary>
+public sealed class KeyLedgerHoldOffTests
+{
+    private static readonly DateTimeOffset Now = new(2026, 12, 1, 12, 0, 0, TimeSpan.Zero);
+
+    [Fact]
+    public void A_held_off_key_is_not_tried_until_its_hold_off_ends_and_the_held_keys_it_covers_are_returned()
+    {
+        var time = new FakeTimeProvider(Now);
+        var ledger = new KeyLedger { HoldOffClock = time };
+        ledger.AddWant(1, "held");
+        ledger.AddWant(2, "free");
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        ledger.Taken([1L], fencing: false, Now);
+
+        var (covered, next) = ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [1] = TimeSpan.FromSeconds(30) }));
+        Assert.Equal([1L], covered);
+        Assert.Equal(TimeSpan.FromSeconds(30), next);
+
+        // The runner stepped down and wants it again: not tried (not even at a heartbeat), the other key is.
+        var held = Assert.Single(ledger.HeldLeases());
+        var done = new TaskCompletionSource();
+        Assert.True(ledger.QueueRelease(held, done));
+        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        ledger.Released(releases);
+        ledger.AddWant(1, "held");
+        Assert.Equal([2L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        Assert.True(ledger.IsHeldOff(1));
+        Assert.True(ledger.TakeHeldOffNeedHolders()); // nobody asked who holds it: the session asks
+        Assert.False(ledger.TakeHeldOffNeedHolders());
+
+        time.Advance(TimeSpan.FromSeconds(30));
+        Assert.Null(ledger.HoldOffsElapsed());
+        Assert.False(ledger.IsHeldOff(1));
+        Assert.False(ledger.AnyHoldOffs);
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+    }
+
+    [Fact]
+    public void A_drain_holds_off_every_key_and_a_zero_hold_off_steps_down_without_holding_off()
+    {
+        var time = new FakeTimeProvider(Now);
+        var ledger = new KeyLedger { HoldOffClock = time };
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        ledger.AddWant(3, "c");
+        ledger.Taken([1L, 2L], fencing: false, Now);
+
+        var (covered, next) = ledger.SetHoldOffs(new HoldOffSet(TimeSpan.FromMinutes(10), new Dictionary<long, TimeSpan>()));
+        Assert.Equal([1L, 2L], covered.Order());
+        Assert.Equal(TimeSpan.FromMinutes(10), next);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+
+        // An undrain: the next read finds nothing, and every wanted key is tried again at once.
+        (covered, next) = ledger.SetHoldOffs(HoldOffSet.None);
+        Assert.Empty(covered);
+        Assert.Null(next);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+
+        // A step-down with a zero hold-off: stepped down from, but tried again at once.
+        (covered, _) = ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [1] = TimeSpan.Zero }));
+        Assert.Equal([1L], covered);
+        Assert.False(ledger.IsHeldOff(1));
+    }
+}
