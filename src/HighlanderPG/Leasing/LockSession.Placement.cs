@@ -15,6 +15,9 @@ internal sealed partial class LockSession
     private SpreadView? _view;
     private int _joinedGeneration = -1;
     private long _joinedAt;
+    private int? _lastBatchDeficit; // the deficit of the members below their share when the last batch was handed over
+    private int _handOverBackoff; // batches in a row that did not lessen it
+    private const int MaxHandOverBackoff = 6; // the settle time x 2^5 at the most
     private bool _joining;
     private long _nextMembersRead = long.MinValue;
     private long _nextHandOverPlan = long.MinValue;
@@ -153,7 +156,7 @@ internal sealed partial class LockSession
         if (now >= _nextHandOverPlan && now >= _lockDelayUntil && !_outForDrain)
         {
             _nextHandOverPlan = now + Delta(_timings.Heartbeat);
-            PlanHandOvers(view);
+            PlanHandOvers(view, now);
         }
 
         return sent + Delta(_timings.Heartbeat);
@@ -162,19 +165,40 @@ internal sealed partial class LockSession
     /// <summary>
     /// Asks the runners of the singletons this node should give up (<see cref="SpreadPlanner.HandOvers"/>) to step down,
     /// with the grace as their hold-off; never while an earlier hand-over is still under way (a rate limit: at most one
-    /// batch per heartbeat, each sized to the members' deficit).
+    /// batch per heartbeat, each sized to the members' deficit). When a batch did not lessen the deficit of the members
+    /// below their share (they do not take what is handed to them: an operator's hold-off, a failing session), the next
+    /// comes only after the settle time, doubled each time again up to 32 times, so that nothing goes back and forth.
     /// </summary>
-    private void PlanHandOvers(SpreadView view)
+    private void PlanHandOvers(SpreadView view, long now)
     {
         if (_handOver is null || _ledger.HandOverInFlight)
         {
             return;
         }
 
+        var deficit = SpreadPlanner.Deficit(view, _registered);
+        if (_lastBatchDeficit is { } before)
+        {
+            _lastBatchDeficit = null;
+            if (deficit >= before)
+            {
+                _handOverBackoff = Math.Min(_handOverBackoff + 1, MaxHandOverBackoff);
+                _nextHandOverPlan = now + Delta(_timings.SpreadSettle * (1 << (_handOverBackoff - 1)));
+                return;
+            }
+
+            _handOverBackoff = 0;
+        }
+
         var handOvers = SpreadPlanner.HandOvers(_ledger.HeldForPlacement(), _registered, view);
         if (handOvers.Count == 0)
         {
             return;
+        }
+
+        if (deficit > 0 && handOvers.Any(h => h.Reason == HandOverReason.Surplus))
+        {
+            _lastBatchDeficit = deficit;
         }
 
         _ledger.HandingOver(handOvers.Select(h => h.Key));

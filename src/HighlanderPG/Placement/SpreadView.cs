@@ -148,4 +148,11 @@ internal static class SpreadPlanner
         result.AddRange(candidates.Select(c => (c.Key, HandOverReason.Surplus)));
         return result;
     }
+
+    /// <summary>How many singletons the settled members below their share lack, in all.</summary>
+    public static int Deficit(SpreadView view, int registered)
+    {
+        var share = view.Share(registered);
+        return view.Others.Where(m => view.IsSettled(m) && m.Leading < share).Sum(m => share - m.Leading);
+    }
 }
