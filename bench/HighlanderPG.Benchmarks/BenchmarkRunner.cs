@@ -67,6 +67,11 @@ internal static class BenchmarkRunner
                 failed |= await MessagingCases.RunAsync(settings, connectionString, environment, started, ct);
             }
 
+            if (settings.RunsSpread)
+            {
+                failed |= await RunSpreadAsync(settings, context, probe, environment, ct);
+            }
+
             if (settings.RunsScale)
             {
                 var scaleStarted = DateTimeOffset.UtcNow;
@@ -190,6 +195,41 @@ internal static class BenchmarkRunner
 
             results.AddRange(await context.RunGroupAsync(cases, ct));
         }
+    }
+
+    /// <summary>The spread suite: each placement in turn, <c>--spread-runs</c> times; writes its Markdown and JSON.</summary>
+    private static async Task<bool> RunSpreadAsync(BenchmarkSettings settings, BenchContext context, LockProbe probe, EnvironmentInfo environment, CancellationToken ct)
+    {
+        var started = DateTimeOffset.UtcNow;
+        var results = new SpreadResults();
+        results.Uptime.Add(BenchContext.Uptime());
+        await WaitForLockDelayAsync(context, probe, ct);
+        var cases = new SpreadCases(context, results);
+        var failed = false;
+        for (var run = 1; run <= settings.SpreadRuns; run++)
+        {
+            foreach (var placement in run % 2 == 1 ? new[] { "spread", "firstcomer" } : ["firstcomer", "spread"])
+            {
+                try
+                {
+                    await cases.RunAsync(placement, run, ct);
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+                {
+                    results.Errors.Add($"{placement} #{run}: {ex.GetType().Name}: {ex.Message}");
+                    context.Progress($"{placement} #{run}: FAILED: {ex.Message}");
+                    failed = true;
+                }
+            }
+        }
+
+        results.Uptime.Add(BenchContext.Uptime());
+        var report = new SpreadReport(settings, environment, started, DateTimeOffset.UtcNow, results);
+        Console.WriteLine();
+        Console.WriteLine(report.RenderSummary());
+        var path = await report.WriteAsync();
+        Console.WriteLine($"Report written to {Path.GetRelativePath(Environment.CurrentDirectory, path)} (with .json beside it)");
+        return failed;
     }
 
     /// <summary>HighlanderPG takes no lock until the server has been up for LockDelayAfterServerStart (= the lease, 15 s).</summary>

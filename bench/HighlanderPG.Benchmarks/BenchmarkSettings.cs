@@ -13,7 +13,10 @@ internal sealed class BenchmarkSettings
           --suite NAME          handover (default: the hand-over latency cases), scale (1 and N singletons per node:
                                 steady-state cost, N nodes started together, fail-over of the node leading the most),
                                 or all (both, one server); messaging (a call to an idle singleton against raw NOTIFY
-                                round trips, 10 x --iterations calls; messages per second sustained; not part of all)
+                                round trips, 10 x --iterations calls; messages per second sustained; not part of all);
+                                spread (--scale-nodes x --scale-singletons under the Spread placement and under FirstComer:
+                                the spread after start, after the node leading the most is killed, after it comes back,
+                                and the hand-overs each change caused; report bench/results/spread-YYYY-MM-DD.md; not part of all)
           --iterations N        measured iterations per hand-over case (default 30)
           --slow-iterations N   iterations of the slow DistributedLock crash case with HandleLostToken watched, run at once (default 5)
           --warmup N            unmeasured iterations before each case (default 1)
@@ -34,6 +37,7 @@ internal sealed class BenchmarkSettings
           --scale-singletons N  singletons per node (default 1000)
           --scale-repetitions N SIGKILLs and SIGTERMs of the node leading the most, each (default 3)
           --single-iterations N SIGKILLs and SIGTERMs of a lone singleton's leader, each: the baseline (default 10)
+          --spread-runs N       spread suite: runs of each placement (default 1)
           --idle-window SECONDS steady-state measuring window (default 30)
           --settle SECONDS      steady-state settling time before the window (default 8)
           --fault-settle SECONDS pause before each fail-over, plus a random dwell of up to a heartbeat (default 3)
@@ -48,6 +52,11 @@ internal sealed class BenchmarkSettings
     public bool RunsScale => Suite is "scale" or "all";
 
     public bool RunsMessaging => Suite is "messaging";
+
+    public bool RunsSpread => Suite is "spread";
+
+    /// <summary>Spread suite: runs of each placement (start, kill, return), alternating.</summary>
+    public int SpreadRuns { get; private set; } = 1;
 
     public int Iterations { get; private set; } = 30;
 
@@ -110,7 +119,7 @@ internal sealed class BenchmarkSettings
                 {
                     case "--suite":
                         var suite = Value();
-                        settings.Suite = suite is "handover" or "scale" or "all" or "messaging" ? suite : throw new FormatException("--suite must be handover, scale, all or messaging.");
+                        settings.Suite = suite is "handover" or "scale" or "all" or "messaging" or "spread" ? suite : throw new FormatException("--suite must be handover, scale, all, messaging or spread.");
                         shown.Add($"{name} {settings.Suite}");
                         break;
                     case "--highlander":
@@ -120,6 +129,10 @@ internal sealed class BenchmarkSettings
                     case "--scale-nodes":
                         settings.ScaleNodes = PositiveInt(name, Value());
                         shown.Add($"{name} {settings.ScaleNodes}");
+                        break;
+                    case "--spread-runs":
+                        settings.SpreadRuns = PositiveInt(name, Value());
+                        shown.Add($"{name} {settings.SpreadRuns}");
                         break;
                     case "--scale-singletons":
                         settings.ScaleSingletons = PositiveInt(name, Value());

@@ -149,6 +149,31 @@ public sealed class HighlanderOptions
     /// </remarks>
     public Action<Npgsql.NpgsqlDataSourceBuilder>? ConfigureDataSource { get; set; }
 
+    /// <summary>
+    /// Which node takes a free singleton: <see cref="SingletonPlacement.FirstComer"/> (whoever tries first) or
+    /// <see cref="SingletonPlacement.Spread"/> (each live node of the namespace using it leads at most its share; see
+    /// docs/lease-protocol.md, "Placement"). Every node of a namespace should use the same placement and register the same
+    /// singletons: a node's share is its own number of singletons divided by the number of live spread nodes.
+    /// </summary>
+    /// <value>The default is <see cref="SingletonPlacement.FirstComer"/>.</value>
+    public SingletonPlacement Placement { get; set; } = SingletonPlacement.FirstComer;
+
+    /// <summary>
+    /// Spread placement: how long a node at or above its share leaves a free singleton to nodes below theirs before it takes
+    /// it anyway; also how long a new session waits for nodes started with it to join before it takes any, and how long a
+    /// node that handed a singleton over leaves it alone. A singleton is never left unled for much longer than this because
+    /// of placement.
+    /// </summary>
+    /// <value>The default (<see langword="null"/>) is <see cref="HeartbeatInterval"/>. Positive, at most <see cref="LeaseDuration"/>.</value>
+    public TimeSpan? SpreadGrace { get; set; }
+
+    /// <summary>
+    /// Spread placement: how long a node must have been live (its lock session up) before nodes above their share hand
+    /// singletons over to it, so that a node that comes and goes causes no hand-overs.
+    /// </summary>
+    /// <value>The default (<see langword="null"/>) is 5 × <see cref="HeartbeatInterval"/>. Not negative.</value>
+    public TimeSpan? SpreadSettleTime { get; set; }
+
     /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
     public ClusterSingletonOptions SingletonDefaults { get; } = new();
 
@@ -227,8 +252,27 @@ public sealed class ClusterSingletonOptions
     /// <summary>An explicit 64-bit advisory lock key; when <see langword="null"/>, the key is derived from the namespace and name (see <see cref="SingletonKey"/>).</summary>
     public long? Key { get; set; }
 
+    /// <summary>
+    /// Under <see cref="SingletonPlacement.Spread"/>: the nodes this singleton should run on while one of them is alive, as
+    /// node ids where <c>*</c> matches any run of characters (<c>eu-*</c>, <c>*-gpu</c>: node ids with a common prefix or
+    /// suffix work as tags). A live preferred node takes it regardless of its share, and a leader that is not preferred hands
+    /// it over once a preferred node has been live for <see cref="HighlanderOptions.SpreadSettleTime"/>; with none alive,
+    /// the singleton is spread like any other.
+    /// </summary>
+    /// <value>Empty by default: no preference.</value>
+    public IList<string> PreferredNodes { get; } = [];
+
     internal ClusterSingletonOptions CopyTo(ClusterSingletonOptions target)
     {
+        if (!ReferenceEquals(target.PreferredNodes, PreferredNodes))
+        {
+            target.PreferredNodes.Clear();
+            foreach (var pattern in PreferredNodes)
+            {
+                target.PreferredNodes.Add(pattern);
+            }
+        }
+
         target.RestartPolicy = RestartPolicy;
         target.MaxRestarts = MaxRestarts;
         target.RestartWindow = RestartWindow;

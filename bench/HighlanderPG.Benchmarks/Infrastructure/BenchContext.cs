@@ -213,6 +213,22 @@ internal sealed class BenchContext(string connectionString, BenchmarkSettings se
     }
 
     /// <summary>The 1-minute load average (<c>/proc/loadavg</c>), or null where there is none.</summary>
+    /// <summary>The output of <c>uptime</c> (load averages over 1, 5 and 15 minutes), or why there is none.</summary>
+    public static string Uptime()
+    {
+        try
+        {
+            using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("uptime") { RedirectStandardOutput = true })!;
+            var output = process.StandardOutput.ReadToEnd().Trim();
+            process.WaitForExit();
+            return output;
+        }
+        catch (System.ComponentModel.Win32Exception ex)
+        {
+            return "uptime not available: " + ex.Message;
+        }
+    }
+
     public static double? LoadAverage()
     {
         try

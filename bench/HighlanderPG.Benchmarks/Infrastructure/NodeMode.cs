@@ -27,7 +27,7 @@ internal static class NodeMode
 
     public static async Task<int> RunAsync(string[] args)
     {
-        string? kind = null, name = null, @namespace = null, nodeId = null;
+        string? kind = null, name = null, @namespace = null, nodeId = null, placement = null;
         long key = 0;
         var count = 0;
         bool watchLost = false, verbose = false;
@@ -40,6 +40,7 @@ internal static class NodeMode
                 case "--name": name = args[++i]; break;
                 case "--namespace": @namespace = args[++i]; break;
                 case "--node-id": nodeId = args[++i]; break;
+                case "--placement": placement = args[++i]; break;
                 case "--count": count = int.Parse(args[++i], NumberStyles.None, CultureInfo.InvariantCulture); break;
                 case "--watch-lost": watchLost = true; break;
                 case "--verbose": verbose = true; break;
@@ -76,10 +77,10 @@ internal static class NodeMode
                 await HighlanderAsync(connectionString, @namespace, name, verbose, parentGone);
                 return 0;
             case "scale" when @namespace is not null && nodeId is not null && count > 0:
-                await ScaleAsync(connectionString, @namespace, nodeId, count, verbose, parentGone);
+                await ScaleAsync(connectionString, @namespace, nodeId, count, verbose, parentGone, placement);
                 return 0;
             default:
-                await Console.Error.WriteLineAsync("node: --kind raw|distributedlock --key K, or --kind highlander --namespace NS --name N, or --kind scale --namespace NS --node-id ID --count N");
+                await Console.Error.WriteLineAsync("node: --kind raw|distributedlock --key K, or --kind highlander --namespace NS --name N, or --kind scale --namespace NS --node-id ID --count N [--placement spread|firstcomer]");
                 return 2;
         }
     }
@@ -145,7 +146,7 @@ internal static class NodeMode
     /// <summary>The name of a scale node's singleton number <paramref name="index"/>: s0000, s0001, ...</summary>
     public static string SingletonName(int index) => string.Create(CultureInfo.InvariantCulture, $"s{index:D4}");
 
-    private static async Task ScaleAsync(string connectionString, string @namespace, string nodeId, int count, bool verbose, Task parentGone)
+    private static async Task ScaleAsync(string connectionString, string @namespace, string nodeId, int count, bool verbose, Task parentGone, string? placement)
     {
         var output = Console.Out; // synchronized, flushed at every line
         var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
@@ -155,6 +156,10 @@ internal static class NodeMode
             o.ConnectionString = connectionString;
             o.Namespace = @namespace;
             o.NodeId = nodeId;
+            if (placement is not null)
+            {
+                o.Placement = Enum.Parse<SingletonPlacement>(placement, ignoreCase: true);
+            }
         });
         for (var i = 0; i < count; i++)
         {

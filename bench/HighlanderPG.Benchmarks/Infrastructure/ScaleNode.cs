@@ -15,6 +15,8 @@ internal sealed class ScaleNode : IAsyncDisposable
     private readonly TaskCompletionSource<long> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private WatchedProcess _process = null!;
     private long _lastStop;
+    private long _lastEvent;
+    private int _stops;
 
     private ScaleNode(string nodeId) => NodeId = nodeId;
 
@@ -41,10 +43,15 @@ internal sealed class ScaleNode : IAsyncDisposable
         }
     }
 
-    public static ScaleNode Start(string connectionString, string @namespace, string nodeId, int singletons, bool verbose)
+    public static ScaleNode Start(string connectionString, string @namespace, string nodeId, int singletons, bool verbose, string? placement = null)
     {
         var node = new ScaleNode(nodeId);
         List<string> arguments = ["--kind", "scale", "--namespace", @namespace, "--node-id", nodeId, "--count", singletons.ToString(CultureInfo.InvariantCulture)];
+        if (placement is not null)
+        {
+            arguments.AddRange(["--placement", placement]);
+        }
+
         if (verbose)
         {
             arguments.Add("--verbose");
@@ -115,6 +122,30 @@ internal sealed class ScaleNode : IAsyncDisposable
         }
     }
 
+    /// <summary>How many children returned here (each a hand-over while the node is not being stopped).</summary>
+    public int Stops
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _stops;
+            }
+        }
+    }
+
+    /// <summary>When the last child started or returned here (0 if none has).</summary>
+    public long LastEvent
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lastEvent;
+            }
+        }
+    }
+
     public ValueTask DisposeAsync() => _process.DisposeAsync();
 
     private void OnLine(string line, long arrived)
@@ -133,6 +164,7 @@ internal sealed class ScaleNode : IAsyncDisposable
 
         lock (_gate)
         {
+            _lastEvent = Math.Max(_lastEvent, timestamp);
             if (parts[0] == "START")
             {
                 _running[parts[1]] = timestamp;
@@ -146,6 +178,7 @@ internal sealed class ScaleNode : IAsyncDisposable
             else if (parts[0] == "STOP")
             {
                 _running.Remove(parts[1]);
+                _stops++;
                 _lastStop = Math.Max(_lastStop, timestamp);
             }
         }
@@ -153,7 +186,7 @@ internal sealed class ScaleNode : IAsyncDisposable
 }
 
 /// <summary>Nodes of one namespace, all running the same singletons.</summary>
-internal sealed class ScaleCluster(BenchContext context, string @namespace, int singletons, string nodePrefix) : IAsyncDisposable
+internal sealed class ScaleCluster(BenchContext context, string @namespace, int singletons, string nodePrefix, string? placement = null) : IAsyncDisposable
 {
     private readonly List<ScaleNode> _all = [];
     private int _next;
@@ -165,9 +198,12 @@ internal sealed class ScaleCluster(BenchContext context, string @namespace, int 
     /// <summary>Nodes started and not faulted by the benchmark.</summary>
     public IReadOnlyList<ScaleNode> Live => [.. _all.Where(n => !n.Faulted)];
 
-    public ScaleNode StartNode()
+    public ScaleNode StartNode() => StartNode(string.Create(CultureInfo.InvariantCulture, $"{nodePrefix}{_next++:D2}"));
+
+    /// <summary>Starts a node with this id (again, after the benchmark stopped the one that had it).</summary>
+    public ScaleNode StartNode(string nodeId)
     {
-        var node = ScaleNode.Start(context.ConnectionString, Namespace, string.Create(CultureInfo.InvariantCulture, $"{nodePrefix}{_next++:D2}"), Singletons, context.Settings.Verbose);
+        var node = ScaleNode.Start(context.ConnectionString, Namespace, nodeId, Singletons, context.Settings.Verbose, placement);
         _all.Add(node);
         return node;
     }

@@ -236,4 +236,13 @@ public static class HighlanderEventIds
 
     /// <summary>Step down / drain: a runner stepped down because of a hold-off.</summary>
     public const int HoldOffStepDown = 1802;
+
+    /// <summary>Spread placement: this node leads more than its share while another live node leads less; it hands the surplus over gracefully.</summary>
+    public const int SpreadHandOver = 1900;
+
+    /// <summary>Spread placement: a preferred node of a singleton this node leads is live and settled; this node hands it over gracefully.</summary>
+    public const int PreferenceHandOver = 1901;
+
+    /// <summary>Spread placement: the set of live members changed (Debug).</summary>
+    public const int PlacementMembers = 1902;
 }

@@ -142,4 +142,13 @@ internal static partial class Log
 
     [LoggerMessage(EventId = HighlanderEventIds.MessagingPurgeFailed, Level = LogLevel.Debug, Message = "Messaging: deleting old messages of singleton {Singleton} failed; retried later")]
     public static partial void MessagingPurgeFailed(ILogger logger, Exception exception, string singleton);
+
+    [LoggerMessage(EventId = HighlanderEventIds.SpreadHandOver, Level = LogLevel.Information, Message = "Spread: handing {Count} singleton(s) over gracefully: this node leads {Leading}, its share is {Share} of {Live} live node(s), and a node below its share is settled")]
+    public static partial void SpreadHandOver(ILogger logger, int count, int leading, int share, int live);
+
+    [LoggerMessage(EventId = HighlanderEventIds.PreferenceHandOver, Level = LogLevel.Information, Message = "Spread: handing singleton {Singleton} over gracefully to a preferred node that is live")]
+    public static partial void PreferenceHandOver(ILogger logger, string singleton);
+
+    [LoggerMessage(EventId = HighlanderEventIds.PlacementMembers, Level = LogLevel.Debug, Message = "Spread: {Live} live node(s), share {Share}: {Members}")]
+    public static partial void PlacementMembers(ILogger logger, int live, int share, string members);
 }

@@ -82,6 +82,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return new SingletonRunner(r, singleton, key, _options, timings, session, _services, _time, _logger, Publish, () => _lifetime?.StopApplication());
         }).ToList();
 
+        // Spread placement (docs/lease-protocol.md, "Placement"): each singleton's preferences, and a graceful hand-over.
+        var placed = _runners.Select(r => (r.Key, r.Name, (IReadOnlyList<string>)[.. r.PreferredNodes])).ToList();
+        var byKey = _runners.ToDictionary(r => r.Key);
+        session.ConfigurePlacement(placed, (key, holdOff) => byKey.TryGetValue(key, out var runner) ? runner.StepDownAsync(holdOff) : Task.CompletedTask);
+
         session.HoldOffStepDown += StepDownHeldOff;
         var waiter = new LockWaiter(_options, timings, _waitDataSource, session, _time, _logger);
         _stateEvents.Start(this, ex => Log.StateChangedHandlerFailed(_logger, ex));
@@ -116,6 +121,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return;
         }
 
+        Session?.LeavePlacement(); // spread: counted out before its singletons are released (docs/lease-protocol.md, "Placement")
         foreach (var stop in _runnerStops)
         {
             _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do

@@ -58,6 +58,11 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(HighlanderOptions.FencingSchema));
         }
 
+        if (!Enum.IsDefined(options.Placement))
+        {
+            Add($"{nameof(HighlanderOptions.Placement)} {(int)options.Placement} is not a placement: use {nameof(SingletonPlacement.FirstComer)} or {nameof(SingletonPlacement.Spread)}.", nameof(HighlanderOptions.Placement));
+        }
+
         ValidateSingleton(options.SingletonDefaults, "SingletonDefaults");
         var names = new HashSet<string>(StringComparer.Ordinal);
         var keys = new Dictionary<long, string>();
@@ -117,6 +122,19 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             if (singleton.RestartDelay < TimeSpan.Zero)
             {
                 Add($"{what}: {nameof(ClusterSingletonOptions.RestartDelay)} must not be negative.", nameof(ClusterSingletonOptions.RestartDelay));
+            }
+
+            foreach (var pattern in singleton.PreferredNodes)
+            {
+                if (Placement.NodePattern.Problem(pattern, MaxNodeIdLength) is { } patternProblem)
+                {
+                    Add($"{what}: {nameof(ClusterSingletonOptions.PreferredNodes)}: {patternProblem}.", nameof(ClusterSingletonOptions.PreferredNodes));
+                }
+            }
+
+            if (singleton.PreferredNodes.Count > 0 && options.Placement != SingletonPlacement.Spread)
+            {
+                Add($"{what}: {nameof(ClusterSingletonOptions.PreferredNodes)} needs {nameof(HighlanderOptions.Placement)} = {nameof(SingletonPlacement.Spread)} (under {options.Placement} the first node to try takes every singleton).", nameof(ClusterSingletonOptions.PreferredNodes), nameof(HighlanderOptions.Placement));
             }
         }
     }

@@ -162,6 +162,7 @@ internal sealed partial class KeyLedger
 
             _staleHolders.Add(key);
             _poke = true;
+            _membersStale = true; // placement: a member may have gone with it (KeyLedger.Placement.cs)
         }
     }
 

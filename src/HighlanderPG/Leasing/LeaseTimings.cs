@@ -28,7 +28,26 @@ internal sealed class LeaseTimings
         SafetyMargin = options.SafetyMargin;
         WaitSlice = EffectiveWaitSlice(options);
         LockDelay = options.LockDelayAfterServerStart ?? options.LeaseDuration;
+        SpreadGrace = options.SpreadGrace ?? options.HeartbeatInterval;
+        SpreadSettle = options.SpreadSettleTime ?? (options.HeartbeatInterval * 5);
     }
+
+    /// <summary>
+    /// Spread placement: how long a node at or above its share leaves a free singleton to the others before it tries it
+    /// anyway (also the join window of a new session, and the hold-off of a hand-over). It adds at most this much (plus
+    /// the time until the node's next wake-up, which the grace itself sets) to the bound of 0x. The option, or the heartbeat.
+    /// </summary>
+    public TimeSpan SpreadGrace { get; }
+
+    /// <summary>
+    /// Spread placement: the longest join window of a new session. It lasts the grace, and another grace each time it ends
+    /// while some member joined within the last grace (nodes started one after another), up to this: 4 × the grace. It
+    /// holds back only that session's own tries, so it adds to 0x only when nothing else runs the singletons (a cold start).
+    /// </summary>
+    public TimeSpan SpreadJoinWindowMax => SpreadGrace * 4;
+
+    /// <summary>Spread placement: how long a member must have been live before others hand singletons over to it. The option, or 5 heartbeats.</summary>
+    public TimeSpan SpreadSettle { get; }
 
     /// <summary>The server-side lease (<c>idle_session_timeout</c>).</summary>
     public TimeSpan Lease { get; }
@@ -165,6 +184,16 @@ internal sealed class LeaseTimings
         if (options.HeartbeatInterval > TimeSpan.Zero && options.HeartbeatInterval * 3 > lease)
         {
             yield return Problem($"{nameof(HighlanderOptions.HeartbeatInterval)} ({options.HeartbeatInterval}) must be well below {nameof(HighlanderOptions.LeaseDuration)} ({lease}): at most a third of it.", nameof(HighlanderOptions.HeartbeatInterval), nameof(HighlanderOptions.LeaseDuration));
+        }
+
+        if (options.SpreadGrace is { } grace && (grace <= TimeSpan.Zero || grace > lease))
+        {
+            yield return Problem($"{nameof(HighlanderOptions.SpreadGrace)} ({grace}) must be positive and at most {nameof(HighlanderOptions.LeaseDuration)} ({lease}): a free singleton waits up to that long for a node below its share before any node takes it.", nameof(HighlanderOptions.SpreadGrace), nameof(HighlanderOptions.LeaseDuration));
+        }
+
+        if (options.SpreadSettleTime is { } settle && settle < TimeSpan.Zero)
+        {
+            yield return Problem($"{nameof(HighlanderOptions.SpreadSettleTime)} must not be negative (it is {settle}).", nameof(HighlanderOptions.SpreadSettleTime));
         }
 
         var budget = (options.HeartbeatInterval * 2) + options.StopTimeout + options.SafetyMargin;

@@ -20,31 +20,46 @@ internal static class LockProtocol
     }
 
     /// <summary>
-    /// Tries every key in one statement (<c>pg_try_advisory_lock</c>, never blocking); returns the keys taken and the
-    /// server's clock, read once before any key is tried. When that reading is past <paramref name="notAfter"/> (the
-    /// server's clock stepped forward, see <see cref="ServerClock"/>) no key is tried at all and the result is marked
-    /// refused. The reply is one row whatever the number of keys (the keys taken, usually none or all), so that every
-    /// follower trying a thousand keys after a crash costs the server and itself one row each, not a thousand. It carries
-    /// the backend pid, checked by <paramref name="checkPid"/> (a transaction-mode pooler changes it).
+    /// Tries keys in one statement (<c>pg_try_advisory_lock</c>, never blocking): every key of <paramref name="all"/>, then
+    /// the keys of <paramref name="limited"/> in array order until <paramref name="limit"/> of them are taken (the spread
+    /// placement's room below the share: a filtered scan under a <c>LIMIT</c> evaluates its rows in order and stops at the
+    /// limit, so the keys after that are not tried at all). Returns the keys taken and the server's clock, read once before
+    /// any key is tried. When that reading is past <paramref name="notAfter"/> (the server's clock stepped forward, see
+    /// <see cref="ServerClock"/>) no key is tried at all and the result is marked refused. The reply is one row whatever the
+    /// number of keys (the keys taken, usually none or all), so that every follower trying a thousand keys after a crash
+    /// costs the server and itself one row each, not a thousand. It carries the backend pid, checked by
+    /// <paramref name="checkPid"/> (a transaction-mode pooler changes it).
     /// </summary>
-    public static async Task<TryResult> TryLockAsync(NpgsqlConnection connection, long[] keys, DateTime? notAfter, Action<int> checkPid)
+    public static async Task<TryResult> TryLockAsync(NpgsqlConnection connection, long[] all, long[] limited, int limit, DateTime? notAfter, Action<int> checkPid)
     {
-        // Each key is tried exactly once (the MATERIALIZED CTE), after the one reading of the clock.
+        // Each key is tried at most once (MATERIALIZED CTEs), after the one reading of the clock. CASE, not AND, keeps the
+        // clock's verdict ahead of the try (the planner may reorder the operands of AND).
         await using var cmd = new NpgsqlCommand("""
             WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now),
-                 t AS MATERIALIZED (
-                     SELECT u.k, CASE WHEN $2::timestamptz IS NULL OR c.now <= $2::timestamptz THEN pg_try_advisory_lock(u.k) END AS got
-                     FROM c, unnest($1::bigint[]) AS u(k))
-            SELECT coalesce(array_agg(t.k) FILTER (WHERE t.got), '{}'), coalesce(bool_or(t.got IS NULL), false), pg_backend_pid(), (SELECT now FROM c)
-            FROM t
+                 ok AS MATERIALIZED (SELECT $2::timestamptz IS NULL OR c.now <= $2::timestamptz AS ok FROM c),
+                 a AS MATERIALIZED (
+                     SELECT u.k FROM ok, unnest($1::bigint[]) AS u(k)
+                     WHERE CASE WHEN ok.ok THEN pg_try_advisory_lock(u.k) ELSE false END),
+                 b AS MATERIALIZED (
+                     SELECT u.k FROM ok, unnest($3::bigint[]) AS u(k)
+                     WHERE CASE WHEN ok.ok THEN pg_try_advisory_lock(u.k) ELSE false END
+                     LIMIT $4)
+            SELECT coalesce((SELECT array_agg(k) FROM a), '{}') || coalesce((SELECT array_agg(k) FROM b), '{}'),
+                   NOT (SELECT ok FROM ok), pg_backend_pid(), (SELECT now FROM c)
             """, connection);
-        cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
+        cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = all });
         cmd.Parameters.Add(new NpgsqlParameter { Value = notAfter is { } bound ? bound : DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.TimestampTz });
+        cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = limited });
+        cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = limit });
         await using var reader = await cmd.ExecuteReaderAsync().ConfigureAwait(false);
         await reader.ReadAsync().ConfigureAwait(false);
         checkPid(reader.GetInt32(2));
         return new TryResult([.. reader.GetFieldValue<long[]>(0)], reader.GetDateTime(3), reader.GetBoolean(1));
     }
+
+    /// <summary>Tries every one of <paramref name="keys"/> (<see cref="TryLockAsync(NpgsqlConnection, long[], long[], int, DateTime?, Action{int})"/> with nothing limited).</summary>
+    public static Task<TryResult> TryLockAsync(NpgsqlConnection connection, long[] keys, DateTime? notAfter, Action<int> checkPid) =>
+        TryLockAsync(connection, keys, [], 0, notAfter, checkPid);
 
     /// <summary>What a try statement did: the keys taken, the server's clock, and whether it refused to try (clock stepped).</summary>
     public readonly record struct TryResult(List<long> Got, DateTime ServerTime, bool Refused);

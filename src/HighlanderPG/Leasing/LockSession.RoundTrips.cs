@@ -1,6 +1,7 @@
 using System.Globalization;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Fencing;
+using HighlanderPG.Placement;
 using Npgsql;
 
 namespace HighlanderPG.Leasing;
@@ -24,6 +25,18 @@ internal sealed partial class LockSession
             }
 
             var now = _time.GetTimestamp();
+            if (MembersDue(now))
+            {
+                // Spread placement: the members first (a holder gone may have taken a member with it), then the try.
+                nextHeartbeat = await RefreshMembersAsync(connection, session).ConfigureAwait(false);
+                continue;
+            }
+
+            if (Spread)
+            {
+                _ledger.EndGraces(now);
+            }
+
             var heartbeatDue = now >= nextHeartbeat;
             var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil);
             if (releases.Count > 0)
@@ -32,9 +45,10 @@ internal sealed partial class LockSession
                 continue;
             }
 
-            if (toTry.Length > 0)
+            // The placement may defer every key (spread: at its share); then nothing is sent and the loop goes on.
+            if (toTry.Length > 0 && PlanTries(toTry) is { } plan)
             {
-                nextHeartbeat = await TryAcquireAsync(connection, session, toTry).ConfigureAwait(false);
+                nextHeartbeat = await TryAcquireAsync(connection, session, plan).ConfigureAwait(false);
                 continue;
             }
 
@@ -74,6 +88,7 @@ internal sealed partial class LockSession
         }
 
         until = Math.Min(until, _ledger.NextUnfenced);
+        until = Math.Min(until, PlacementWakeAt());
         if (_holderQueryPending)
         {
             until = Math.Min(until, _nextHolderQuery);
@@ -129,11 +144,12 @@ internal sealed partial class LockSession
         return sent + Delta(_timings.Heartbeat);
     }
 
-    private async Task<long> TryAcquireAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
+    private async Task<long> TryAcquireAsync(NpgsqlConnection connection, SessionIo session, TryPlan plan)
     {
         var sent = _time.GetTimestamp();
         var notAfter = _serverClock.Bound(sent);
-        var result = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, keys, notAfter, CheckPid)).ConfigureAwait(false);
+        var result = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, plan.All, plan.Limited, plan.Limit, notAfter, CheckPid)).ConfigureAwait(false);
+        long[] keys = [.. plan.All, .. plan.Limited];
         if (result.Refused)
         {
             // Nothing was taken: the server's clock read past the bound. A forward step, or only a statement that
@@ -147,6 +163,10 @@ internal sealed partial class LockSession
 
         ObserveServerClock(result.ServerTime, sent);
         var got = result.Got;
+        if (Spread)
+        {
+            _ledger.AfterTry(plan, got, _time.GetTimestamp(), Delta(_timings.SpreadGrace));
+        }
 
         // Hand the acquired locks over first; who holds the others is asked afterwards, in a round trip of its own
         // (pg_locks is comparatively costly, and not needed to start a child). With fencing, the runner gets the lease once

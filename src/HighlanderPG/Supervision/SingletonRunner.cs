@@ -65,6 +65,9 @@ internal sealed class SingletonRunner : ISessionObserver
 
     public long Key { get; }
 
+    /// <summary>The node-id patterns this singleton prefers under the spread placement.</summary>
+    public IList<string> PreferredNodes => _singleton.PreferredNodes;
+
     public SingletonStatus GetStatus()
     {
         lock (_gate)
