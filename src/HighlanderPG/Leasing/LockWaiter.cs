@@ -149,9 +149,10 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
             var targets = session.WatchTargets();
             if (targets.Count == 0)
             {
+                // Nothing to watch: give the session up rather than keep it idle. The server ends a session idle for longer
+                // than the lease (idle_session_timeout), which would log a FATAL line and count as a waiter error.
                 session.SetWatched(null);
-                await _changed.WaitAsync(stopping).ConfigureAwait(false);
-                continue;
+                return;
             }
 
             // Stop watching when the holders change (e.g. a new one appeared, or this node took a key through a notification).

@@ -67,7 +67,7 @@ public sealed partial class FollowerScaleTests
     {
         await using var server = await LocalPostgresServer.StartAsync(new LocalPostgresOptions
         {
-            ExtraSettings = { ["log_statement"] = "all", ["log_min_messages"] = "info", ["log_line_prefix"] = "%m [%p] " },
+            ExtraSettings = { ["log_statement"] = "all", ["log_min_messages"] = "info", ["log_line_prefix"] = "%m %a [%p] " },
         });
         await using var cluster = new TestCluster(server.ConnectionString);
         var first = Enumerable.Range(0, 20).Select(i => $"p{i:00}").ToArray();
@@ -131,7 +131,10 @@ public sealed partial class FollowerScaleTests
         Assert.DoesNotContain(lockStatements.Concat(waitStatements), s => s.Contains("pg_locks", StringComparison.Ordinal));
         var log = ReadFrom(server.LogFile, 0);
         var errors = log.Split('\n').Where(l => ErrorLine().IsMatch(l)).ToList();
-        Assert.True(errors.Count == 0, "the server logged at ERROR or above:\n" + string.Join("\n", errors));
+        Assert.True(errors.Count == 0, "the server logged at ERROR or above:\n" + string.Join("\n", errors) + "\nwhat those sessions did last:\n" + string.Join("\n", errors
+            .Select(e => e[e.IndexOf('[', StringComparison.Ordinal)..(e.IndexOf(']', StringComparison.Ordinal) + 1)])
+            .Distinct()
+            .SelectMany(pid => log.Split('\n').Where(l => l.Contains(pid, StringComparison.Ordinal)).TakeLast(8))));
         Assert.DoesNotContain(cluster.Recorder.Events, e => e.Node == "c");
     }
 
