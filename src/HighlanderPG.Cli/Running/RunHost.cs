@@ -131,11 +131,6 @@ internal static partial class RunHost
             singletons = host.Services.GetRequiredService<IClusterSingletons>();
             changes = singletons.WatchAsync(watching.Token).GetAsyncEnumerator(watching.Token); // subscribed before the start: nothing is missed
             await host.StartAsync(CancellationToken.None).ConfigureAwait(false);
-            if (!settings.Once)
-            {
-                // A follower takes over in a process that has never led: compile that code now, not at the take-over.
-                CodeWarmUp.Start(typeof(IClusterSingletons).Assembly, typeof(CodeWarmUp).Assembly);
-            }
         }
         catch (Exception ex) when (ValidationFailures(ex) is { } failures)
         {
