@@ -4,6 +4,7 @@ using System.Text.Json;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Discovery;
+using HighlanderPG.Operations;
 using Npgsql;
 using Spectre.Console;
 
@@ -86,13 +87,20 @@ internal static class StatusCommand
                 return ExitCodes.CannotConnect;
             }
 
+            // Drains and step-downs running now (docs/operations.md): best-effort, nothing shown when they cannot be read.
+            var holdOffs = await HoldOffLines.TryReadAsync(resolved.ConnectionString, parse.GetValue(fencingSchema) ?? "highlander", cancellationToken).ConfigureAwait(false);
+            var holdOffNames = HoldOffLines.Names(leaders.Select(l => (l.Key, l.Name)), parse.GetValue(names) ?? [], parse.GetValue(ns) ?? "highlander");
             if (parse.GetValue(json))
             {
-                WriteJson(leaders, Console.OpenStandardOutput());
+                WriteJson(leaders, Console.OpenStandardOutput(), holdOffs, holdOffNames);
             }
             else
             {
                 WriteTable(leaders, resolved.Display);
+                foreach (var line in HoldOffLines.Lines(holdOffs, holdOffNames))
+                {
+                    Console.Out.WriteLine(line);
+                }
             }
 
             return ExitCodes.Ok;
@@ -101,7 +109,11 @@ internal static class StatusCommand
     }
 
     /// <summary>The JSON shape (stable: scripts parse it): documented in docs/cli.md.</summary>
-    internal static void WriteJson(IReadOnlyList<SingletonLeader> leaders, Stream output)
+    /// <remarks>
+    /// Each singleton with <c>heldOff</c>: the hold-offs that keep a node from leading it now (step-downs on its
+    /// key and drains), empty when none.
+    /// </remarks>
+    internal static void WriteJson(IReadOnlyList<SingletonLeader> leaders, Stream output, IReadOnlyList<HoldOff> holdOffs, IReadOnlyDictionary<long, string> names)
     {
         using var writer = new Utf8JsonWriter(output, new JsonWriterOptions { Indented = true });
         writer.WriteStartArray();
@@ -129,6 +141,13 @@ internal static class StatusCommand
             foreach (var follower in leader.Followers)
             {
                 WriteSession(writer, follower);
+            }
+
+            writer.WriteEndArray();
+            writer.WriteStartArray("heldOff");
+            foreach (var holdOff in holdOffs.Where(h => h.Key is null || h.Key == leader.Key))
+            {
+                HoldOffLines.WriteJson(writer, holdOff, names);
             }
 
             writer.WriteEndArray();
@@ -227,4 +246,123 @@ internal static class StatusCommand
             writer.WriteString(name, value.Value);
         }
     }
+}
+
+/// <summary>The hold-offs <c>status</c> shows (drained nodes, held-off singletons): read best-effort, printed only when there are some.</summary>
+internal static class HoldOffLines
+{
+    /// <summary>
+    /// The running hold-offs in <paramref name="schema"/> on <paramref name="connection"/>; none when the control objects do
+    /// not exist or cannot be read (no rights, a bad schema name): status never fails for them.
+    /// </summary>
+    public static async Task<IReadOnlyList<HoldOff>> TryReadAsync(NpgsqlConnection connection, string schema, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await ClusterControl.ReadHoldOffsAsync(connection, schema, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is PostgresException or ArgumentException)
+        {
+            return [];
+        }
+    }
+
+    /// <summary>Like <see cref="TryReadAsync(NpgsqlConnection, string, CancellationToken)"/> on a connection of its own; none if the database cannot be reached.</summary>
+    public static async Task<IReadOnlyList<HoldOff>> TryReadAsync(string connectionString, string schema, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var connection = new NpgsqlConnection(connectionString);
+            await using (connection.ConfigureAwait(false))
+            {
+                await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+                return await TryReadAsync(connection, schema, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is NpgsqlException or System.Net.Sockets.SocketException or TimeoutException or IOException or ArgumentException)
+        {
+            return [];
+        }
+    }
+
+    /// <summary>Key to name: the names known to the view, then the names given with <c>--name</c> (derived in <paramref name="namespace"/>).</summary>
+    public static Dictionary<long, string> Names(IEnumerable<(long Key, string? Name)> known, IEnumerable<string> given, string? @namespace)
+    {
+        var names = new Dictionary<long, string>();
+        foreach (var (key, name) in known)
+        {
+            if (name is not null)
+            {
+                names.TryAdd(key, name);
+            }
+        }
+
+        if (@namespace is not null)
+        {
+            foreach (var name in given.Where(n => !string.IsNullOrWhiteSpace(n)))
+            {
+                names.TryAdd(SingletonKey.Derive(@namespace, name), name);
+            }
+        }
+
+        return names;
+    }
+
+    /// <summary>The singleton a hold-off covers, by name where known, else its key; <see langword="null"/> for a drain.</summary>
+    public static string? Singleton(HoldOff holdOff, IReadOnlyDictionary<long, string> names) =>
+        holdOff.Key is not { } key ? null : names.GetValueOrDefault(key) ?? $"(key {key.ToString(CultureInfo.InvariantCulture)})";
+
+    /// <summary>
+    /// One line per hold-off, drains first: <c>Drained: web-3 until 2026-12-01 23:59:00 (by ops: deploy)</c>,
+    /// <c>Held off: nightly on alpha until 2026-12-01 23:01:00 (by ops)</c>.
+    /// </summary>
+    public static IEnumerable<string> Lines(IReadOnlyList<HoldOff> holdOffs, IReadOnlyDictionary<long, string> names) =>
+        holdOffs.Where(h => h.Key is null).Concat(holdOffs.Where(h => h.Key is not null)).Select(h =>
+        {
+            var who = $"(by {h.RequestedBy}{(string.IsNullOrEmpty(h.Reason) ? "" : ": " + h.Reason)})";
+            return h.Key is null
+                ? $"Drained: {h.NodeId} until {FormatTime(h.Until)} {who}"
+                : $"Held off: {Singleton(h, names)} on {h.NodeId} until {FormatTime(h.Until)} {who}";
+        });
+
+    /// <summary>One hold-off as JSON (the shape is documented in docs/cli.md).</summary>
+    public static void WriteJson(Utf8JsonWriter writer, HoldOff holdOff, IReadOnlyDictionary<long, string> names)
+    {
+        writer.WriteStartObject();
+        writer.WriteString("node", holdOff.NodeId);
+        writer.WriteString("kind", holdOff.Key is null ? "drain" : "stepdown");
+        if (holdOff.Key is { } key)
+        {
+            writer.WriteNumber("key", key);
+        }
+        else
+        {
+            writer.WriteNull("key");
+        }
+
+        if (Singleton(holdOff, names) is { } name && holdOff.Key is { } k && names.ContainsKey(k))
+        {
+            writer.WriteString("name", name);
+        }
+        else
+        {
+            writer.WriteNull("name");
+        }
+
+        writer.WriteString("until", holdOff.Until);
+        writer.WriteString("requestedBy", holdOff.RequestedBy);
+        writer.WriteString("requestedAt", holdOff.RequestedAt);
+        if (holdOff.Reason is null)
+        {
+            writer.WriteNull("reason");
+        }
+        else
+        {
+            writer.WriteString("reason", holdOff.Reason);
+        }
+
+        writer.WriteEndObject();
+    }
+
+    private static string FormatTime(DateTimeOffset time) => time.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
 }

@@ -5,6 +5,7 @@ using System.Text.Json;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Discovery;
+using HighlanderPG.Operations;
 using Npgsql;
 using Spectre.Console;
 using Spectre.Console.Rendering;
@@ -94,7 +95,7 @@ internal static class StatusWatch
         {
             var fresh = watcher.HandOvers.Take(watcher.HandOverCount - printed).Reverse().ToList();
             printed = watcher.HandOverCount;
-            WriteJsonLine(watcher.Snapshot!, watcher.Error, fresh, stdout);
+            WriteJsonLine(watcher.Snapshot!, watcher.Error, fresh, watcher.HoldOffs, watcher.Names, stdout);
         }
 
         Print();
@@ -131,8 +132,8 @@ internal static class StatusWatch
         }
     }
 
-    /// <summary>One JSON object on one line: the snapshot and the hand-overs seen since the previous line.</summary>
-    internal static void WriteJsonLine(ClusterSnapshot snapshot, string? error, IReadOnlyList<ClusterHandOver> handOvers, Stream output)
+    /// <summary>One JSON object on one line: the snapshot, the hand-overs seen since the previous line, the hold-offs running.</summary>
+    internal static void WriteJsonLine(ClusterSnapshot snapshot, string? error, IReadOnlyList<ClusterHandOver> handOvers, IReadOnlyList<HoldOff> holdOffs, IReadOnlyDictionary<long, string> holdOffNames, Stream output)
     {
         using (var w = new Utf8JsonWriter(output))
         {
@@ -216,6 +217,13 @@ internal static class StatusWatch
             }
 
             w.WriteEndArray();
+            w.WriteStartArray("holdOffs");
+            foreach (var holdOff in holdOffs)
+            {
+                HoldOffLines.WriteJson(w, holdOff, holdOffNames);
+            }
+
+            w.WriteEndArray();
             w.WriteEndObject();
         }
 
@@ -268,7 +276,13 @@ internal static class StatusWatch
         var status = watcher.Error is null
             ? $"[green]live[/] · read {FormatTime(snapshot.TakenAt)} · every {Durations.Format(interval)} · Ctrl+C to stop"
             : $"[red]database unreachable[/] ({Markup.Escape(watcher.Error)}) · last read {FormatTime(snapshot.TakenAt)}";
-        var parts = new List<IRenderable> { new Markup(status), singletons, nodes, handOvers };
+        var parts = new List<IRenderable> { new Markup(status), singletons, nodes };
+        foreach (var line in HoldOffLines.Lines(watcher.HoldOffs, watcher.Names))
+        {
+            parts.Add(new Markup("[yellow]" + Markup.Escape(line) + "[/]"));
+        }
+
+        parts.Add(handOvers);
         if (snapshot.DetailsUnavailable is not null)
         {
             parts.Insert(1, new Markup("[yellow]" + Markup.Escape(snapshot.DetailsUnavailable) + "[/]"));
@@ -285,6 +299,11 @@ internal static class StatusWatch
         text.Append(watcher.Error is null ? "\n" : $" (database unreachable: {watcher.Error})\n");
         Columns(text, ["NAME", "LEADER", "SINCE", "EPOCH", "FOLLOWERS"], SingletonRows(snapshot));
         Columns(text, ["NODE", "LOCK SESSION", "LEADS", "WAITING ON"], NodeRows(snapshot));
+        foreach (var line in HoldOffLines.Lines(watcher.HoldOffs, watcher.Names))
+        {
+            text.Append(line).Append('\n');
+        }
+
         var handOvers = HandOverRows(watcher.HandOvers).ToList();
         if (handOvers.Count > 0)
         {
@@ -410,6 +429,12 @@ internal static class StatusWatch
 
         public string? Error { get; private set; }
 
+        /// <summary>The hold-offs running at the last read (none when they cannot be read).</summary>
+        public IReadOnlyList<HoldOff> HoldOffs { get; private set; } = [];
+
+        /// <summary>Key to name for the hold-offs: the snapshot's names, then those given.</summary>
+        public IReadOnlyDictionary<long, string> Names { get; private set; } = new Dictionary<long, string>();
+
         /// <summary>Hand-overs seen, newest first (at most <see cref="HandOverHistory"/>).</summary>
         public IEnumerable<ClusterHandOver> HandOvers => _handOvers;
 
@@ -439,6 +464,7 @@ internal static class StatusWatch
             try
             {
                 snapshot = await ClusterSnapshot.ReadAsync(_connection, @namespace, fencingSchema, names, cancellationToken).ConfigureAwait(false);
+                HoldOffs = await HoldOffLines.TryReadAsync(_connection, fencingSchema, cancellationToken).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is NpgsqlException or IOException or TimeoutException)
             {
@@ -461,6 +487,7 @@ internal static class StatusWatch
             }
 
             Snapshot = snapshot;
+            Names = HoldOffLines.Names(snapshot.Singletons.Select(s => (s.Key, s.Name)), names, snapshot.Namespace ?? @namespace);
             var hadError = Error is not null;
             Error = null;
             var fingerprint = Fingerprint(snapshot);
@@ -477,10 +504,10 @@ internal static class StatusWatch
             return changed;
         }
 
-        private static string Fingerprint(ClusterSnapshot snapshot)
+        private string Fingerprint(ClusterSnapshot snapshot)
         {
             using var buffer = new MemoryStream();
-            WriteJsonLine(snapshot, null, [], buffer);
+            WriteJsonLine(snapshot, null, [], HoldOffs, Names, buffer);
             var text = Encoding.UTF8.GetString(buffer.ToArray());
             return text[text.IndexOf(",\"namespace\"", StringComparison.Ordinal)..]; // without takenAt
         }
