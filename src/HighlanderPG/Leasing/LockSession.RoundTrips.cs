@@ -117,7 +117,7 @@ internal sealed partial class LockSession
         {
             // The wait's end comes from the node's TimeProvider (not CancelAfter's own timer), like every other timeout.
             using var timer = _time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, timeout, Timeout.InfiniteTimeSpan);
-            await connection.WaitAsync(cts.Token).ConfigureAwait(false);
+            await ConnectionWait.UntilNotifiedAsync(connection, cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)
         {

@@ -212,7 +212,7 @@ internal sealed class MessagingHub : IHostedService, IAsyncDisposable
                 delay = _options.ReconnectMinDelay;
                 while (true)
                 {
-                    await connection.WaitAsync(token).ConfigureAwait(false);
+                    await Leasing.ConnectionWait.UntilNotifiedAsync(connection, token).ConfigureAwait(false);
                 }
             }
             catch (Exception) when (token.IsCancellationRequested)

@@ -316,7 +316,7 @@ public sealed class SingletonClient : IAsyncDisposable
                 delay = TimeSpan.FromMilliseconds(100);
                 while (true)
                 {
-                    await connection.WaitAsync(token).ConfigureAwait(false);
+                    await Leasing.ConnectionWait.UntilNotifiedAsync(connection, token).ConfigureAwait(false);
                 }
             }
             catch (Exception) when (token.IsCancellationRequested)
