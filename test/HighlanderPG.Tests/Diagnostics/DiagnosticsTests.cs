@@ -23,12 +23,14 @@ public sealed class DiagnosticsTests(PostgresFixture pg)
         // name of its own (the node is no longer a tag).
         var singleton = "diag-" + Guid.NewGuid().ToString("N")[..8];
         var measurements = new ConcurrentQueue<(string Instrument, long Value, string? Singleton, string[] TagKeys)>();
+        var published = new ConcurrentQueue<string>();
         using var listener = new MeterListener
         {
             InstrumentPublished = (instrument, l) =>
             {
                 if (instrument.Meter.Name == HighlanderDiagnostics.MeterName)
                 {
+                    published.Enqueue(instrument.Name);
                     l.EnableMeasurementEvents(instrument);
                 }
             },
@@ -76,7 +78,9 @@ public sealed class DiagnosticsTests(PostgresFixture pg)
         var healthy = await health.CheckHealthAsync();
         Assert.Equal(HealthStatus.Healthy, healthy.Status);
         Assert.Equal("Leading (leader diag)", healthy.Entries["highlander"].Data[singleton]);
-        Assert.Contains(measurements, m => m.Instrument == "highlander.acquisitions" && m.Singleton == singleton && m.Value == 1);
+        Assert.True(
+            measurements.Any(m => m.Instrument == "highlander.acquisitions" && m.Singleton == singleton && m.Value == 1),
+            $"no acquisition of {singleton} measured; instruments listened to: {string.Join(", ", published)}; acquisitions measured: {string.Join(", ", measurements.Where(m => m.Instrument == "highlander.acquisitions").Select(m => m.Singleton))}; {measurements.Count} measurements in all");
 
         proxy.SetMode(ProxyMode.Blackhole);
         await node.WaitForStateAsync(singleton, SingletonState.Disconnected);

@@ -14,6 +14,11 @@ public sealed class LogCapture
 
     public ILoggerProvider For(string node) => new Provider(this, node);
 
+    /// <summary>Every entry at <paramref name="minimum"/> or above, one per line with its time and node, for failure messages.</summary>
+    public string Describe(LogLevel minimum = LogLevel.Information) => string.Join("\n", Entries
+        .Where(e => e.Level >= minimum)
+        .Select(e => $"{e.At:HH:mm:ss.fff} {e.Node} {e.Level} {e.EventId.Id} {e.Category}: {e.Message}{(e.Exception is null ? "" : $" ({e.Exception.GetType().Name}: {e.Exception.Message})")}"));
+
     public Task<LogEntry> WaitAsync(Func<LogEntry, bool> match, TimeSpan? timeout = null)
     {
         var tcs = new TaskCompletionSource<LogEntry>(TaskCreationOptions.RunContinuationsAsynchronously);

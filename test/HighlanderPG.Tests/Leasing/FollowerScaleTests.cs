@@ -134,7 +134,8 @@ public sealed partial class FollowerScaleTests
         Assert.True(errors.Count == 0, "the server logged at ERROR or above:\n" + string.Join("\n", errors) + "\nwhat those sessions did last:\n" + string.Join("\n", errors
             .Select(e => e[e.IndexOf('[', StringComparison.Ordinal)..(e.IndexOf(']', StringComparison.Ordinal) + 1)])
             .Distinct()
-            .SelectMany(pid => log.Split('\n').Where(l => l.Contains(pid, StringComparison.Ordinal)).TakeLast(8))));
+            .SelectMany(pid => log.Split('\n').Where(l => l.Contains(pid, StringComparison.Ordinal)).TakeLast(8)))
+            + "\nthe nodes' log (information and above):\n" + cluster.Logs.Describe());
         Assert.DoesNotContain(cluster.Recorder.Events, e => e.Node == "c");
     }
 

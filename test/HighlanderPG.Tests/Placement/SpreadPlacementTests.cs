@@ -178,7 +178,9 @@ public sealed class SpreadPlacementTests(PostgresFixture pg)
         var mark = cluster.Recorder.Mark();
         var preferred = await cluster.StartNodeAsync("pref-1", names, Spread, Preferring);
         await cluster.Recorder.WaitStartedAsync("p", mark, node: "pref-1", timeout: Eventually);
-        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.PreferenceHandOver && e.Node == first.Node);
+        Assert.True(
+            cluster.Logs.Entries.Any(e => e.EventId.Id == HighlanderEventIds.PreferenceHandOver && e.Node == first.Node),
+            $"{first.Node} did not log its hand-over to the preferred node; the nodes' log:\n{cluster.Logs.Describe()}");
 
         mark = cluster.Recorder.Mark();
         await preferred.StopAsync();
