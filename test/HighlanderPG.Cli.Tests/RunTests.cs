@@ -70,6 +70,30 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
         Assert.Matches($"name={_name} node=envnode token=[1-9][0-9]*", a.Stdout);
     }
 
+    /// <summary>
+    /// A following <c>highlander run</c> rehearses its take-over once (docs/cli.md, "Hand-over"), on a private lock and
+    /// with <c>sh -c :</c> as the child: the command does not run on it, and a node that leads at once rehearses nothing.
+    /// Its real take-over then goes as ever.
+    /// </summary>
+    [Fact]
+    public async Task A_following_run_rehearses_its_take_over_without_running_the_command_and_a_leading_one_does_not()
+    {
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", "reh-a", "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        var first = await _life.Journal.WaitStartedAsync(_name, node: "reh-a");
+        await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", "reh-b", "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        await b.WaitLoggedAsync(HighlanderEventIds.Rehearsed);
+        Assert.Contains("(ran: True)", b.Stderr, StringComparison.Ordinal);
+        Assert.False(a.Logged(HighlanderEventIds.Rehearsed), a.Output);
+        _life.Journal.Poll();
+        Assert.DoesNotContain(_life.Journal.Events, e => e.Node == "reh-b");
+
+        a.Signal(Native.SigTerm);
+        Assert.Equal(0, await a.WaitForExitAsync(TimeSpan.FromSeconds(15)));
+        await _life.Journal.WaitStartedAsync(_name, after: first.Seq + 1, node: "reh-b");
+        _life.Journal.AssertNoOverlap();
+        Assert.False(b.Logged(HighlanderEventIds.RunRehearsalFailed), b.Output);
+    }
+
     private CliProcess StartNode(string node) =>
         CliProcess.Start(["run", "--name", _name, "--node-id", node, .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
 

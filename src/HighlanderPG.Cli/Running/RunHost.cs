@@ -139,6 +139,11 @@ internal static partial class RunHost
             return ExitCodes.Usage;
         }
 
+        if (child is not null && once is null && singletons is HighlanderNode node)
+        {
+            _ = RehearseWhenFollowingAsync(node, settings.Name, options, logger, watching.Token);
+        }
+
         await using (changes.ConfigureAwait(false))
         {
             LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : settings.Group is null ? "service" : "group");
@@ -147,6 +152,59 @@ internal static partial class RunHost
                 : await RunOnceAsync(host, singletons, options, settings, once, changes, watching, connection, logger).ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// A follower rehearses its take-over once (docs/cli.md, "Hand-over"): as soon as another node is seen leading the name,
+    /// the library runs a take-over through the real path on a private lock (<see cref="HighlanderNode.RehearseAsync"/>),
+    /// with a child that starts <c>sh -c :</c> the way the command is started (parent-death signal, own session, the
+    /// watchdog), so that the real take-over later does not run that code, in this process, for the first time. Nothing of
+    /// the command runs, and nothing is rehearsed by a node that leads at once.
+    /// </summary>
+    private static async Task RehearseWhenFollowingAsync(HighlanderNode node, string name, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await foreach (var change in node.WatchAsync(cancellationToken).ConfigureAwait(false))
+            {
+                if (change.Name != name || node.Get(name) is not { } status)
+                {
+                    continue;
+                }
+
+                if (status.State is SingletonState.Starting or SingletonState.Leading or SingletonState.Stopping or SingletonState.Completed or SingletonState.Faulted)
+                {
+                    return; // leads (or did): nothing to rehearse for
+                }
+
+                if (status.State == SingletonState.Following && status.Leader is { } leader && leader.NodeId != options.NodeId)
+                {
+                    break;
+                }
+            }
+
+            var shell = ProcessLauncher.FindProgram("sh");
+            if (shell is null || cancellationToken.IsCancellationRequested)
+            {
+                return;
+            }
+
+            var rehearsal = new CommandChild(["sh", "-c", ":"], shell, ProcessLauncher.Shared);
+            var killAfter = LeaseTimings.From(options).ChildKillAfter;
+            await node.RehearseAsync((leadership, _, ct) => rehearsal.RunAsync(leadership, killAfter, ct), RehearsalTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Stopping: nothing to rehearse for.
+        }
+        catch (Exception ex)
+        {
+            // Only a warm-up: the real take-over works without it.
+            LogRehearsalFailed(logger, ex);
+        }
+    }
+
+    /// <summary>How long a rehearsal may take at most (a drained node never takes its private lock).</summary>
+    private static readonly TimeSpan RehearsalTimeout = TimeSpan.FromSeconds(10);
 
     /// <summary>Service mode: until SIGTERM/SIGINT (graceful step-down, exit 0) or a crash loop (exit 1).</summary>
     private static async Task<int> ServeAsync(IHost host, IClusterSingletons singletons, RunSettings settings, GroupChild? group, ILogger logger)
@@ -329,6 +387,9 @@ internal static partial class RunHost
 
     [LoggerMessage(EventId = HighlanderEventIds.RunSteppedDown, Level = LogLevel.Information, Message = "Stepped down from '{Name}' and stopped")]
     private static partial void LogStopped(ILogger logger, string name);
+
+    [LoggerMessage(EventId = HighlanderEventIds.RunRehearsalFailed, Level = LogLevel.Warning, Message = "The take-over rehearsal failed; the first take-over may take longer")]
+    private static partial void LogRehearsalFailed(ILogger logger, Exception exception);
 
     [LoggerMessage(EventId = HighlanderEventIds.RunOnceDone, Level = LogLevel.Information, Message = "Ran '{Name}' once; the command exited with code {ExitCode}; released")]
     private static partial void LogOnceDone(ILogger logger, string name, int exitCode);

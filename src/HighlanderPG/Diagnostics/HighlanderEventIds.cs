@@ -66,6 +66,9 @@ public static class HighlanderEventIds
     /// <summary>A singleton is led by another node (first seen, or changed).</summary>
     public const int Following = 1104;
 
+    /// <summary>A take-over was rehearsed on a private lock (debug): whether it ran, and how long it took.</summary>
+    public const int Rehearsed = 1105;
+
     /// <summary>A singleton's child started.</summary>
     public const int ChildStarted = 1200;
 
@@ -152,6 +155,9 @@ public static class HighlanderEventIds
 
     /// <summary>CLI: <c>--once</c>: the command ran once and the lock was released.</summary>
     public const int RunOnceDone = 2102;
+
+    /// <summary><c>highlander run</c>: the follower's take-over rehearsal failed (a warning; the real take-over does not need it).</summary>
+    public const int RunRehearsalFailed = 2103;
 
     /// <summary>CLI group: a member started (its name is the <c>Member</c> parameter).</summary>
     public const int MemberStarted = 2200;

@@ -56,6 +56,9 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.Following, Level = LogLevel.Information, Message = "Singleton {Singleton} is led by {Leader}")]
     public static partial void Following(ILogger logger, string singleton, string leader);
 
+    [LoggerMessage(EventId = HighlanderEventIds.Rehearsed, Level = LogLevel.Debug, Message = "Take-over rehearsed on a private lock (ran: {Ran}) in {Elapsed}")]
+    public static partial void Rehearsed(ILogger logger, bool ran, TimeSpan elapsed);
+
     [LoggerMessage(EventId = HighlanderEventIds.ChildStarted, Level = LogLevel.Information, Message = "Child of singleton {Singleton} started")]
     public static partial void ChildStarted(ILogger logger, string singleton);
 

@@ -1,6 +1,7 @@
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Leasing;
 using HighlanderPG.Supervision;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -122,6 +123,10 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
 
         Session?.LeavePlacement(); // spread: counted out before its singletons are released (docs/lease-protocol.md, "Placement")
+
+        // A rehearsal under way ends first (its runner releases its private lock while the session still runs).
+        await _rehearsalStop.CancelAsync().ConfigureAwait(false);
+        await _rehearsal.ConfigureAwait(false);
         foreach (var stop in _runnerStops)
         {
             _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do
@@ -202,6 +207,89 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     public IAsyncEnumerable<SingletonStateChanged> WatchAsync(CancellationToken cancellationToken = default) => _stateEvents.WatchAsync(cancellationToken);
 
+    /// <summary>The name a rehearsal's child sees (HIGHLANDER_NAME under the CLI); never a lock anyone else contends for.</summary>
+    internal const string RehearsalName = "highlander-rehearsal";
+
+    /// <summary>
+    /// Runs a take-over once through the real path, on a private lock, so that the first real take-over in this process
+    /// does not pay for code running for the first time (docs/lease-protocol.md, "Rehearsal"): a random key, never
+    /// contended, is acquired by this node's session (without an epoch bump, so no fencing row is left), a runner starts
+    /// <paramref name="run"/> as its child in a scope of its own like any singleton's, and once the child has returned
+    /// the runner releases the lock. Quiet: no state change, span or measurement, and logs at debug only. Skipped (false)
+    /// under the spread placement (a try there is planned by the share) and when the node is not running; bounded by
+    /// <paramref name="timeout"/> (a drained node never takes the key: then it is abandoned, false).
+    /// </summary>
+    internal Task<bool> RehearseAsync(Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(run);
+        if (Session is not { } session || _options.Placement == SingletonPlacement.Spread || Volatile.Read(ref _stopped) == 1)
+        {
+            return Task.FromResult(false);
+        }
+
+        var rehearsal = RehearseCoreAsync(session, run, timeout, cancellationToken);
+        _rehearsal = rehearsal; // StopAsync ends it first
+        return rehearsal;
+    }
+
+    private Task _rehearsal = Task.CompletedTask;
+    private readonly CancellationTokenSource _rehearsalStop = new();
+
+    private async Task<bool> RehearseCoreAsync(LockSession session, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+
+        // What a real acquisition also touches, in the same order.
+        System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderActivities).TypeHandle);
+        System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderMetrics).TypeHandle);
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var registration = new SingletonRegistration(
+            RehearsalName,
+            typeof(DelegateSingleton),
+            sp => new DelegateSingleton(sp.GetRequiredService<ILeadership>(), sp, async (leadership, services, token) =>
+            {
+                try
+                {
+                    await run(leadership, services, token).ConfigureAwait(false);
+                }
+                finally
+                {
+                    ran.TrySetResult();
+                }
+            }),
+            configure: null);
+        var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
+        singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the rehearsal ends it
+        var key = System.Security.Cryptography.RandomNumberGenerator.GetInt32(int.MinValue, int.MaxValue) * (long)uint.MaxValue
+            ^ System.Security.Cryptography.RandomNumberGenerator.GetInt32(int.MinValue, int.MaxValue);
+        var logger = _loggerFactory.CreateLogger("HighlanderPG.Rehearsal");
+        session.SetNeverFenced(key, on: true);
+        var runner = new SingletonRunner(registration, singleton, key, _options, LeaseTimings.From(_options), session, _services, _time,
+            Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _rehearsalStop.Token);
+        var started = _time.GetTimestamp();
+        var running = Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None);
+        var done = false;
+        try
+        {
+            await ran.Task.WaitAsync(timeout, _time, stop.Token).ConfigureAwait(false);
+            done = true;
+        }
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
+        {
+            // Not taken in time (a drained node, a lost session) or the node is stopping: given up, nothing ran.
+        }
+        finally
+        {
+            // The runner stops what still runs and releases the lock (announced like any release) before it returns.
+            await stop.CancelAsync().ConfigureAwait(false);
+            await running.ConfigureAwait(false);
+            session.SetNeverFenced(key, on: false);
+        }
+
+        Log.Rehearsed(logger, done, _time.GetElapsedTime(started));
+        return done;
+    }
+
     private void Publish(SingletonStateChanged change)
     {
         _stateEvents.Publish(change);
@@ -231,5 +319,6 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
 
         _sessionStopping.Dispose();
+        _rehearsalStop.Dispose();
     }
 }

@@ -19,6 +19,7 @@ internal sealed partial class KeyLedger
     private bool _wantsChanged;
     private bool _poke;
     private readonly HashSet<long> _announced = []; // wanted keys whose release another node announced since the last try
+    private readonly HashSet<long> _neverFenced = []; // keys granted without an epoch bump even when fencing is on (a rehearsal's)
     private int _generation;
     private int _heartbeatsSinceFullTry;
 
@@ -325,7 +326,7 @@ internal sealed partial class KeyLedger
                 _held[key] = lease;
                 _holders.Remove(key);
                 _staleHolders.Remove(key);
-                if (fencing)
+                if (fencing && !_neverFenced.Contains(key))
                 {
                     // The runner gets the lease once its epoch is bumped.
                     _unfenced[key] = long.MinValue;
@@ -342,6 +343,26 @@ internal sealed partial class KeyLedger
         }
 
         return granted;
+    }
+
+    /// <summary>
+    /// Grants <paramref name="key"/> without an epoch bump even when fencing is on (<paramref name="on"/>), or as usual
+    /// again: a rehearsal's private key (<see cref="Hosting.HighlanderNode.RehearseAsync"/>) must leave no row in the
+    /// fencing table.
+    /// </summary>
+    public void SetNeverFenced(long key, bool on)
+    {
+        lock (_gate)
+        {
+            if (on)
+            {
+                _neverFenced.Add(key);
+            }
+            else
+            {
+                _neverFenced.Remove(key);
+            }
+        }
     }
 
     /// <summary>Records who holds <paramref name="keys"/> (those absent from <paramref name="holders"/> are held by nobody); returns the keys whose holder changed.</summary>

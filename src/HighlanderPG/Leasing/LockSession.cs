@@ -106,6 +106,9 @@ internal sealed partial class LockSession : ILockSession
     /// <inheritdoc/>
     public LeaderInfo? GetHolder(long key) => _ledger.GetHolder(key);
 
+    /// <summary>Grants <paramref name="key"/> without an epoch bump even when fencing is on (a rehearsal's private key), or as usual again.</summary>
+    public void SetNeverFenced(long key, bool on) => _ledger.SetNeverFenced(key, on);
+
     /// <summary>Keys this node wants but does not hold, with the backend pid of their last seen holder.</summary>
     public List<(long Key, int? HolderPid)> GetWaitTargets() => _ledger.GetWaitTargets();
 

@@ -24,6 +24,7 @@ internal sealed class SingletonRunner : ISessionObserver
     private readonly Action<SingletonStateChanged> _publish;
     private readonly Action _stopHost;
     private readonly Lock _gate = new();
+    private readonly bool _observed; // false for a rehearsal (HighlanderNode.RehearseAsync): no span, no measurement
     private SingletonState _state = SingletonState.Disconnected;
     private DateTimeOffset _since;
     private int _restarts;
@@ -44,8 +45,10 @@ internal sealed class SingletonRunner : ISessionObserver
         TimeProvider time,
         ILogger logger,
         Action<SingletonStateChanged> publish,
-        Action stopHost)
+        Action stopHost,
+        bool rehearsal = false)
     {
+        _observed = !rehearsal;
         _registration = registration;
         _singleton = singleton;
         Key = key;
@@ -119,7 +122,11 @@ internal sealed class SingletonRunner : ISessionObserver
                             if (!intensity.TryRecord())
                             {
                                 Log.CrashLoop(_logger, Name, _singleton.MaxRestarts, _singleton.RestartWindow, _singleton.CrashLoopBehavior);
-                                HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
+                                if (_observed)
+                                {
+                                    HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
+                                }
+
                                 SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
                                 if (_singleton.CrashLoopBehavior == CrashLoopBehavior.StopHost)
                                 {
@@ -134,7 +141,11 @@ internal sealed class SingletonRunner : ISessionObserver
                                 _restarts++;
                             }
 
-                            HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(Name));
+                            if (_observed)
+                            {
+                                HighlanderMetrics.Restarts.Add(1, HighlanderMetrics.Tags(Name));
+                            }
+
                             holdOff = _singleton.RestartDelay;
                             break;
                         case Outcome.SteppedDown:
@@ -196,8 +207,12 @@ internal sealed class SingletonRunner : ISessionObserver
     private async Task<Outcome> LeadAsync(Lease lease, CancellationToken stopping)
     {
         Log.Acquired(_logger, Name, Key);
-        HighlanderActivities.OnAcquired(_options.NodeId, Name, Key, lease.Epoch);
-        HighlanderMetrics.Acquisitions.Add(1, HighlanderMetrics.Tags(Name));
+        if (_observed)
+        {
+            HighlanderActivities.OnAcquired(_options.NodeId, Name, Key, lease.Epoch);
+            HighlanderMetrics.Acquisitions.Add(1, HighlanderMetrics.Tags(Name));
+        }
+
         Task stepDownTask;
         lock (_gate)
         {
@@ -256,13 +271,19 @@ internal sealed class SingletonRunner : ISessionObserver
             if (first == lost)
             {
                 Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
-                HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, lease.LossReason ?? "unknown");
-                HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(Name));
+                if (_observed)
+                {
+                    HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, lease.LossReason ?? "unknown");
+                    HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(Name));
+                }
             }
             else if (first == stepDownTask)
             {
                 Log.SteppingDown(_logger, Name, reason);
-                HighlanderActivities.OnSteppingDown(_options.NodeId, Name, Key, lease.Epoch, reason);
+                if (_observed)
+                {
+                    HighlanderActivities.OnSteppingDown(_options.NodeId, Name, Key, lease.Epoch, reason);
+                }
             }
 
             SetState(SingletonState.Stopping, reason);
@@ -286,7 +307,10 @@ internal sealed class SingletonRunner : ISessionObserver
             {
                 var elapsed = _time.GetElapsedTime(stopStarted);
                 Log.ChildStopped(_logger, Name, elapsed);
-                HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(Name));
+                if (_observed)
+                {
+                    HighlanderMetrics.ChildStop.Record(elapsed.TotalSeconds, HighlanderMetrics.Tags(Name));
+                }
             }
 
             var outcome = Outcome.Contend;
@@ -313,7 +337,10 @@ internal sealed class SingletonRunner : ISessionObserver
                     if (first == lost)
                     {
                         Log.LeadershipLost(_logger, Name, lease.LossReason ?? "unknown");
-                        HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, lease.LossReason ?? "unknown");
+                        if (_observed)
+                        {
+                            HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, lease.LossReason ?? "unknown");
+                        }
                     }
 
                     reason = first == lost ? $"lease lost: {lease.LossReason}" : first == stop ? "the node is stopping" : "step-down requested";
@@ -338,7 +365,10 @@ internal sealed class SingletonRunner : ISessionObserver
             {
                 await _session.ReleaseAsync(lease).ConfigureAwait(false);
                 Log.Released(_logger, Name, Key, reason);
-                HighlanderActivities.OnReleased(_options.NodeId, Name, Key, lease.Epoch, reason);
+                if (_observed)
+                {
+                    HighlanderActivities.OnReleased(_options.NodeId, Name, Key, lease.Epoch, reason);
+                }
             }
 
             TaskCompletionSource? waiting;
@@ -367,8 +397,16 @@ internal sealed class SingletonRunner : ISessionObserver
 
         var lease = watch.Lease;
         Log.Escalating(_logger, Name, reason);
+        if (!_observed)
+        {
+            // A rehearsal's lock is private (a random key): no other node can ever run its child, so a child of it that does
+            // not stop endangers nothing, and the node's escalation (which may end the process) is not for it.
+            return;
+        }
+
         HighlanderActivities.OnEscalating(_options.NodeId, Name, Key, lease.Epoch, reason);
         HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
+
         var context = new EscalationContext(Name, _options.NodeId, reason, RemainingLease(lease));
         if (_options.OnEscalation is { } handler)
         {
