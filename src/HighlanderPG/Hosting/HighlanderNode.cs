@@ -211,11 +211,12 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     internal const string RehearsalName = "highlander-rehearsal";
 
     /// <summary>
-    /// Runs a take-over once through the real path, on a private lock, so that the first real take-over in this process
+    /// Runs a take-over twice through the real path, each on a private lock, so that the first real take-over in this process
     /// does not pay for code running for the first time (docs/lease-protocol.md, "Rehearsal"): a random key, never
     /// contended, is acquired by this node's session (without an epoch bump, so no fencing row is left), a runner starts
     /// <paramref name="run"/> as its child in a scope of its own like any singleton's, and once the child has returned
-    /// the runner releases the lock. Quiet: no state change, span or measurement, and logs at debug only. Skipped (false)
+    /// the runner releases the lock. Quiet: no state change, span or measurement; its runner's messages are formatted
+    /// and dropped, and one line is logged at debug. Skipped (false)
     /// under the spread placement (a try there is planned by the share) and when the node is not running; bounded by
     /// <paramref name="timeout"/> (a drained node never takes the key: then it is abandoned, false).
     /// </summary>
@@ -227,9 +228,23 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             return Task.FromResult(false);
         }
 
-        var rehearsal = RehearseCoreAsync(session, run, timeout, cancellationToken);
+        var rehearsal = RehearseTwiceAsync(session, run, timeout, cancellationToken);
         _rehearsal = rehearsal; // StopAsync ends it first
         return rehearsal;
+    }
+
+    /// <summary>
+    /// Twice: some code is prepared only on its second run (dependency injection compiles a service's resolver in the
+    /// background after its second resolution), and that should happen now, not at the real take-over.
+    /// </summary>
+    private async Task<bool> RehearseTwiceAsync(LockSession session, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var logger = _loggerFactory.CreateLogger("HighlanderPG.Rehearsal");
+        var started = _time.GetTimestamp();
+        var ran = await RehearseCoreAsync(session, run, timeout, cancellationToken).ConfigureAwait(false)
+            && await RehearseCoreAsync(session, run, timeout, cancellationToken).ConfigureAwait(false);
+        Log.Rehearsed(logger, ran, _time.GetElapsedTime(started));
+        return ran;
     }
 
     private Task _rehearsal = Task.CompletedTask;
@@ -237,7 +252,6 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     private async Task<bool> RehearseCoreAsync(LockSession session, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
     {
-
         // What a real acquisition also touches, in the same order.
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderActivities).TypeHandle);
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderMetrics).TypeHandle);
@@ -259,14 +273,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             configure: null);
         var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
         singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the rehearsal ends it
-        var key = System.Security.Cryptography.RandomNumberGenerator.GetInt32(int.MinValue, int.MaxValue) * (long)uint.MaxValue
-            ^ System.Security.Cryptography.RandomNumberGenerator.GetInt32(int.MinValue, int.MaxValue);
-        var logger = _loggerFactory.CreateLogger("HighlanderPG.Rehearsal");
+        var key = BitConverter.ToInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(sizeof(long)));
         session.SetNeverFenced(key, on: true);
         var runner = new SingletonRunner(registration, singleton, key, _options, LeaseTimings.From(_options), session, _services, _time,
-            Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
+            FormattingOnlyLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _rehearsalStop.Token);
-        var started = _time.GetTimestamp();
         var running = Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None);
         var done = false;
         try
@@ -286,8 +297,23 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             session.SetNeverFenced(key, on: false);
         }
 
-        Log.Rehearsed(logger, done, _time.GetElapsedTime(started));
         return done;
+    }
+
+    /// <summary>
+    /// The rehearsal's logger: it formats every message, as the real runner's enabled logger would (that code runs too),
+    /// and writes none.
+    /// </summary>
+    private sealed class FormattingOnlyLogger : ILogger
+    {
+        public static readonly FormattingOnlyLogger Instance = new();
+
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            _ = formatter(state, exception);
     }
 
     private void Publish(SingletonStateChanged change)

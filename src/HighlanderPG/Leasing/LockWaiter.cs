@@ -150,8 +150,16 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
             if (targets.Count == 0)
             {
                 // Nothing to watch: give the session up rather than keep it idle. The server ends a session idle for longer
-                // than the lease (idle_session_timeout), which would log a FATAL line and count as a waiter error.
+                // than the lease (idle_session_timeout), which would log a FATAL line and count as a waiter error. Not at
+                // once: the targets usually go because this node just took over, and closing a connection then would
+                // compete for the CPU with starting the child; kept for a moment (well within the lease), the session is
+                // used again if targets come back meanwhile.
                 session.SetWatched(null);
+                if (await TargetsWithinAsync(IdleGrace(timings), stopping).ConfigureAwait(false))
+                {
+                    continue;
+                }
+
                 return;
             }
 
@@ -193,6 +201,29 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
                 session.HolderGone(key);
                 await _changed.WaitAsync(stopping).ConfigureAwait(false);
             }
+        }
+    }
+
+    /// <summary>How long a waiter with nothing to watch keeps its session before it gives it up: a second, or the wait slice when shorter.</summary>
+    internal static TimeSpan IdleGrace(LeaseTimings timings) => timings.WaitSlice < TimeSpan.FromSeconds(1) ? timings.WaitSlice : TimeSpan.FromSeconds(1);
+
+    /// <summary>Whether there is something to watch again within <paramref name="grace"/> (on the node's clock), counted from now.</summary>
+    private async Task<bool> TargetsWithinAsync(TimeSpan grace, CancellationToken stopping)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        using var timer = time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, grace, Timeout.InfiniteTimeSpan);
+        try
+        {
+            while (session.WatchTargets().Count == 0)
+            {
+                await _changed.WaitAsync(cts.Token).ConfigureAwait(false);
+            }
+
+            return true;
+        }
+        catch (OperationCanceledException) when (!stopping.IsCancellationRequested)
+        {
+            return false;
         }
     }
 
