@@ -71,26 +71,29 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
     }
 
     /// <summary>
-    /// A following <c>highlander run</c> rehearses its take-over once (docs/cli.md, "Hand-over"), on a private lock and
-    /// with <c>sh -c :</c> as the child: the command does not run on it, and a node that leads at once rehearses nothing.
-    /// Its real take-over then goes as ever.
+    /// <c>highlander run</c> rehearses its hand-over (docs/cli.md, "Hand-over: the rehearsal") whether it leads or follows,
+    /// on a private lock and with <c>sh -c :</c> as the child: the command runs once, on the leader, and not for the
+    /// rehearsals. The real hand-over then goes as ever.
     /// </summary>
     [Fact]
-    public async Task A_following_run_rehearses_its_take_over_without_running_the_command_and_a_leading_one_does_not()
+    public async Task A_run_rehearses_its_hand_over_without_running_the_command_whether_it_leads_or_follows()
     {
         await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", "reh-a", "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
         var first = await _life.Journal.WaitStartedAsync(_name, node: "reh-a");
+        await a.WaitLoggedAsync(HighlanderEventIds.Rehearsed);
         await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", "reh-b", "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
         await b.WaitLoggedAsync(HighlanderEventIds.Rehearsed);
+        Assert.Contains("(ran: True)", a.Stderr, StringComparison.Ordinal);
         Assert.Contains("(ran: True)", b.Stderr, StringComparison.Ordinal);
-        Assert.False(a.Logged(HighlanderEventIds.Rehearsed), a.Output);
         _life.Journal.Poll();
+        Assert.Single(_life.Journal.Events, e => e.Kind == LifeKind.Started); // the leader's command, once
         Assert.DoesNotContain(_life.Journal.Events, e => e.Node == "reh-b");
 
         a.Signal(Native.SigTerm);
         Assert.Equal(0, await a.WaitForExitAsync(TimeSpan.FromSeconds(15)));
         await _life.Journal.WaitStartedAsync(_name, after: first.Seq + 1, node: "reh-b");
         _life.Journal.AssertNoOverlap();
+        Assert.False(a.Logged(HighlanderEventIds.RunRehearsalFailed), a.Output);
         Assert.False(b.Logged(HighlanderEventIds.RunRehearsalFailed), b.Output);
     }
 

@@ -40,6 +40,28 @@ public sealed class SubreaperTests(PostgresFixture pg) : IDisposable
         Assert.True(escaped >= 0 && escaped < stderr.IndexOf($"[{HighlanderEventIds.Released}]", StringComparison.Ordinal), node.Output);
     }
 
+    /// <summary>
+    /// The leader's rehearsal (docs/cli.md, "Hand-over: the rehearsal") runs beside the command, and leaves the command's
+    /// escaped processes alone: only the command's own stop may stop them.
+    /// </summary>
+    [Fact]
+    public async Task A_leaders_rehearsal_leaves_the_commands_daemon_alone()
+    {
+        var node = Start(["--node-id", "n1", "--log-level", "debug", "--", "sh", "-c", "\"$GROUP_DIR/daemon.sh\"; exec sleep 300"]);
+        var started = await _group.WaitAsync(e => e.Any(x => x is { Kind: "start", Member: "daemon" }), "the daemon started", node);
+        var daemon = started.Single(e => e.Member == "daemon").Pid;
+        await node.WaitLoggedAsync(HighlanderEventIds.Rehearsed);
+        for (var waited = 0; ParentOf(daemon) != node.Pid; waited++)
+        {
+            Assert.True(waited < 600, $"the daemon (pid {daemon}) has parent {ParentOf(daemon)}, not highlander (pid {node.Pid})");
+            await Task.Delay(50);
+        }
+
+        Assert.True(Native.ProcessAlive(daemon), node.Output);
+        Assert.False(node.Logged(HighlanderEventIds.EscapedStopping), node.Output);
+        Assert.DoesNotContain(_group.Events, e => e is { Kind: "stop", Member: "daemon" });
+    }
+
     [Fact]
     public async Task A_members_daemon_is_stopped_after_the_member_and_before_the_members_before_it_and_before_the_next_leader_starts()
     {

@@ -46,6 +46,12 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
     public Action<CommandOutcome>? AfterExit { get; init; }
 
     /// <summary>
+    /// A rehearsal's child (<see cref="RunHost"/>): it leaves the processes that left its group alone, since a rehearsal
+    /// may run beside COMMAND, whose escaped processes are COMMAND's business, not the rehearsal's.
+    /// </summary>
+    public bool Rehearsal { get; init; }
+
+    /// <summary>
     /// The command for logs: the program's file name, and its first argument's when that is a script file. Other arguments
     /// are not logged: they may carry secrets (a URL with a password, a token).
     /// </summary>
@@ -129,7 +135,10 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
             // What left the group (and outlived its parent) was re-parented here: stopped too, within the same budget.
             var budget = stopped ? killAfter - Stopwatch.GetElapsedTime(stopStarted) : killAfter;
             using var escapeesKill = new CancellationTokenSource(budget > TimeSpan.Zero ? budget : TimeSpan.Zero);
-            await Escapees.StopAsync(launcher, Display, member: null, escapeesKill.Token, Logger).ConfigureAwait(false);
+            if (!Rehearsal)
+            {
+                await Escapees.StopAsync(launcher, Display, member: null, escapeesKill.Token, Logger).ConfigureAwait(false);
+            }
         }
         finally
         {

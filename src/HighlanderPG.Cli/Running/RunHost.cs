@@ -141,7 +141,7 @@ internal static partial class RunHost
 
         if (child is not null && once is null && singletons is HighlanderNode node)
         {
-            _ = RehearseWhenFollowingAsync(node, settings.Name, options, logger, watching.Token);
+            _ = RehearseWhenSettledAsync(node, settings.Name, options, logger, watching.Token);
         }
 
         await using (changes.ConfigureAwait(false))
@@ -154,13 +154,13 @@ internal static partial class RunHost
     }
 
     /// <summary>
-    /// A follower rehearses its take-over once (docs/cli.md, "Hand-over"): as soon as another node is seen leading the name,
-    /// the library runs a take-over through the real path on a private lock (<see cref="HighlanderNode.RehearseAsync"/>),
-    /// with a child that starts <c>sh -c :</c> the way the command is started (parent-death signal, own session, the
-    /// watchdog), so that the real take-over later does not run that code, in this process, for the first time. Nothing of
-    /// the command runs, and nothing is rehearsed by a node that leads at once.
+    /// A rehearsal of the take-over and the step-down (docs/cli.md, "Hand-over: the rehearsal"): once this node leads the
+    /// name (its command runs) or sees another node lead it, the library runs both through the real path on a private lock
+    /// (<see cref="HighlanderNode.RehearseAsync"/>), with a child that starts <c>sh -c :</c> the way the command is started
+    /// (parent-death signal, own session, the watchdog), so that the real hand-over later does not run that code, in this
+    /// process, for the first time. Nothing of the command runs for it, and it leaves the command's escaped processes alone.
     /// </summary>
-    private static async Task RehearseWhenFollowingAsync(HighlanderNode node, string name, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
+    private static async Task RehearseWhenSettledAsync(HighlanderNode node, string name, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
     {
         try
         {
@@ -171,12 +171,12 @@ internal static partial class RunHost
                     continue;
                 }
 
-                if (status.State is SingletonState.Starting or SingletonState.Leading or SingletonState.Stopping or SingletonState.Completed or SingletonState.Faulted)
+                if (status.State is SingletonState.Stopping or SingletonState.Completed or SingletonState.Faulted)
                 {
-                    return; // leads (or did): nothing to rehearse for
+                    return; // on its way out: nothing to rehearse for
                 }
 
-                if (status.State == SingletonState.Following && status.Leader is { } leader && leader.NodeId != options.NodeId)
+                if (status.State == SingletonState.Leading || (status.State == SingletonState.Following && status.Leader is { } leader && leader.NodeId != options.NodeId))
                 {
                     break;
                 }
@@ -188,7 +188,7 @@ internal static partial class RunHost
                 return;
             }
 
-            var rehearsal = new CommandChild(["sh", "-c", ":"], shell, ProcessLauncher.Shared);
+            var rehearsal = new CommandChild(["sh", "-c", ":"], shell, ProcessLauncher.Shared) { Rehearsal = true, Logger = FormattingOnlyLogger.Instance };
             var killAfter = LeaseTimings.From(options).ChildKillAfter;
             await node.RehearseAsync((leadership, _, ct) => rehearsal.RunAsync(leadership, killAfter, ct), RehearsalTimeout, cancellationToken).ConfigureAwait(false);
         }
@@ -198,7 +198,7 @@ internal static partial class RunHost
         }
         catch (Exception ex)
         {
-            // Only a warm-up: the real take-over works without it.
+            // Only a warm-up: the real hand-over works without it.
             LogRehearsalFailed(logger, ex);
         }
     }

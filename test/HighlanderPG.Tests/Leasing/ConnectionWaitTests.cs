@@ -5,8 +5,12 @@ using Npgsql;
 
 namespace HighlanderPG.Tests.Leasing;
 
-[Collection(SharedServer.Name)]
-public sealed class ConnectionWaitTests(PostgresFixture pg)
+/// <summary>
+/// Alone (not in parallel with other tests): its canceller threads spin, and thousands of waits keep a core busy for
+/// seconds, which would starve the lease timings of tests running beside it. A throwaway server of its own.
+/// </summary>
+[Collection(ConnectionWaitCollection.Name)]
+public sealed class ConnectionWaitTests
 {
     /// <summary>
     /// Npgsql 10 loses a cancellation that lands just as its wait begins, and the wait then lasts until the server sends
@@ -21,7 +25,8 @@ public sealed class ConnectionWaitTests(PostgresFixture pg)
         // Unpooled, as every session that waits is: a pooled connection just taken from the pool has its reset still to
         // be read, and Npgsql breaks a connection whose reset is interrupted by a cancellation (the sessions that wait
         // have always run a statement first, and are unpooled anyway).
-        await using var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(pg.ConnectionString) { Pooling = false }.ConnectionString);
+        await using var server = await HighlanderPG.Testing.LocalPostgresServer.StartAsync();
+        await using var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(server.ConnectionString) { Pooling = false }.ConnectionString);
         await connection.OpenAsync();
         var random = new Random(20261202);
         var bound = TimeSpan.FromSeconds(10); // a hundred slices: a wait still running then was not woken by its cancellation
@@ -51,4 +56,11 @@ public sealed class ConnectionWaitTests(PostgresFixture pg)
         await using var command = new NpgsqlCommand("SELECT 1", connection);
         Assert.Equal(1, await command.ExecuteScalarAsync());
     }
+}
+
+/// <summary>The connection wait test's own collection: not run in parallel with any other test.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ConnectionWaitCollection
+{
+    public const string Name = "connection wait stress (alone)";
 }
