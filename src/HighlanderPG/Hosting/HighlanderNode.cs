@@ -211,11 +211,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     internal const string RehearsalName = "highlander-rehearsal";
 
     /// <summary>
-    /// Runs a take-over and a step-down twice through the real path, each time on a private lock, so that neither pays,
+    /// Runs a take-over and a release twice through the real path, each time on a private lock, so that neither pays,
     /// the first time it happens in this process, for code running for the first time (docs/lease-protocol.md,
     /// "Rehearsal"): a random key, never contended, is acquired by this node's session (without an epoch bump, so no
     /// fencing row is left), a runner starts <paramref name="run"/> as its child in a scope of its own like any
-    /// singleton's, and once the child runs (or has returned) the runner stops it and releases the lock. Quiet: no state
+    /// singleton's, and once the child has returned the runner releases the lock. Quiet: no state
     /// change, span or measurement; its runner's messages are formatted and dropped, and one line is logged at debug.
     /// Skipped (false) under the spread placement (a try there is planned by the share) and when the node is not
     /// running; bounded by <paramref name="timeout"/> (a drained node never takes the key: then it is abandoned, false).
@@ -255,7 +255,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         // What a real acquisition also touches, in the same order.
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderActivities).TypeHandle);
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderMetrics).TypeHandle);
-        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child runs, or ran
+        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child has returned
         var registration = new SingletonRegistration(
             RehearsalName,
             typeof(DelegateSingleton),
@@ -275,15 +275,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the rehearsal ends it
         var key = BitConverter.ToInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(sizeof(long)));
         session.SetNeverFenced(key, on: true);
-        // A round ends once the child runs (the runner then stops it, as a step-down or a shutdown would) or has returned.
+        // A round ends once the child has returned (the runner keeps the lock, its restart policy being Never, until the
+        // round ends it). Not when the runner reports Leading: a BackgroundService's ExecuteAsync starts on the thread pool
+        // after StartAsync returns, and a stop that came first would keep the child from running at all.
         var runner = new SingletonRunner(registration, singleton, key, _options, LeaseTimings.From(_options), session, _services, _time,
-            FormattingOnlyLogger.Instance, change =>
-            {
-                if (change.Current == SingletonState.Leading)
-                {
-                    ran.TrySetResult();
-                }
-            }, static () => { }, rehearsal: true);
+            FormattingOnlyLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _rehearsalStop.Token);
         var running = Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None);
         var done = false;
