@@ -20,6 +20,7 @@ internal sealed partial class KeyLedger
     private bool _poke;
     private readonly HashSet<long> _announced = []; // wanted keys whose release another node announced since the last try
     private readonly HashSet<long> _neverFenced = []; // keys granted without an epoch bump even when fencing is on (a rehearsal's)
+    private readonly Dictionary<long, int> _foundFree = []; // wanted keys the holder query found held by nobody, yet not taken since: how many times in a row
     private int _generation;
     private int _heartbeatsSinceFullTry;
 
@@ -63,6 +64,7 @@ internal sealed partial class KeyLedger
             if (_wants.TryGetValue(want.Key, out var current) && current == want)
             {
                 _wants.Remove(want.Key);
+                _foundFree.Remove(want.Key);
             }
         }
     }
@@ -182,6 +184,25 @@ internal sealed partial class KeyLedger
         lock (_gate)
         {
             return [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && (!_holders.ContainsKey(k) || _staleHolders.Contains(k)))];
+        }
+    }
+
+    /// <summary>
+    /// Of <paramref name="failed"/> (keys this node just failed to take), how many holder queries in a row found one of
+    /// them held by nobody (the most of any; 0 when none was): the longer that goes on, the longer the session waits
+    /// before it asks again (<see cref="LockSession.FreeRetryDelay"/>).
+    /// </summary>
+    public int FoundFreeStreak(IEnumerable<long> failed)
+    {
+        lock (_gate)
+        {
+            var streak = 0;
+            foreach (var key in failed)
+            {
+                streak = Math.Max(streak, _foundFree.GetValueOrDefault(key));
+            }
+
+            return streak;
         }
     }
 
@@ -326,6 +347,7 @@ internal sealed partial class KeyLedger
                 _held[key] = lease;
                 _holders.Remove(key);
                 _staleHolders.Remove(key);
+                _foundFree.Remove(key);
                 if (fencing && !_neverFenced.Contains(key))
                 {
                     // The runner gets the lease once its epoch is bumped.
@@ -378,10 +400,21 @@ internal sealed partial class KeyLedger
                 if (holders.TryGetValue(key, out var holder))
                 {
                     _holders[key] = holder;
+                    _foundFree.Remove(key);
                 }
                 else
                 {
                     _holders.Remove(key);
+                    if (_wants.ContainsKey(key) && !_held.ContainsKey(key))
+                    {
+                        // Nobody holds it exclusively, yet the try failed: something held it for a moment, in shared mode
+                        // (a follower's waiter, woken by the same release, holds it until its next statement). Nothing
+                        // else would tell this node that it is free now: no holder to watch, no release to announce. So
+                        // it is tried again at the next turn, and again after each holder query that still finds it
+                        // free (spaced by FreeRetryDelay), rather than only at the next heartbeat.
+                        _foundFree[key] = _foundFree.GetValueOrDefault(key) + 1;
+                        _announced.Add(key);
+                    }
                 }
 
                 var after = _holders.GetValueOrDefault(key);
@@ -509,6 +542,7 @@ internal sealed partial class KeyLedger
             _unfenced.Clear();
             _holders.Clear();
             _staleHolders.Clear();
+            _foundFree.Clear();
             _watched.Clear();
             foreach (var (_, done) in _releases.Concat(_inflightReleases))
             {

@@ -179,10 +179,13 @@ internal sealed partial class LockSession
         // server's lock table and taking in a row per key at that moment would slow the take-over it just lost. A node
         // releasing many singletons announces them in several batches, and each batch makes every follower try again:
         // the keys still unknown are asked together, once, when the interval ends (ServeAsync).
-        if (_ledger.NeedHolder(keys.Except(got)).Length > 0)
+        // A key found free by the last query but lost again (a waiter's momentary shared lock, most likely) is asked
+        // about again later each time it happens (FreeRetryDelay).
+        var failed = keys.Except(got).ToArray();
+        if (_ledger.NeedHolder(failed).Length > 0)
         {
             _holderQueryPending = true;
-            _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(HolderQueryInterval));
+            _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(FreeRetryDelay(_ledger.FoundFreeStreak(failed))));
         }
 
         WantsChanged?.Invoke();
@@ -191,6 +194,22 @@ internal sealed partial class LockSession
 
     /// <summary>How often at most a session asks who holds the keys it could not take (pg_locks).</summary>
     internal static readonly TimeSpan HolderQueryInterval = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>The longest <see cref="FreeRetryDelay"/>: a key held only in shared mode for good is tried about once a second.</summary>
+    internal static readonly TimeSpan MaxFreeRetryDelay = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// How long after a failed try the session asks who holds the keys it could not take, when holder queries found one
+    /// of them free <paramref name="streak"/> times in a row since it was last taken or seen held (each such query is
+    /// followed by a try): <see cref="HolderQueryInterval"/>, doubled each time, at most <see cref="MaxFreeRetryDelay"/>.
+    /// A key free but momentarily held in shared mode is so taken within milliseconds, and one held in shared mode by
+    /// something else for good costs a try and a query a second, not a loop.
+    /// </summary>
+    internal static TimeSpan FreeRetryDelay(int streak)
+    {
+        var delay = HolderQueryInterval * Math.Pow(2, Math.Min(streak, 10));
+        return delay < MaxFreeRetryDelay ? delay : MaxFreeRetryDelay;
+    }
 
     private async Task AskHoldersAsync(NpgsqlConnection connection, SessionIo session, long[] keys)
     {
