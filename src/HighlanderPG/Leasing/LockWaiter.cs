@@ -163,7 +163,7 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
                 return;
             }
 
-            // Stop watching when the holders change (e.g. a new one appeared, or this node took a key through a notification).
+            // Stop watching when a holder appears that is not watched yet (WatchForChangeAsync).
             long? freed;
             using (var changed = CancellationTokenSource.CreateLinkedTokenSource(stopping))
             {
@@ -262,13 +262,18 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
 
     private async Task WatchForChangeAsync(List<(int HolderPid, long Key)> watching, CancellationTokenSource cancelWait)
     {
+        var watched = watching.ToHashSet();
         try
         {
             while (!cancelWait.IsCancellationRequested)
             {
                 await _changed.WaitAsync(cancelWait.Token).ConfigureAwait(false);
-                // The same holders, each by the same key (the order only chooses which one the server blocks on).
-                if (!session.WatchTargets().ToHashSet().SetEquals(watching))
+                // Only a holder (or key) not watched yet ends the watch. One that is no longer a target goes on being
+                // watched until the slice ends: its key is free (the watch returns it at once), taken by this node, or
+                // held by someone else, and watching it costs nothing. Ending the watch then would cost more: a try that
+                // failed right after a release (this waiter, woken by it, still held the key in shared mode) makes the
+                // key's holder unknown, and a watch cancelled then never reports the key it just found free.
+                if (!session.WatchTargets().All(watched.Contains))
                 {
                     await cancelWait.CancelAsync().ConfigureAwait(false);
                     return;
