@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Cli.Processes;
 using HighlanderPG.Cli.Tests.Infrastructure;
@@ -95,6 +97,27 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
         _life.Journal.AssertNoOverlap();
         Assert.False(a.Logged(HighlanderEventIds.RunRehearsalFailed), a.Output);
         Assert.False(b.Logged(HighlanderEventIds.RunRehearsalFailed), b.Output);
+    }
+
+    /// <summary>
+    /// A leader stepping down lowers its own CPU priority for the rest of its shutdown (docs/cli.md, "Hand-over: where the
+    /// time goes"), and only once its command has exited and the name is released: the stop itself runs at full priority.
+    /// </summary>
+    [Fact]
+    public async Task A_leader_stepping_down_lowers_its_priority_only_once_it_has_released_the_name()
+    {
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", "yield-a", "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        await _life.Journal.WaitStartedAsync(_name, node: "yield-a");
+        a.Signal(Native.SigTerm);
+        Assert.Equal(0, await a.WaitForExitAsync(TimeSpan.FromSeconds(15)));
+
+        var stderr = a.Stderr;
+        var exited = stderr.IndexOf($"[{HighlanderEventIds.CommandExited}]", StringComparison.Ordinal);
+        var released = stderr.IndexOf($"[{HighlanderEventIds.Released}]", StringComparison.Ordinal);
+        var yielded = stderr.IndexOf($"[{HighlanderEventIds.RunYielded}]", StringComparison.Ordinal);
+        Assert.True(exited >= 0 && released > exited && yielded > released, a.Output);
+        var threads = Regex.Match(stderr[yielded..], @"nice 19, (\d+) threads");
+        Assert.True(threads.Success && int.Parse(threads.Groups[1].Value, CultureInfo.InvariantCulture) > 0, a.Output);
     }
 
     private CliProcess StartNode(string node) =>

@@ -192,6 +192,31 @@ internal static partial class Native
         }
     }
 
+    /// <summary>
+    /// Gives every thread of this process the lowest CPU priority (nice 19; on Linux a nice value is per thread, and threads
+    /// started later inherit their creator's). Returns how many threads were changed.
+    /// </summary>
+    public static int LowerOwnPriority()
+    {
+        var changed = 0;
+        foreach (var directory in Directory.EnumerateDirectories("/proc/self/task"))
+        {
+            if (int.TryParse(Path.GetFileName(directory), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var tid)
+                && SetPriority(PrioProcess, tid, LowestPriority) == 0)
+            {
+                changed++;
+            }
+        }
+
+        return changed;
+    }
+
+    private const int PrioProcess = 0;
+    private const int LowestPriority = 19;
+
+    [LibraryImport("libc", EntryPoint = "setpriority", SetLastError = true)]
+    private static partial int SetPriority(int which, int who, int priority);
+
     [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
     private static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
 

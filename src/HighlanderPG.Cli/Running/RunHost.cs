@@ -144,6 +144,11 @@ internal static partial class RunHost
             _ = RehearseWhenSettledAsync(node, settings.Name, options, logger, watching.Token);
         }
 
+        if (once is null && singletons is HighlanderNode stepping)
+        {
+            _ = YieldOnceReleasedAsync(stepping, settings.Name, host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping, logger, watching.Token);
+        }
+
         await using (changes.ConfigureAwait(false))
         {
             LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : settings.Group is null ? "service" : "group");
@@ -200,6 +205,29 @@ internal static partial class RunHost
         {
             // Only a warm-up: the real hand-over works without it.
             LogRehearsalFailed(logger, ex);
+        }
+    }
+
+    /// <summary>
+    /// Once this node is stopping and has released the name, lowers this process's CPU priority: what is left (the host's
+    /// shutdown, the runtime's exit) can wait, and on a machine shared with the node taking over (or with the server)
+    /// it would compete with that node starting the command. docs/cli.md, "Hand-over: where the time goes".
+    /// </summary>
+    private static async Task YieldOnceReleasedAsync(HighlanderNode node, string name, CancellationToken stopping, ILogger logger, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await foreach (var change in node.WatchAsync(cancellationToken).ConfigureAwait(false))
+            {
+                if (stopping.IsCancellationRequested && change.Name == name && node.Get(name)?.State == SingletonState.Stopped)
+                {
+                    LogYielded(logger, name, Native.LowerOwnPriority());
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
         }
     }
 
@@ -387,6 +415,9 @@ internal static partial class RunHost
 
     [LoggerMessage(EventId = HighlanderEventIds.RunSteppedDown, Level = LogLevel.Information, Message = "Stepped down from '{Name}' and stopped")]
     private static partial void LogStopped(ILogger logger, string name);
+
+    [LoggerMessage(EventId = HighlanderEventIds.RunYielded, Level = LogLevel.Debug, Message = "Released '{Name}' while stopping: this process's CPU priority is lowered for the rest of its shutdown (nice 19, {Threads} threads)")]
+    private static partial void LogYielded(ILogger logger, string name, int threads);
 
     [LoggerMessage(EventId = HighlanderEventIds.RunRehearsalFailed, Level = LogLevel.Warning, Message = "The take-over rehearsal failed; the first take-over may take longer")]
     private static partial void LogRehearsalFailed(ILogger logger, Exception exception);

@@ -159,6 +159,9 @@ public static class HighlanderEventIds
     /// <summary><c>highlander run</c>: the follower's take-over rehearsal failed (a warning; the real take-over does not need it).</summary>
     public const int RunRehearsalFailed = 2103;
 
+    /// <summary><c>highlander run</c>: stopping, it released its name and lowered its own CPU priority for the rest of its shutdown (debug).</summary>
+    public const int RunYielded = 2104;
+
     /// <summary>CLI group: a member started (its name is the <c>Member</c> parameter).</summary>
     public const int MemberStarted = 2200;
 
