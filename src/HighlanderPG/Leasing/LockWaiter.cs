@@ -197,9 +197,11 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
             if (freed is { } key)
             {
                 // A holder is gone or unlocked: try now, and wait for that try to report the new holders (if any)
-                // before choosing again, rather than spinning on a holder that is already gone.
+                // before choosing again, rather than spinning on a holder that is already gone. Not for ever: no try
+                // follows when nothing is left to try (the key was one this node no longer wants, or every key is held
+                // off or deferred by placement), and the holders may change meanwhile.
                 session.HolderGone(key);
-                await _changed.WaitAsync(stopping).ConfigureAwait(false);
+                await ChangedWithinAsync(IdleGrace(timings), stopping).ConfigureAwait(false);
             }
         }
     }
@@ -224,6 +226,21 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
         catch (OperationCanceledException) when (!stopping.IsCancellationRequested)
         {
             return false;
+        }
+    }
+
+    /// <summary>Waits until the session reports a change, at most <paramref name="within"/> (on the node's clock).</summary>
+    private async Task ChangedWithinAsync(TimeSpan within, CancellationToken stopping)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        using var timer = time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, within, Timeout.InfiniteTimeSpan);
+        try
+        {
+            await _changed.WaitAsync(cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!stopping.IsCancellationRequested)
+        {
+            // Nothing reported within the grace: choose again from what the session knows now.
         }
     }
 
