@@ -120,6 +120,63 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
         Assert.True(threads.Success && int.Parse(threads.Groups[1].Value, CultureInfo.InvariantCulture) > 0, a.Output);
     }
 
+    /// <summary>
+    /// A run keeps its next run of the command started ahead (docs/cli.md, "Hand-over: where the time goes"): a <c>sh</c>
+    /// of its own, waiting on a FIFO, that becomes the command at the take-over (the same pid) with that acquisition's
+    /// fencing token. Nothing of the command runs before.
+    /// </summary>
+    [Fact]
+    public async Task A_followers_next_run_is_started_ahead_and_becomes_the_command_at_the_take_over_with_its_own_token()
+    {
+        string[] command = ["sh", "-c", JournalEnvironment.StartLine + "; echo \"pid=$$ token=$HIGHLANDER_FENCING_TOKEN\"; exec sleep 300"];
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", "pre-a", "--fencing", .. Timings, "--", .. command], JournalEnvironment.For(_life, pg.ConnectionString));
+        var first = await _life.Journal.WaitStartedAsync(_name, node: "pre-a");
+        await a.WaitForStdoutAsync("token=");
+        var firstToken = long.Parse(Regex.Match(a.Stdout, @"token=(\d+)").Groups[1].Value, CultureInfo.InvariantCulture);
+
+        await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", "pre-b", "--fencing", "--log-level", "debug", .. Timings, "--", .. command], JournalEnvironment.For(_life, pg.ConnectionString));
+        await b.WaitLoggedAsync(HighlanderEventIds.Rehearsed);
+        var prepared = await WaitForPreparedAsync(b);
+        _life.Journal.Poll();
+        Assert.DoesNotContain(_life.Journal.Events, e => e.Node == "pre-b"); // waiting, not running the command
+
+        a.Signal(Native.SigTerm);
+        Assert.Equal(0, await a.WaitForExitAsync(TimeSpan.FromSeconds(15)));
+        Assert.True(a.LoggedCommandExit(143), a.Output); // its command stopped by SIGTERM before it released the name
+        await _life.Journal.WaitStartedAsync(_name, after: first.Seq + 1, node: "pre-b");
+        await b.WaitForStdoutAsync("token=");
+        var run = Regex.Match(b.Stdout, @"pid=(\d+) token=(\d+)");
+        Assert.True(run.Success, b.Output);
+        Assert.Equal(prepared, int.Parse(run.Groups[1].Value, CultureInfo.InvariantCulture));
+        Assert.True(long.Parse(run.Groups[2].Value, CultureInfo.InvariantCulture) > firstToken, b.Output);
+    }
+
+    /// <summary>The pid of <paramref name="cli"/>'s process prepared ahead (a child waiting on its FIFO).</summary>
+    private static async Task<int> WaitForPreparedAsync(CliProcess cli)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            foreach (var pid in Native.ChildrenOf(cli.Pid, _ => true))
+            {
+                try
+                {
+                    if (File.ReadAllText($"/proc/{pid}/cmdline").Contains("read -r token", StringComparison.Ordinal))
+                    {
+                        return pid;
+                    }
+                }
+                catch (IOException)
+                {
+                    // gone meanwhile
+                }
+            }
+
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(20), "no process prepared ahead\n" + cli.Output);
+            await Task.Delay(50);
+        }
+    }
+
     private CliProcess StartNode(string node) =>
         CliProcess.Start(["run", "--name", _name, "--node-id", node, .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
 

@@ -211,6 +211,48 @@ internal static partial class Native
         return changed;
     }
 
+    /// <summary>Creates a FIFO at <paramref name="path"/>, readable and writable by this user only; 0 on success.</summary>
+    public static int MakeFifo(string path) => MkFifo(path, 0x180); // 0600
+
+    /// <summary>
+    /// Writes <paramref name="text"/> to the FIFO at <paramref name="path"/> if a reader is waiting on it, without ever
+    /// blocking (O_NONBLOCK: with no reader the open fails at once); true when all of it was written.
+    /// </summary>
+    public static bool WriteToWaitingFifo(string path, string text)
+    {
+        var fd = Open(path, OWrOnly | ONonBlock | OCloExec);
+        if (fd < 0)
+        {
+            return false;
+        }
+
+        try
+        {
+            var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+            return Write(fd, bytes, bytes.Length) == bytes.Length;
+        }
+        finally
+        {
+            _ = Close(fd);
+        }
+    }
+
+    private const int OWrOnly = 0x1;
+    private const int ONonBlock = 0x800;
+    private const int OCloExec = 0x80000;
+
+    [LibraryImport("libc", EntryPoint = "mkfifo", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int MkFifo(string path, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
+    private static partial nint Write(int fd, byte[] buffer, nint count);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    private static partial int Close(int fd);
+
     private const int PrioProcess = 0;
     private const int LowestPriority = 19;
 

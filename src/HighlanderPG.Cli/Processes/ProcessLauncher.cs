@@ -58,7 +58,7 @@ internal sealed class ProcessLauncher
         for g in $groups; do
           pgid=${g%%:*}; start=${g#*:}
           if [ -r "/proc/$pgid/stat" ]; then
-            s=$(cat "/proc/$pgid/stat") || continue
+            IFS= read -r s < "/proc/$pgid/stat" || continue
             s=${s##*) }
             set -- $s
             [ "${20}" = "$start" ] || continue
@@ -163,6 +163,91 @@ internal sealed class ProcessLauncher
             }
         });
         return done.Task;
+    }
+
+    /// <summary>
+    /// The script of a launch prepared ahead (<see cref="PrepareAsync"/>): it waits for one line on the FIFO given as its
+    /// first argument (the fencing token, or an empty line), exports it as <c>HIGHLANDER_FENCING_TOKEN</c> when not empty,
+    /// and becomes the program (the rest of its arguments) by <c>exec</c>: same pid, process group, session and
+    /// parent-death signal. Without a line (the FIFO closed empty) it exits 125 without running anything.
+    /// </summary>
+    internal const string PreparedScript = """
+        IFS= read -r token < "$1" || exit 125
+        shift
+        [ -z "$token" ] || export HIGHLANDER_FENCING_TOKEN="$token"
+        exec "$@"
+        """;
+
+    /// <summary>
+    /// Starts <paramref name="spec"/>'s process ahead, as <see cref="StartAsync"/> would (own session and group, parent-death
+    /// signal, watched by the watchdog), but as a <c>sh</c> that waits on a FIFO before it becomes the program
+    /// (<see cref="PreparedScript"/>): <see cref="PreparedLaunch.TryGo"/> then costs a write and one <c>exec</c> instead of
+    /// starting <c>setpriv</c>, <c>setsid</c> and the program. <paramref name="spec"/>'s environment must not depend on
+    /// the run (the fencing token goes through the FIFO).
+    /// </summary>
+    public Task<PreparedLaunch> PrepareAsync(LaunchSpec spec, string shell)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        RemoveStalePrepareDirectories();
+        var directory = Directory.CreateTempSubdirectory(PrepareDirectoryPrefix + Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "-");
+        var fifo = Path.Combine(directory.FullName, "go");
+        if (Native.MakeFifo(fifo) != 0)
+        {
+            directory.Delete(recursive: true);
+            return Task.FromException<PreparedLaunch>(new IOException($"could not create the FIFO {fifo}"));
+        }
+
+        var prepared = spec with { FileName = shell, Arguments = ["-c", PreparedScript, "highlander", fifo, spec.FileName, .. spec.Arguments] };
+        var done = new TaskCompletionSource<PreparedLaunch>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _work.Add(() =>
+        {
+            try
+            {
+                EnsureWatchdog();
+                var process = Start(prepared);
+                _started[process.Id] = true;
+                Watch(process.Id);
+                done.SetResult(new PreparedLaunch(this, process, directory.FullName, fifo));
+            }
+            catch (Exception ex)
+            {
+                directory.Delete(recursive: true);
+                done.SetException(ex);
+            }
+        });
+        return done.Task;
+    }
+
+    private const string PrepareDirectoryPrefix = "highlander-prepared-";
+    private int _staleRemoved;
+
+    /// <summary>
+    /// Once per process: removes the FIFO directories that a <c>highlander</c> killed before it could clean up left behind
+    /// (named after its pid; a directory whose pid runs is left alone).
+    /// </summary>
+    private void RemoveStalePrepareDirectories()
+    {
+        if (Interlocked.Exchange(ref _staleRemoved, 1) == 1)
+        {
+            return;
+        }
+
+        try
+        {
+            foreach (var directory in Directory.EnumerateDirectories(Path.GetTempPath(), PrepareDirectoryPrefix + "*"))
+            {
+                var rest = Path.GetFileName(directory)[PrepareDirectoryPrefix.Length..];
+                var dash = rest.IndexOf('-', StringComparison.Ordinal);
+                if (dash > 0 && int.TryParse(rest[..dash], NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid != Environment.ProcessId && !Native.ProcessAlive(pid))
+                {
+                    Directory.Delete(directory, recursive: true);
+                }
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Only tidying: another user's, or gone meanwhile.
+        }
     }
 
     /// <summary>
@@ -293,6 +378,64 @@ internal sealed class ProcessLauncher
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             return false;
+        }
+    }
+}
+
+/// <summary>
+/// A process started ahead (<see cref="ProcessLauncher.PrepareAsync"/>) that waits on its FIFO to become the command.
+/// </summary>
+internal sealed class PreparedLaunch(ProcessLauncher launcher, Process process, string directory, string fifo)
+{
+    /// <summary>The process (once it has become the program, the program's: <c>exec</c> keeps the pid).</summary>
+    public Process Process { get; } = process;
+
+    /// <summary>
+    /// Tells it to become the program, with <paramref name="fencingToken"/>; false when it cannot (it exited, or is not
+    /// waiting on its FIFO): it is then to be <see cref="Discard"/>ed.
+    /// </summary>
+    public bool TryGo(string? fencingToken)
+    {
+        if (Process.HasExited || !Native.WriteToWaitingFifo(fifo, (fencingToken ?? "") + "\n"))
+        {
+            return false;
+        }
+
+        DeleteDirectory();
+        return true;
+    }
+
+    /// <summary>Ends it unused: SIGKILL to its group (it ran nothing but its own shell), waits for it, forgets it.</summary>
+    public void Discard()
+    {
+        try
+        {
+            if (!Process.HasExited)
+            {
+                Native.SignalGroup(Process.Id, Native.SigKill);
+                Process.WaitForExit(TimeSpan.FromSeconds(2));
+            }
+        }
+        catch (InvalidOperationException)
+        {
+        }
+
+        launcher.Forget(Process.Id);
+        Process.Dispose();
+        DeleteDirectory();
+    }
+
+    private void DeleteDirectory()
+    {
+        try
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
         }
     }
 }

@@ -35,6 +35,10 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
 
     private readonly Lock _gate = new();
     private Process? _current;
+    private (string Shell, string Name, string NodeId, string? Namespace)? _prepareFor;
+    private PreparedLaunch? _prepared;
+    private bool _preparing;
+    private bool _closed;
 
     /// <summary>Where to log (set once the host's logging is built).</summary>
     public ILogger Logger { get; set; } = Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
@@ -70,6 +74,129 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         }
     }
 
+    /// <summary>
+    /// Set by the host: once it fires (the node is stopping), no launch is prepared ahead any more.
+    /// </summary>
+    public CancellationToken ShuttingDown { get; set; }
+
+    /// <summary>
+    /// From now on, keeps the next run's process started ahead (<see cref="ProcessLauncher.PrepareAsync"/>): a <c>sh</c> in
+    /// the command's own session and group, with its environment, waiting on a FIFO to become the command, so that a
+    /// take-over costs a write and one <c>exec</c> instead of starting <c>setpriv</c>, <c>setsid</c> and the command
+    /// (docs/cli.md, "Hand-over: where the time goes"). Nothing of the command runs before that write.
+    /// </summary>
+    /// <param name="shell">The <c>sh</c> that waits.</param>
+    /// <param name="name">The singleton's name (HIGHLANDER_NAME).</param>
+    /// <param name="nodeId">This node's id (HIGHLANDER_NODE).</param>
+    /// <param name="ns">The namespace (HIGHLANDER_NAMESPACE).</param>
+    /// <param name="now">Whether to start it now (this node follows), or only once the current run has ended (it leads:
+    /// an idle waiting process beside COMMAND would only be one more process to end if this node is killed).</param>
+    public void PrepareAhead(string shell, string name, string nodeId, string? ns, bool now)
+    {
+        lock (_gate)
+        {
+            if (_prepareFor is not null)
+            {
+                return;
+            }
+
+            _prepareFor = (shell, name, nodeId, ns);
+        }
+
+        if (now)
+        {
+            StartPreparing();
+        }
+    }
+
+    /// <summary>Ends the process prepared ahead, if any, and prepares no more (the node is stopping).</summary>
+    public void DiscardPrepared()
+    {
+        PreparedLaunch? prepared;
+        lock (_gate)
+        {
+            _closed = true;
+            prepared = _prepared;
+            _prepared = null;
+        }
+
+        prepared?.Discard();
+    }
+
+    private void StartPreparing()
+    {
+        (string Shell, string Name, string NodeId, string? Namespace) context;
+        lock (_gate)
+        {
+            if (_prepareFor is not { } target || _prepared is not null || _preparing || _closed || ShuttingDown.IsCancellationRequested)
+            {
+                return;
+            }
+
+            context = target;
+            _preparing = true;
+        }
+
+        _ = PrepareCoreAsync(context);
+    }
+
+    private async Task PrepareCoreAsync((string Shell, string Name, string NodeId, string? Namespace) context)
+    {
+        PreparedLaunch? launch = null;
+        try
+        {
+            launch = await launcher.PrepareAsync(new LaunchSpec(program, command.Skip(1).ToList()) { Environment = EnvironmentFor(context.Name, context.NodeId, context.Namespace, fencingToken: null) }, context.Shell).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or Win32Exception or InvalidOperationException or UnauthorizedAccessException)
+        {
+            LogPrepareFailed(Logger, Display, ex.Message); // the next run is started the ordinary way
+        }
+
+        lock (_gate)
+        {
+            _preparing = false;
+            if (launch is not null && !_closed && !ShuttingDown.IsCancellationRequested)
+            {
+                _prepared = launch;
+                launch = null;
+            }
+        }
+
+        launch?.Discard();
+    }
+
+    /// <summary>The process prepared for this run, if one is ready and was prepared with the same name, node and namespace.</summary>
+    private PreparedLaunch? TakePrepared(ILeadership leadership)
+    {
+        PreparedLaunch? prepared;
+        lock (_gate)
+        {
+            prepared = _prepared;
+            _prepared = null;
+            if (prepared is null)
+            {
+                return null;
+            }
+
+            if (_prepareFor is { } target && target.Name == leadership.Name && target.NodeId == leadership.NodeId && target.Namespace == leadership.Namespace)
+            {
+                return prepared;
+            }
+        }
+
+        prepared.Discard();
+        return null;
+    }
+
+    private static Dictionary<string, string?> EnvironmentFor(string name, string nodeId, string? ns, string? fencingToken) => new()
+    {
+        ["HIGHLANDER_NAME"] = name,
+        ["HIGHLANDER_NODE"] = nodeId,
+        ["HIGHLANDER_NAMESPACE"] = ns,
+        // Never an inherited token: only this acquisition's, when fencing is on.
+        ["HIGHLANDER_FENCING_TOKEN"] = fencingToken,
+    };
+
     /// <summary>The singleton's delegate: one run of the command.</summary>
     /// <param name="leadership">The run's leadership.</param>
     /// <param name="killAfter">How long after SIGTERM the command's group is SIGKILLed: a little before the library's stop budget ends, so a stubborn command is a kill, not an escalation.</param>
@@ -83,24 +210,27 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
             return;
         }
 
-        var environment = new Dictionary<string, string?>
-        {
-            ["HIGHLANDER_NAME"] = leadership.Name,
-            ["HIGHLANDER_NODE"] = leadership.NodeId,
-            ["HIGHLANDER_NAMESPACE"] = leadership.Namespace,
-            // Never an inherited token: only this acquisition's, when fencing is on.
-            ["HIGHLANDER_FENCING_TOKEN"] = leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture),
-        };
-
+        var token = leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture);
         Process process;
-        try
+        var prepared = TakePrepared(leadership);
+        if (prepared is not null && prepared.TryGo(token))
         {
-            process = await launcher.StartAsync(new LaunchSpec(program, command.Skip(1).ToList()) { Environment = environment }).ConfigureAwait(false);
+            process = prepared.Process;
         }
-        catch (Exception ex) when (ex is Win32Exception or InvalidOperationException)
+        else
         {
-            AfterExit?.Invoke(new CommandOutcome(CannotExecute, StoppedByUs: false));
-            throw new InvalidOperationException($"could not start {command[0]}: {ex.Message}", ex);
+            prepared?.Discard();
+            try
+            {
+                var environment = EnvironmentFor(leadership.Name, leadership.NodeId, leadership.Namespace, token);
+                process = await launcher.StartAsync(new LaunchSpec(program, command.Skip(1).ToList()) { Environment = environment }).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is Win32Exception or InvalidOperationException)
+            {
+                AfterExit?.Invoke(new CommandOutcome(CannotExecute, StoppedByUs: false));
+                StartPreparing();
+                throw new InvalidOperationException($"could not start {command[0]}: {ex.Message}", ex);
+            }
         }
 
         var group = process.Id;
@@ -149,6 +279,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
 
             launcher.Forget(group);
             process.Dispose();
+            StartPreparing(); // the next run's (a restart, or a later take-over), unless the node is stopping
         }
 
         LogExited(Logger, Display, group, exitCode, stopped ? "after it was told to stop" : "by itself");
@@ -266,6 +397,9 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
 
     [LoggerMessage(EventId = HighlanderEventIds.CommandLeftovers, Level = LogLevel.Warning, Message = "{Command} left processes running in its process group {Group}: stopping them")]
     private static partial void LogLeftovers(ILogger logger, string command, int group);
+
+    [LoggerMessage(EventId = HighlanderEventIds.CommandPrepareFailed, Level = LogLevel.Debug, Message = "Could not start {Command}'s next run ahead ({Reason}); it will be started when it is due")]
+    private static partial void LogPrepareFailed(ILogger logger, string command, string reason);
 
     [LoggerMessage(EventId = HighlanderEventIds.CommandEscalated, Level = LogLevel.Critical, Message = "Escalation for {Command}: SIGKILL to its process group now ({Reason})")]
     private static partial void LogEscalation(ILogger logger, string command, string reason);

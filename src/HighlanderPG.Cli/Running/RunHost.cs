@@ -141,7 +141,8 @@ internal static partial class RunHost
 
         if (child is not null && once is null && singletons is HighlanderNode node)
         {
-            _ = RehearseWhenSettledAsync(node, settings.Name, options, logger, watching.Token);
+            child.ShuttingDown = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+            _ = RehearseWhenSettledAsync(node, child, settings.Name, options, logger, watching.Token);
         }
 
         if (once is null && singletons is HighlanderNode stepping)
@@ -152,9 +153,16 @@ internal static partial class RunHost
         await using (changes.ConfigureAwait(false))
         {
             LogStarting(logger, options.NodeId, settings.Name, connection.Display, Durations.Format(options.LeaseDuration), settings.Once ? "once" : settings.Group is null ? "service" : "group");
-            return once is null
-                ? await ServeAsync(host, singletons, settings, group, logger).ConfigureAwait(false)
-                : await RunOnceAsync(host, singletons, options, settings, once, changes, watching, connection, logger).ConfigureAwait(false);
+            try
+            {
+                return once is null
+                    ? await ServeAsync(host, singletons, settings, group, logger).ConfigureAwait(false)
+                    : await RunOnceAsync(host, singletons, options, settings, once, changes, watching, connection, logger).ConfigureAwait(false);
+            }
+            finally
+            {
+                child?.DiscardPrepared();
+            }
         }
     }
 
@@ -165,7 +173,7 @@ internal static partial class RunHost
     /// (parent-death signal, own session, the watchdog), so that the real hand-over later does not run that code, in this
     /// process, for the first time. Nothing of the command runs for it, and it leaves the command's escaped processes alone.
     /// </summary>
-    private static async Task RehearseWhenSettledAsync(HighlanderNode node, string name, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
+    private static async Task RehearseWhenSettledAsync(HighlanderNode node, CommandChild child, string name, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
     {
         try
         {
@@ -196,6 +204,9 @@ internal static partial class RunHost
             var rehearsal = new CommandChild(["sh", "-c", ":"], shell, ProcessLauncher.Shared) { Rehearsal = true, Logger = FormattingOnlyLogger.Instance };
             var killAfter = LeaseTimings.From(options).ChildKillAfter;
             await node.RehearseAsync((leadership, _, ct) => rehearsal.RunAsync(leadership, killAfter, ct), RehearsalTimeout, cancellationToken).ConfigureAwait(false);
+
+            // Then the next run of COMMAND is kept started ahead, waiting to become COMMAND (CommandChild.PrepareAhead).
+            child.PrepareAhead(shell, name, options.NodeId, options.Namespace, now: node.Get(name)?.State == SingletonState.Following);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {

@@ -147,6 +147,9 @@ public static class HighlanderEventIds
     /// <summary>CLI: escalation: SIGKILL to the command's process group now.</summary>
     public const int CommandEscalated = 2005;
 
+    /// <summary>CLI: the command's next run could not be started ahead (debug; it is started the ordinary way when due).</summary>
+    public const int CommandPrepareFailed = 2006;
+
     /// <summary>CLI: the node contends for its singleton.</summary>
     public const int RunContending = 2100;
 
