@@ -151,6 +151,32 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
         Assert.True(long.Parse(run.Groups[2].Value, CultureInfo.InvariantCulture) > firstToken, b.Output);
     }
 
+    /// <summary>
+    /// A process prepared ahead that is gone when it is needed (someone killed it) costs nothing but time: COMMAND is
+    /// started the ordinary way, with that acquisition's token.
+    /// </summary>
+    [Fact]
+    public async Task When_the_process_started_ahead_was_killed_the_command_is_started_the_ordinary_way()
+    {
+        string[] command = ["sh", "-c", JournalEnvironment.StartLine + "; echo \"pid=$$ token=$HIGHLANDER_FENCING_TOKEN\"; exec sleep 300"];
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", "kpre-a", "--fencing", .. Timings, "--", .. command], JournalEnvironment.For(_life, pg.ConnectionString));
+        var first = await _life.Journal.WaitStartedAsync(_name, node: "kpre-a");
+        await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", "kpre-b", "--fencing", "--log-level", "debug", .. Timings, "--", .. command], JournalEnvironment.For(_life, pg.ConnectionString));
+        await b.WaitLoggedAsync(HighlanderEventIds.Rehearsed);
+        var prepared = await WaitForPreparedAsync(b);
+        Native.SignalProcess(prepared, Native.SigKill);
+        await ProcessWatch.AssertGoneAsync(prepared, "the process started ahead");
+
+        a.Signal(Native.SigTerm);
+        Assert.Equal(0, await a.WaitForExitAsync(TimeSpan.FromSeconds(15)));
+        await _life.Journal.WaitStartedAsync(_name, after: first.Seq + 1, node: "kpre-b");
+        await b.WaitForStdoutAsync("token=");
+        var run = Regex.Match(b.Stdout, @"pid=(\d+) token=(\d+)");
+        Assert.True(run.Success, b.Output);
+        Assert.NotEqual(prepared, int.Parse(run.Groups[1].Value, CultureInfo.InvariantCulture));
+        Assert.True(b.Logged(HighlanderEventIds.CommandStarted), b.Output);
+    }
+
     /// <summary>The pid of <paramref name="cli"/>'s process prepared ahead (a child waiting on its FIFO).</summary>
     private static async Task<int> WaitForPreparedAsync(CliProcess cli)
     {
