@@ -144,7 +144,8 @@ internal sealed partial class KeyLedger
 
     /// <summary>
     /// The waiter saw <paramref name="key"/> freed: its holder ended or released it. Every key seen held by that holder
-    /// may have changed hands: they are tried at the next turn, and their holders asked again.
+    /// may have changed hands: they (only they: other holders' keys are watched on their own) are tried at the next
+    /// turn, and their holders asked again. A key whose holder was not known makes every wanted key tried.
     /// </summary>
     public void HolderGone(long key)
     {
@@ -157,15 +158,39 @@ internal sealed partial class KeyLedger
                     if (holder.BackendPid == gone.BackendPid)
                     {
                         _staleHolders.Add(k);
+                        if (_wants.ContainsKey(k))
+                        {
+                            _announced.Add(k);
+                        }
                     }
                 }
 
                 _watched.Remove(gone.BackendPid);
             }
+            else
+            {
+                _poke = true;
+            }
 
             _staleHolders.Add(key);
-            _poke = true;
+            if (_wants.ContainsKey(key))
+            {
+                _announced.Add(key);
+            }
+
             _membersStale = true; // placement: a member may have gone with it (KeyLedger.Placement.cs)
+        }
+    }
+
+    /// <summary>
+    /// Whether a try that failed on <paramref name="failed"/> lost a race: one of them had a known holder who went
+    /// (ended, or announced its release) since, so another node has just taken it and is starting its children.
+    /// </summary>
+    public bool LostRace(IEnumerable<long> failed)
+    {
+        lock (_gate)
+        {
+            return failed.Any(k => _holders.ContainsKey(k) && _staleHolders.Contains(k));
         }
     }
 

@@ -181,11 +181,16 @@ internal sealed partial class LockSession
         // the keys still unknown are asked together, once, when the interval ends (ServeAsync).
         // A key found free by the last query but lost again (a waiter's momentary shared lock, most likely) is asked
         // about again later each time it happens (FreeRetryDelay).
+        // After a lost race (a holder went, another node took its keys) the question waits longer (LostRaceHolderDelay):
+        // with many singletons the winner is starting them on the same CPUs as every loser and the server, and the
+        // answer is only needed to watch the new holder (a crash of it meanwhile is found by that question, or the
+        // heartbeat's try) and to show it.
         var failed = keys.Except(got).ToArray();
         if (_ledger.NeedHolder(failed).Length > 0)
         {
+            var delay = HolderQueryDelay(_ledger.FoundFreeStreak(failed), _ledger.LostRace(failed));
             _holderQueryPending = true;
-            _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(FreeRetryDelay(_ledger.FoundFreeStreak(failed))));
+            _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(delay));
         }
 
         WantsChanged?.Invoke();
@@ -194,6 +199,18 @@ internal sealed partial class LockSession
 
     /// <summary>How often at most a session asks who holds the keys it could not take (pg_locks).</summary>
     internal static readonly TimeSpan HolderQueryInterval = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>How long after a try that lost a race the session asks who won (see <see cref="TryAcquireAsync"/>).</summary>
+    internal static readonly TimeSpan LostRaceHolderDelay = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>
+    /// How long after a failed try the session asks who holds the keys it could not take: after a lost race (their known
+    /// holder went, and another node took them), <see cref="LostRaceHolderDelay"/>; when holder queries found one of them
+    /// free <paramref name="streak"/> times in a row, <see cref="FreeRetryDelay"/>; otherwise (e.g. at start, nobody
+    /// known yet) <see cref="HolderQueryInterval"/>.
+    /// </summary>
+    internal static TimeSpan HolderQueryDelay(int streak, bool lostRace) =>
+        streak == 0 && lostRace ? LostRaceHolderDelay : FreeRetryDelay(streak);
 
     /// <summary>The longest <see cref="FreeRetryDelay"/>: a key held only in shared mode for good is tried about once a second.</summary>
     internal static readonly TimeSpan MaxFreeRetryDelay = TimeSpan.FromSeconds(1);

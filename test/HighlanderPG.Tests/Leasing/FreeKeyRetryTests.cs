@@ -70,6 +70,17 @@ public sealed class FreeKeyRetryTests(PostgresFixture pg)
     }
 
     [Fact]
+    public void After_a_lost_race_the_question_who_won_waits_longer_than_after_a_start_or_a_key_found_free()
+    {
+        Assert.Equal(LockSession.HolderQueryInterval, LockSession.HolderQueryDelay(0, lostRace: false));
+        Assert.Equal(LockSession.LostRaceHolderDelay, LockSession.HolderQueryDelay(0, lostRace: true));
+        Assert.True(LockSession.LostRaceHolderDelay > LockSession.HolderQueryInterval);
+        // A key found free (a momentary shared lock) keeps its own, quicker spacing, race or not.
+        Assert.Equal(LockSession.FreeRetryDelay(1), LockSession.HolderQueryDelay(1, lostRace: true));
+        Assert.Equal(LockSession.FreeRetryDelay(3), LockSession.HolderQueryDelay(3, lostRace: false));
+    }
+
+    [Fact]
     public async Task A_key_free_but_held_in_shared_mode_for_a_while_is_taken_once_let_go_without_waiting_for_a_heartbeat()
     {
         await using var cluster = new TestCluster(pg.ConnectionString);

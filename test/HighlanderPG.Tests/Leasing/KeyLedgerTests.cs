@@ -268,7 +268,7 @@ public sealed class KeyLedgerTests
     }
 
     [Fact]
-    public void A_holder_seen_gone_makes_all_its_keys_tried_and_asked_again_without_reporting_a_change_until_asked()
+    public void A_holder_seen_gone_makes_its_keys_only_tried_and_asked_again_without_reporting_a_change_until_asked()
     {
         var ledger = new KeyLedger();
         ledger.AddWant(1, "a");
@@ -281,7 +281,7 @@ public sealed class KeyLedgerTests
         ledger.SetWatched([7, 8]);
 
         ledger.HolderGone(1);
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order()); // y's key 3 is watched on its own
         Assert.Equal([1L, 2L], ledger.NeedHolder([1L, 2L, 3L]).Order());
         Assert.Equal([(8, 3L)], ledger.WatchTargets()); // x is not watched until it is known again
         Assert.Equal(x, ledger.GetHolder(1)); // still shown until asked
@@ -295,5 +295,45 @@ public sealed class KeyLedgerTests
         ledger.OnReleaseAnnounced(3);
         Assert.Equal([3L], ledger.NeedHolder([1L, 2L, 3L]));
         Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+    }
+
+    [Fact]
+    public void A_holder_nobody_knew_seen_gone_makes_every_wanted_key_tried()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+
+        ledger.HolderGone(1);
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+    }
+
+    [Fact]
+    public void A_failed_try_lost_a_race_only_when_a_known_holder_of_one_of_its_keys_went_since()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        Assert.False(ledger.LostRace([1L, 2L])); // nobody known yet (a node starting): not a race
+
+        var x = new LeaderInfo("x", 7, "highlander/x", null, null);
+        var y = new LeaderInfo("y", 8, "highlander/y", null, null);
+        ledger.UpdateHolders([1L, 2L], new() { [1L] = x, [2L] = y });
+        Assert.False(ledger.LostRace([1L, 2L])); // held by known, live holders
+
+        ledger.HolderGone(1); // x ended: whoever takes key 1 now won a race against this node
+        Assert.True(ledger.LostRace([1L]));
+        Assert.False(ledger.LostRace([2L]));
+
+        ledger.UpdateHolders([1L], new() { [1L] = y }); // asked: y won
+        Assert.False(ledger.LostRace([1L, 2L]));
+
+        ledger.OnReleaseAnnounced(2); // y announced a release of key 2
+        Assert.True(ledger.LostRace([2L]));
+
+        ledger.UpdateHolders([2L], []); // asked: held by nobody (a momentary shared lock): no race, the free-key retry
+        Assert.False(ledger.LostRace([2L]));
     }
 }
