@@ -187,7 +187,8 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
             {
                 try
                 {
-                    if (File.ReadAllText($"/proc/{pid}/cmdline").Contains("read -r token", StringComparison.Ordinal))
+                    // The command's, not one of the rehearsal's (sleep 3600, started ahead the same way).
+                    if (File.ReadAllText($"/proc/{pid}/cmdline") is var cmdline && cmdline.Contains("read -r token", StringComparison.Ordinal) && cmdline.Contains("pid=$$", StringComparison.Ordinal))
                     {
                         return pid;
                     }

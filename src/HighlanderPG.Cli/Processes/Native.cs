@@ -215,29 +215,23 @@ internal static partial class Native
     public static int MakeFifo(string path) => MkFifo(path, 0x180); // 0600
 
     /// <summary>
-    /// Writes <paramref name="text"/> to the FIFO at <paramref name="path"/> if a reader is waiting on it, without ever
-    /// blocking (O_NONBLOCK: with no reader the open fails at once); true when all of it was written.
+    /// Opens the FIFO at <paramref name="path"/> for reading and writing, without blocking (Linux opens a FIFO so at once,
+    /// with or without a reader; close-on-exec): held by this process, it lets a reader open the FIFO at any time
+    /// (a writer exists) and keeps what is written to it until read. The descriptor, or -1.
     /// </summary>
-    public static bool WriteToWaitingFifo(string path, string text)
-    {
-        var fd = Open(path, OWrOnly | ONonBlock | OCloExec);
-        if (fd < 0)
-        {
-            return false;
-        }
+    public static int OpenFifoHeld(string path) => Open(path, ORdWr | ONonBlock | OCloExec);
 
-        try
-        {
-            var bytes = System.Text.Encoding.UTF8.GetBytes(text);
-            return Write(fd, bytes, bytes.Length) == bytes.Length;
-        }
-        finally
-        {
-            _ = Close(fd);
-        }
+    /// <summary>Writes all of <paramref name="text"/> to descriptor <paramref name="fd"/>; true when all of it was written.</summary>
+    public static bool WriteAll(int fd, string text)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+        return Write(fd, bytes, bytes.Length) == bytes.Length;
     }
 
-    private const int OWrOnly = 0x1;
+    /// <summary>Closes descriptor <paramref name="fd"/>.</summary>
+    public static void CloseDescriptor(int fd) => _ = Close(fd);
+
+    private const int ORdWr = 0x2;
     private const int ONonBlock = 0x800;
     private const int OCloExec = 0x80000;
 

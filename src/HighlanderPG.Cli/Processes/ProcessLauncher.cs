@@ -191,7 +191,10 @@ internal sealed class ProcessLauncher
         RemoveStalePrepareDirectories();
         var directory = Directory.CreateTempSubdirectory(PrepareDirectoryPrefix + Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "-");
         var fifo = Path.Combine(directory.FullName, "go");
-        if (Native.MakeFifo(fifo) != 0)
+        // Held open here (read and write) from the start: the shell's open of the FIFO never waits for a writer, and the
+        // token written at the take-over waits in the FIFO until the shell reads it, however soon after the start that is.
+        var held = Native.MakeFifo(fifo) == 0 ? Native.OpenFifoHeld(fifo) : -1;
+        if (held < 0)
         {
             directory.Delete(recursive: true);
             return Task.FromException<PreparedLaunch>(new IOException($"could not create the FIFO {fifo}"));
@@ -207,10 +210,11 @@ internal sealed class ProcessLauncher
                 var process = Start(prepared);
                 _started[process.Id] = true;
                 Watch(process.Id);
-                done.SetResult(new PreparedLaunch(this, process, directory.FullName, fifo));
+                done.SetResult(new PreparedLaunch(this, process, directory.FullName, held));
             }
             catch (Exception ex)
             {
+                Native.CloseDescriptor(held);
                 directory.Delete(recursive: true);
                 done.SetException(ex);
             }
@@ -385,33 +389,45 @@ internal sealed class ProcessLauncher
 /// <summary>
 /// A process started ahead (<see cref="ProcessLauncher.PrepareAsync"/>) that waits on its FIFO to become the command.
 /// </summary>
-internal sealed class PreparedLaunch(ProcessLauncher launcher, Process process, string directory, string fifo)
+internal sealed class PreparedLaunch(ProcessLauncher launcher, Process process, string directory, int fifo)
 {
+    private int _released;
+
     /// <summary>The process (once it has become the program, the program's: <c>exec</c> keeps the pid).</summary>
     public Process Process { get; } = process;
 
     /// <summary>
-    /// Tells it to become the program, with <paramref name="fencingToken"/>; false when it cannot (it exited, or is not
-    /// waiting on its FIFO): it is then to be <see cref="Discard"/>ed.
+    /// Tells it to become the program, with <paramref name="fencingToken"/> (written to its FIFO, where it waits until
+    /// the shell reads it, even if the shell is still starting); false when it cannot (it has exited): it is then to be
+    /// <see cref="Discard"/>ed. Once it has run, <see cref="Release"/> it.
     /// </summary>
-    public bool TryGo(string? fencingToken)
-    {
-        if (Process.HasExited || !Native.WriteToWaitingFifo(fifo, (fencingToken ?? "") + "\n"))
-        {
-            return false;
-        }
+    public bool TryGo(string? fencingToken) =>
+        Volatile.Read(ref _released) == 0 && !Process.HasExited && Native.WriteAll(fifo, (fencingToken ?? "") + "\n");
 
-        DeleteDirectory();
-        return true;
+    /// <summary>
+    /// Gives up what was kept for the hand-over (the FIFO and its private directory), once the process has exited: until
+    /// then, the shell may still be on its way to reading the token.
+    /// </summary>
+    public void Release()
+    {
+        if (Interlocked.Exchange(ref _released, 1) == 0)
+        {
+            Native.CloseDescriptor(fifo);
+            DeleteDirectory();
+        }
     }
 
-    /// <summary>Ends it unused: SIGKILL to its group (it ran nothing but its own shell), waits for it, forgets it.</summary>
+    /// <summary>
+    /// Ends it unused: SIGKILL to it and its group (before <c>setsid</c> it has no group of its own yet; it ran nothing
+    /// but its own shell), waits for it, forgets it.
+    /// </summary>
     public void Discard()
     {
         try
         {
             if (!Process.HasExited)
             {
+                Native.SignalProcess(Process.Id, Native.SigKill);
                 Native.SignalGroup(Process.Id, Native.SigKill);
                 Process.WaitForExit(TimeSpan.FromSeconds(2));
             }
@@ -422,7 +438,7 @@ internal sealed class PreparedLaunch(ProcessLauncher launcher, Process process, 
 
         launcher.Forget(Process.Id);
         Process.Dispose();
-        DeleteDirectory();
+        Release();
     }
 
     private void DeleteDirectory()

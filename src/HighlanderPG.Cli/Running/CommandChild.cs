@@ -38,6 +38,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
     private (string Shell, string Name, string NodeId, string? Namespace)? _prepareFor;
     private PreparedLaunch? _prepared;
     private bool _preparing;
+    private Task _preparation = Task.CompletedTask;
     private bool _closed;
 
     /// <summary>Where to log (set once the host's logging is built).</summary>
@@ -109,6 +110,15 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         }
     }
 
+    /// <summary>Prepares no more after the one ready or under way, which the next run still uses (a rehearsal's last round).</summary>
+    public void PrepareNoMore()
+    {
+        lock (_gate)
+        {
+            _closed = true;
+        }
+    }
+
     /// <summary>Ends the process prepared ahead, if any, and prepares no more (the node is stopping).</summary>
     public void DiscardPrepared()
     {
@@ -137,7 +147,20 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
             _preparing = true;
         }
 
-        _ = PrepareCoreAsync(context);
+        var preparation = PrepareCoreAsync(context);
+        lock (_gate)
+        {
+            _preparation = preparation;
+        }
+    }
+
+    /// <summary>Completes once the preparation under way, if any, has ended (ready, or failed: then the next run is started the ordinary way).</summary>
+    public Task WhenPreparedAsync()
+    {
+        lock (_gate)
+        {
+            return _preparation;
+        }
     }
 
     private async Task PrepareCoreAsync((string Shell, string Name, string NodeId, string? Namespace) context)
@@ -201,7 +224,8 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
     /// <param name="leadership">The run's leadership.</param>
     /// <param name="killAfter">How long after SIGTERM the command's group is SIGKILLed: a little before the library's stop budget ends, so a stubborn command is a kill, not an escalation.</param>
     /// <param name="stopping">Fires when the command must stop.</param>
-    public async Task RunAsync(ILeadership leadership, TimeSpan killAfter, CancellationToken stopping)
+    /// <param name="running">Called once the command runs (a rehearsal's round then stops it).</param>
+    public async Task RunAsync(ILeadership leadership, TimeSpan killAfter, CancellationToken stopping, Action? running = null)
     {
         ArgumentNullException.ThrowIfNull(leadership);
         // Told to stop already (the lease was lost as it was granted): not a run, so cron mode's one run is not used up.
@@ -220,6 +244,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         else
         {
             prepared?.Discard();
+            prepared = null;
             try
             {
                 var environment = EnvironmentFor(leadership.Name, leadership.NodeId, leadership.Namespace, token);
@@ -240,6 +265,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         }
 
         LogStarted(Logger, Display, process.Id, leadership.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "none");
+        running?.Invoke();
         int exitCode;
         bool stopped;
         var stopStarted = 0L;
@@ -279,6 +305,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
 
             launcher.Forget(group);
             process.Dispose();
+            prepared?.Release(); // it has exited: its FIFO is no longer needed
             StartPreparing(); // the next run's (a restart, or a later take-over), unless the node is stopping
         }
 

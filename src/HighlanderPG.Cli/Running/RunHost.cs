@@ -201,9 +201,39 @@ internal static partial class RunHost
                 return;
             }
 
-            var rehearsal = new CommandChild(["sh", "-c", ":"], shell, ProcessLauncher.Shared) { Rehearsal = true, Logger = FormattingOnlyLogger.Instance };
+            // The rehearsal's command waits until it is stopped (SIGTERM to its group, as COMMAND is stopped), so that stopping
+            // it runs too; started ahead like COMMAND's next run, so that becoming it runs too. Without sleep, sh -c :
+            // (which ends by itself: then the take-over is rehearsed, not the stop).
+            var sleep = ProcessLauncher.FindProgram("sleep");
+            var rehearsal = new CommandChild(sleep is null ? ["sh", "-c", ":"] : ["sleep", "3600"], sleep ?? shell, ProcessLauncher.Shared)
+            {
+                Rehearsal = true,
+                Logger = FormattingOnlyLogger.Instance,
+                ShuttingDown = child.ShuttingDown,
+            };
             var killAfter = LeaseTimings.From(options).ChildKillAfter;
-            await node.RehearseAsync((leadership, _, ct) => rehearsal.RunAsync(leadership, killAfter, ct), RehearsalTimeout, cancellationToken).ConfigureAwait(false);
+            rehearsal.PrepareAhead(shell, HighlanderNode.RehearsalName, options.NodeId, options.Namespace, now: true);
+            var rounds = 0;
+            try
+            {
+                await node.RehearseAsync(
+                    async (leadership, _, running, ct) =>
+                    {
+                        if (++rounds == HighlanderNode.RehearsalRounds.Length)
+                        {
+                            rehearsal.PrepareNoMore(); // none after the last round
+                        }
+
+                        await rehearsal.WhenPreparedAsync().ConfigureAwait(false);
+                        await rehearsal.RunAsync(leadership, killAfter, ct, running).ConfigureAwait(false);
+                    },
+                    RehearsalTimeout,
+                    cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                rehearsal.DiscardPrepared();
+            }
 
             // Then the next run of COMMAND is kept started ahead, waiting to become COMMAND (CommandChild.PrepareAhead).
             child.PrepareAhead(shell, name, options.NodeId, options.Namespace, now: node.Get(name)?.State == SingletonState.Following);

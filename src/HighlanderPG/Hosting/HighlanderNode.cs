@@ -211,51 +211,92 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     internal const string RehearsalName = "highlander-rehearsal";
 
     /// <summary>
-    /// Runs a take-over and a release twice through the real path, each time on a private lock, so that neither pays,
-    /// the first time it happens in this process, for code running for the first time (docs/lease-protocol.md,
-    /// "Rehearsal"): a random key, never contended, is acquired by this node's session (without an epoch bump, so no
-    /// fencing row is left), a runner starts <paramref name="run"/> as its child in a scope of its own like any
-    /// singleton's, and once the child has returned the runner releases the lock. Quiet: no state
-    /// change, span or measurement; its runner's messages are formatted and dropped, and one line is logged at debug.
-    /// Skipped (false) under the spread placement (a try there is planned by the share) and when the node is not
-    /// running; bounded by <paramref name="timeout"/> (a drained node never takes the key: then it is abandoned, false).
+    /// A rehearsal's child: a singleton's delegate that also calls <c>running</c> once it runs; the round then stops it
+    /// the way a node's stop does (its stopping token). A child that returns without calling it ends its round instead.
     /// </summary>
-    internal Task<bool> RehearseAsync(Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
+    internal delegate Task RehearsalChild(ILeadership leadership, IServiceProvider services, Action running, CancellationToken stopping);
+
+    /// <summary>How the private lock comes free in a round of the rehearsal (docs/lease-protocol.md, "Rehearsal").</summary>
+    internal enum RehearsalRound
+    {
+        /// <summary>Nobody holds it: this node's try takes it at once.</summary>
+        Free,
+
+        /// <summary>A contender holds it and releases it the way a stepping-down node does (unlock and announce).</summary>
+        HandedOver,
+
+        /// <summary>A contender holds it and its session ends without a word, as a crashed node's does.</summary>
+        HolderCrashed,
+    }
+
+    /// <summary>How a round of the rehearsal went: whether its child ran, and whether this node's waiter watched the contender before it let go.</summary>
+    internal readonly record struct RehearsedRound(RehearsalRound Round, bool Ran, bool ContenderWatched);
+
+    /// <summary>The rounds of a rehearsal, in order.</summary>
+    internal static readonly RehearsalRound[] RehearsalRounds = [RehearsalRound.Free, RehearsalRound.HandedOver, RehearsalRound.HolderCrashed];
+
+    /// <summary>
+    /// Runs a take-over and a step-down through the real path, once per <see cref="RehearsalRounds">round</see>, each
+    /// time on a private lock, so that neither pays, the first time it happens in this process, for code running for the
+    /// first time (docs/lease-protocol.md, "Rehearsal"): a random key, that nobody else wants, is wanted by this node's
+    /// session (and taken without an epoch bump, so no fencing row is left); in the second and third rounds a contender
+    /// (a connection of this node's own, like its waiter's) holds it first, so the session's try fails, learns the holder
+    /// and has its waiter watch it, and then the contender releases it with an announcement (a graceful hand-over) or
+    /// ends its session (a crash). A runner leads it like any singleton and starts <paramref name="run"/> as its child in
+    /// a scope of its own; once the child runs, the round stops it as a node's stop would, and the runner releases the
+    /// lock. Quiet: no state change, span or measurement; its runner's messages are formatted and dropped, and one line
+    /// is logged at debug. Skipped (false) under the spread placement (a try there is planned by the share) and when the
+    /// node is not running; each round bounded by <paramref name="timeout"/> (a drained node never takes the key: then
+    /// it is abandoned, not run). Returns the rounds tried, in order (none when skipped; the last one not run when it
+    /// was given up).
+    /// </summary>
+    internal Task<IReadOnlyList<RehearsedRound>> RehearseAsync(RehearsalChild run, TimeSpan timeout, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(run);
         if (Session is not { } session || _options.Placement == SingletonPlacement.Spread || Volatile.Read(ref _stopped) == 1)
         {
-            return Task.FromResult(false);
+            return Task.FromResult<IReadOnlyList<RehearsedRound>>([]);
         }
 
-        var rehearsal = RehearseTwiceAsync(session, run, timeout, cancellationToken);
+        var rehearsal = RehearseRoundsAsync(session, run, timeout, cancellationToken);
         _rehearsal = rehearsal; // StopAsync ends it first
         return rehearsal;
     }
 
     /// <summary>
-    /// Twice: some code is prepared only on its second run (dependency injection compiles a service's resolver in the
-    /// background after its second resolution), and that should happen now, not at the real take-over.
+    /// Every round, in order: besides the three ways to take over, some code is prepared only on its second or third run
+    /// (dependency injection compiles a service's resolver in the background after its second resolution, and that
+    /// resolver is compiled by the JIT at its first call), and that should happen now, not at the real take-over.
     /// </summary>
-    private async Task<bool> RehearseTwiceAsync(LockSession session, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
+    private async Task<IReadOnlyList<RehearsedRound>> RehearseRoundsAsync(LockSession session, RehearsalChild run, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var logger = _loggerFactory.CreateLogger("HighlanderPG.Rehearsal");
         var started = _time.GetTimestamp();
-        var ran = await RehearseCoreAsync(session, run, timeout, cancellationToken).ConfigureAwait(false)
-            && await RehearseCoreAsync(session, run, timeout, cancellationToken).ConfigureAwait(false);
-        Log.Rehearsed(logger, ran, _time.GetElapsedTime(started));
-        return ran;
+        var rounds = new List<RehearsedRound>();
+        foreach (var round in RehearsalRounds)
+        {
+            var outcome = await RehearseCoreAsync(session, run, round, timeout, cancellationToken).ConfigureAwait(false);
+            rounds.Add(outcome);
+            if (!outcome.Ran)
+            {
+                break;
+            }
+        }
+
+        Log.Rehearsed(logger, rounds.All(r => r.Ran), _time.GetElapsedTime(started));
+        return rounds;
     }
 
     private Task _rehearsal = Task.CompletedTask;
     private readonly CancellationTokenSource _rehearsalStop = new();
 
-    private async Task<bool> RehearseCoreAsync(LockSession session, Func<ILeadership, IServiceProvider, CancellationToken, Task> run, TimeSpan timeout, CancellationToken cancellationToken)
+    private async Task<RehearsedRound> RehearseCoreAsync(LockSession session, RehearsalChild run, RehearsalRound round, TimeSpan timeout, CancellationToken cancellationToken)
     {
         // What a real acquisition also touches, in the same order.
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderActivities).TypeHandle);
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderMetrics).TypeHandle);
         var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child has returned
+        var running = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child runs
         var registration = new SingletonRegistration(
             RehearsalName,
             typeof(DelegateSingleton),
@@ -263,7 +304,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             {
                 try
                 {
-                    await run(leadership, services, token).ConfigureAwait(false);
+                    await run(leadership, services, () => running.TrySetResult(), token).ConfigureAwait(false);
                 }
                 finally
                 {
@@ -272,36 +313,119 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             }),
             configure: null);
         var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
-        singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the rehearsal ends it
+        singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the round ends it
         var key = BitConverter.ToInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(sizeof(long)));
         session.SetNeverFenced(key, on: true);
-        // A round ends once the child has returned (the runner keeps the lock, its restart policy being Never, until the
-        // round ends it). Not when the runner reports Leading: a BackgroundService's ExecuteAsync starts on the thread pool
-        // after StartAsync returns, and a stop that came first would keep the child from running at all.
-        var runner = new SingletonRunner(registration, singleton, key, _options, LeaseTimings.From(_options), session, _services, _time,
-            FormattingOnlyLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _rehearsalStop.Token);
-        var running = Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None);
+        var deadline = _time.GetTimestamp() + (long)(timeout.TotalSeconds * _time.TimestampFrequency);
+        NpgsqlConnection? contender = null;
+        var runnerTask = Task.CompletedTask;
         var done = false;
+        var watched = false;
         try
         {
-            await ran.Task.WaitAsync(timeout, _time, stop.Token).ConfigureAwait(false);
+            if (round != RehearsalRound.Free)
+            {
+                using var bounded = new CancellationTokenSource(timeout, _time);
+                using var opening = CancellationTokenSource.CreateLinkedTokenSource(stop.Token, bounded.Token);
+                contender = await OpenContenderAsync(key, opening.Token).ConfigureAwait(false);
+            }
+
+            // A round ends once the child runs (then it is stopped) or has returned (the runner keeps the lock, its restart
+            // policy being Never, until the round ends it). Not when the runner reports Leading: a BackgroundService's
+            // ExecuteAsync starts on the thread pool after StartAsync returns, and a stop that came first would keep the
+            // child from running at all.
+            var runner = new SingletonRunner(registration, singleton, key, _options, LeaseTimings.From(_options), session, _services, _time,
+                FormattingOnlyLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
+            runnerTask = Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None);
+            if (contender is not null)
+            {
+                // Once the session's try has failed and its waiter watches the contender (or soon after, if it never does:
+                // the announcement alone wakes the session), the contender lets go.
+                var watchedWithin = Remaining(deadline);
+                watched = await WatchedAsync(session, key, watchedWithin < WatchedAtMost ? watchedWithin : WatchedAtMost, stop.Token).ConfigureAwait(false);
+                if (round == RehearsalRound.HandedOver)
+                {
+                    await LockProtocol.UnlockAndNotifyAsync(contender, [key]).ConfigureAwait(false);
+                }
+
+                await contender.DisposeAsync().ConfigureAwait(false); // a crash, as the server sees it: the session just ends
+                contender = null;
+            }
+
+            await Task.WhenAny(ran.Task, running.Task).WaitAsync(Remaining(deadline), _time, stop.Token).ConfigureAwait(false);
             done = true;
         }
-        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException or NpgsqlException)
         {
-            // Not taken in time (a drained node, a lost session) or the node is stopping: given up, nothing ran.
+            // Not taken in time (a drained node, a lost session), no contender (the server refused one), or the node is
+            // stopping: given up.
         }
         finally
         {
-            // The runner stops what still runs and releases the lock (announced like any release) before it returns.
+            if (contender is not null)
+            {
+                await contender.DisposeAsync().ConfigureAwait(false);
+            }
+
+            // The runner stops the child (as a node's stop does) and releases the lock (announced like any release) before
+            // it returns.
             await stop.CancelAsync().ConfigureAwait(false);
-            await running.ConfigureAwait(false);
+            await runnerTask.ConfigureAwait(false);
             session.SetNeverFenced(key, on: false);
         }
 
-        return done;
+        return new RehearsedRound(round, done, watched);
     }
+
+    private TimeSpan Remaining(long deadline)
+    {
+        var left = (deadline - _time.GetTimestamp()) / (double)_time.TimestampFrequency;
+        return left > 0 ? TimeSpan.FromSeconds(left) : TimeSpan.Zero;
+    }
+
+    /// <summary>A rehearsal's contender: a connection of this node's waiter's kind, holding <paramref name="key"/>.</summary>
+    private async Task<NpgsqlConnection> OpenContenderAsync(long key, CancellationToken cancellationToken)
+    {
+        var connection = await _waitDataSource!.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await using var cmd = new NpgsqlCommand("SELECT pg_advisory_lock($1)", connection);
+            cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+            await cmd.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return connection;
+        }
+        catch
+        {
+            await connection.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Until this node's waiter watches <paramref name="key"/>'s holder, at most <paramref name="within"/> (no event
+    /// says so; looked at every few milliseconds: a rehearsal runs once).
+    /// </summary>
+    private async Task<bool> WatchedAsync(LockSession session, long key, TimeSpan within, CancellationToken cancellationToken)
+    {
+        var until = _time.GetTimestamp() + (long)(within.TotalSeconds * _time.TimestampFrequency);
+        while (!session.IsWatching(key))
+        {
+            if (_time.GetTimestamp() >= until)
+            {
+                return false;
+            }
+
+            await Task.Delay(WatchedPoll, _time, cancellationToken).ConfigureAwait(false);
+        }
+
+        return true;
+    }
+
+    private static readonly TimeSpan WatchedPoll = TimeSpan.FromMilliseconds(5);
+
+    /// <summary>How long a contender waits at most for the waiter to watch it (it does within a tenth of a second here).</summary>
+    private static readonly TimeSpan WatchedAtMost = TimeSpan.FromSeconds(2);
 
     private void Publish(SingletonStateChanged change)
     {

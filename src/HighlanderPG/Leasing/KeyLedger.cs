@@ -142,6 +142,15 @@ internal sealed partial class KeyLedger
         }
     }
 
+    /// <summary>Whether the waiter watches <paramref name="key"/>'s holder now (known, and not since seen gone).</summary>
+    public bool Watches(long key)
+    {
+        lock (_gate)
+        {
+            return IsWatched(key);
+        }
+    }
+
     /// <summary>
     /// The waiter saw <paramref name="key"/> freed: its holder ended or released it. Every key seen held by that holder
     /// may have changed hands: they (only they: other holders' keys are watched on their own) are tried at the next

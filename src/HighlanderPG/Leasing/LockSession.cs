@@ -118,6 +118,9 @@ internal sealed partial class LockSession : ILockSession
     /// <summary>The waiter watches these holders now, or none.</summary>
     public void SetWatched(IEnumerable<int>? holderPids) => _ledger.SetWatched(holderPids);
 
+    /// <summary>Whether the follower waiter watches <paramref name="key"/>'s holder now.</summary>
+    public bool IsWatching(long key) => _ledger.Watches(key);
+
     /// <summary>The waiter saw <paramref name="key"/> freed: try every wanted key now, and ask again who holds that holder's keys.</summary>
     public void HolderGone(long key)
     {

@@ -62,19 +62,35 @@ public sealed class RehearsalTests(PostgresFixture pg)
 
         var seen = new ConcurrentQueue<ILeadership>();
         var heldDuring = new ConcurrentQueue<long>();
-        var ran = await node.RehearseAsync(async (leadership, _, _) =>
+        var stoppedWhileRunning = 0;
+        var rounds = await node.RehearseAsync(async (leadership, _, running, stopping) =>
         {
             seen.Enqueue(leadership);
             heldDuring.Enqueue(await AdvisoryLocksOfAsync(idB));
+            running();
+            try
+            {
+                await Task.Delay(System.Threading.Timeout.Infinite, stopping);
+            }
+            catch (OperationCanceledException)
+            {
+                Interlocked.Increment(ref stoppedWhileRunning); // stopped by its token, as a node's stop does
+            }
         }, Timeout, CancellationToken.None);
 
-
-        Assert.True(ran);
-        Assert.Equal(2, seen.Count); // two rounds, one child each
+        // Three rounds: the lock free; held by a contender that hands it over (unlock and announce) once this node's waiter
+        // watches it; held by a contender whose session then ends (a crash). One child each, stopped while it ran.
+        Assert.Equal(HighlanderNode.RehearsalRounds, rounds.Select(r => r.Round));
+        Assert.All(rounds, r => Assert.True(r.Ran));
+        Assert.Equal([false, true, true], rounds.Select(r => r.ContenderWatched));
+        Assert.Equal(3, seen.Count);
+        Assert.Equal(3, stoppedWhileRunning);
         Assert.All(seen, l => Assert.Equal(HighlanderNode.RehearsalName, l.Name));
         Assert.All(seen, l => Assert.Equal(idB, l.NodeId));
         Assert.All(seen, l => Assert.Null(l.FencingEpoch)); // never bumped: no row in the fencing table
         Assert.All(heldDuring, n => Assert.Equal(1, n)); // the private lock, on the node's own session (a follower holds nothing else)
+        // The contenders are gone: at most the waiter's own session is left of its kind.
+        Assert.True(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", "highlander-wait/" + idB) <= 1);
         Assert.Equal(0, await AdvisoryLocksOfAsync(idB)); // released before RehearseAsync returned
         Assert.Equal(0L, await Db.ScalarAsync<long>(pg.ConnectionString, $"SELECT count(*) FROM {schema}.leases WHERE name = $1", HighlanderNode.RehearsalName));
         Assert.DoesNotContain(changes, c => c.Name == HighlanderNode.RehearsalName);
@@ -88,6 +104,31 @@ public sealed class RehearsalTests(PostgresFixture pg)
         await cluster.Recorder.WaitStartedAsync("job", mark, node: idB);
         cluster.Recorder.AssertNoOverlap();
         Assert.NotNull((await b.WaitForStateAsync("job", SingletonState.Leading)).FencingEpoch);
+    }
+
+    [Fact]
+    public async Task A_leaders_rehearsal_with_a_child_that_returns_by_itself_runs_every_round_and_keeps_only_its_own_lock()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
+        var a = await cluster.StartNodeAsync(idA, ["job"]);
+        await cluster.Recorder.WaitStartedAsync("job", node: idA);
+
+        // A leader's waiter has nothing to watch until a contender holds the private key: it watches that one too.
+        var runs = 0;
+        var rounds = await Assert.IsType<HighlanderNode>(a.Singletons).RehearseAsync((_, _, _, _) =>
+        {
+            Interlocked.Increment(ref runs);
+            return Task.CompletedTask; // ends its round without being stopped
+        }, Timeout, CancellationToken.None);
+
+        Assert.Equal(HighlanderNode.RehearsalRounds, rounds.Select(r => r.Round));
+        Assert.All(rounds, r => Assert.True(r.Ran));
+        Assert.Equal([false, true, true], rounds.Select(r => r.ContenderWatched));
+        Assert.Equal(3, runs);
+        Assert.Equal(1, await AdvisoryLocksOfAsync(idA)); // the job's, nothing of the rehearsal
+        Assert.Equal(SingletonState.Leading, a.Singletons.Get("job")!.State);
+        Assert.Single(cluster.Recorder.Events, e => e.Node == idA && e.Kind == LifeKind.Started); // the job's only
     }
 
     [Fact]
@@ -105,23 +146,23 @@ public sealed class RehearsalTests(PostgresFixture pg)
         await control.DrainAsync(idB, TimeSpan.FromMinutes(10));
         await cluster.Logs.WaitAsync(e => e.Node == idB && e.EventId.Id == HighlanderEventIds.HoldOffs, Timeout);
         var runs = 0;
-        var ran = await Assert.IsType<HighlanderNode>(b.Singletons).RehearseAsync((_, _, _) =>
+        var rounds = await Assert.IsType<HighlanderNode>(b.Singletons).RehearseAsync((_, _, _, _) =>
         {
             Interlocked.Increment(ref runs);
             return Task.CompletedTask;
         }, TimeSpan.FromSeconds(1), CancellationToken.None);
-        Assert.False(ran);
+        Assert.False(Assert.Single(rounds).Ran); // the first round given up: no other is tried
         Assert.Equal(0, runs);
         Assert.Equal(0, await AdvisoryLocksOfAsync(idB));
         await control.UndrainAsync(idB);
 
         var spread = await cluster.StartNodeAsync("c-" + Guid.NewGuid().ToString("N")[..6], ["job"], o => o.Placement = SingletonPlacement.Spread);
-        var spreadRan = await Assert.IsType<HighlanderNode>(spread.Singletons).RehearseAsync((_, _, _) =>
+        var spreadRounds = await Assert.IsType<HighlanderNode>(spread.Singletons).RehearseAsync((_, _, _, _) =>
         {
             Interlocked.Increment(ref runs);
             return Task.CompletedTask;
         }, Timeout, CancellationToken.None);
-        Assert.False(spreadRan);
+        Assert.Empty(spreadRounds);
         Assert.Equal(0, runs);
     }
 
