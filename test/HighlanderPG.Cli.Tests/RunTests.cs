@@ -100,6 +100,29 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
     }
 
     /// <summary>
+    /// Ctrl+C (SIGINT) and SIGQUIT stop a run as gracefully as SIGTERM (highlander handles the three itself, docs/cli.md):
+    /// the command stopped and gone before the name is released, exit 0, and the follower takes over.
+    /// </summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task SIGINT_and_SIGQUIT_step_down_as_gracefully_as_SIGTERM(int signal)
+    {
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", $"sig{signal}-a", "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        var first = await _life.Journal.WaitStartedAsync(_name, node: $"sig{signal}-a");
+        await using var b = StartNode($"sig{signal}-b");
+
+        a.Signal(signal);
+        Assert.Equal(0, await a.WaitForExitAsync(TimeSpan.FromSeconds(15)));
+        var stderr = a.Stderr;
+        var exited = stderr.IndexOf($"[{HighlanderEventIds.CommandExited}]", StringComparison.Ordinal);
+        var released = stderr.IndexOf($"[{HighlanderEventIds.Released}]", StringComparison.Ordinal);
+        Assert.True(exited >= 0 && released > exited, a.Output);
+        await _life.Journal.WaitStartedAsync(_name, after: first.Seq + 1, node: $"sig{signal}-b");
+        _life.Journal.AssertNoOverlap();
+    }
+
+    /// <summary>
     /// A leader stepping down lowers its own CPU priority for the rest of its shutdown (docs/cli.md, "Hand-over: where the
     /// time goes"), and only once its command has exited and the name is released: the stop itself runs at full priority.
     /// </summary>

@@ -75,14 +75,16 @@ internal static partial class Escapees
     }
 
     /// <summary>
-    /// Runs the search for escaped processes once, at start, and drops its result: the first search (a scan of
-    /// <c>/proc</c>) otherwise pays for compiling its code, and it runs on the way from SIGTERM to the lock's release.
+    /// Runs the search for escaped processes once, at start, and drops its result: the first search otherwise pays for
+    /// compiling its code (the quick look at this process's children, and the scan of <c>/proc</c>), and it runs on the
+    /// way from SIGTERM to the lock's release.
     /// </summary>
     public static void WarmUp(ProcessLauncher launcher)
     {
         if (Enabled)
         {
             _ = Find(launcher, null);
+            _ = Native.ChildrenOf(Environment.ProcessId, _ => false); // the full scan, which Find skips when nothing escaped
             _ = Native.GroupExists(Environment.ProcessId);
         }
     }
@@ -101,8 +103,17 @@ internal static partial class Escapees
         }
     }
 
-    private static IReadOnlyList<int> Find(ProcessLauncher launcher, string? member) =>
-        Native.ChildrenOf(Environment.ProcessId, pid => !launcher.Started(pid) && (member is null || Native.EnvironmentOf(pid, "HIGHLANDER_MEMBER") == member));
+    private static IReadOnlyList<int> Find(ProcessLauncher launcher, string? member)
+    {
+        // This process's own children first (a few small reads): when the launcher started every one of them (the usual
+        // case), nothing escaped, and /proc as a whole need not be read on the way from SIGTERM to the lock's release.
+        if (Native.OwnChildren() is { } children && children.All(launcher.Started))
+        {
+            return [];
+        }
+
+        return Native.ChildrenOf(Environment.ProcessId, pid => !launcher.Started(pid) && (member is null || Native.EnvironmentOf(pid, "HIGHLANDER_MEMBER") == member));
+    }
 
     [LoggerMessage(EventId = HighlanderEventIds.EscapedStopping, Level = LogLevel.Warning, Message = "{Count} processes of {Owner} left its process group (setsid, daemonizing) and were re-parented to highlander: stopping them (pids {Pids})")]
     private static partial void LogStopping(ILogger logger, int count, string owner, string pids);

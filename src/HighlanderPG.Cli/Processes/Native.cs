@@ -97,6 +97,44 @@ internal static partial class Native
         return result;
     }
 
+    /// <summary>
+    /// This process's children (zombies too), from each of its threads' <c>/proc/self/task/TID/children</c>: a few small
+    /// reads instead of every process's <c>stat</c>. <see langword="null"/> when the kernel does not offer these files
+    /// (built without <c>CONFIG_PROC_CHILDREN</c>). A child re-parented here is listed under one of the threads.
+    /// </summary>
+    public static List<int>? OwnChildren()
+    {
+        var children = new List<int>();
+        var any = false;
+        foreach (var task in Directory.EnumerateDirectories("/proc/self/task"))
+        {
+            string text;
+            try
+            {
+                text = File.ReadAllText(Path.Combine(task, "children"));
+            }
+            catch (FileNotFoundException)
+            {
+                return null;
+            }
+            catch (IOException)
+            {
+                continue; // the thread ended meanwhile
+            }
+
+            any = true;
+            foreach (var part in text.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                if (int.TryParse(part, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid))
+                {
+                    children.Add(pid);
+                }
+            }
+        }
+
+        return any ? children : null;
+    }
+
     /// <summary>The value of variable <paramref name="name"/> in process <paramref name="pid"/>'s initial environment, or <see langword="null"/>.</summary>
     public static string? EnvironmentOf(int pid, string name)
     {

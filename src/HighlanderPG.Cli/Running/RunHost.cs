@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Leasing;
 using HighlanderPG.Cli.Configuration;
@@ -118,8 +119,7 @@ internal static partial class RunHost
         if (group is not null)
         {
             group.Logger = logger;
-            var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
-            group.GiveUp = lifetime.StopApplication;
+            group.GiveUp = host.Services.GetRequiredService<IHostApplicationLifetime>().StopApplication;
         }
         IClusterSingletons singletons;
         HighlanderOptions options;
@@ -139,15 +139,20 @@ internal static partial class RunHost
             return ExitCodes.Usage;
         }
 
+        // Shutting down: from the stop signal itself (below), or from any other stop of the host.
+        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+        using var shuttingDown = new CancellationTokenSource();
+        using var stoppingLink = lifetime.ApplicationStopping.Register(static state => ((CancellationTokenSource)state!).Cancel(), shuttingDown);
+        using var stopSignals = StopOnSignals(singletons, shuttingDown, lifetime);
         if (child is not null && once is null && singletons is HighlanderNode node)
         {
-            child.ShuttingDown = host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping;
+            child.ShuttingDown = shuttingDown.Token;
             _ = RehearseWhenSettledAsync(node, child, settings.Name, options, logger, watching.Token);
         }
 
         if (once is null && singletons is HighlanderNode stepping)
         {
-            _ = YieldOnceReleasedAsync(stepping, settings.Name, host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping, logger, watching.Token);
+            _ = YieldOnceReleasedAsync(stepping, settings.Name, shuttingDown.Token, logger, watching.Token);
         }
 
         await using (changes.ConfigureAwait(false))
@@ -162,6 +167,43 @@ internal static partial class RunHost
             finally
             {
                 child?.DiscardPrepared();
+            }
+        }
+    }
+
+    /// <summary>
+    /// SIGTERM, SIGINT and SIGQUIT begin the node's graceful stop on the signal's own thread, then stop the host: the
+    /// command is told to stop, and the name released once it has exited, without waiting for the host's own shutdown
+    /// path (docs/cli.md, "Hand-over: where the time goes"). The node's stop runs once; the host's later call to it waits
+    /// for the same stop.
+    /// </summary>
+    private static CompositeDisposable StopOnSignals(IClusterSingletons singletons, CancellationTokenSource shuttingDown, IHostApplicationLifetime lifetime)
+    {
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true; // not the runtime's default (ending the process at once): the graceful stop below
+            shuttingDown.Cancel();
+            if (singletons is HighlanderNode node)
+            {
+                _ = node.StopAsync(CancellationToken.None);
+            }
+
+            lifetime.StopApplication();
+        }
+
+        return new CompositeDisposable(
+            PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal),
+            PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal),
+            PosixSignalRegistration.Create(PosixSignal.SIGQUIT, OnSignal));
+    }
+
+    private sealed class CompositeDisposable(params IDisposable[] parts) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var part in parts)
+            {
+                part.Dispose();
             }
         }
     }

@@ -115,18 +115,64 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// then the session is closed. It does not give up at the host's shutdown timeout: releasing a lock whose
     /// child may still run would break the at-most-once promise (escalation bounds the wait).
     /// </summary>
-    public async Task StopAsync(CancellationToken cancellationToken)
+    public Task StopAsync(CancellationToken cancellationToken)
     {
-        if (Interlocked.Exchange(ref _stopped, 1) == 1)
+        // Once: a second caller (the host after the CLI's signal handler began the stop, DisposeAsync after the host's
+        // stop) waits for the same stop to end, never returns while children may still run.
+        TaskCompletionSource? first = null;
+        Task stop;
+        lock (_stopGate)
         {
-            return;
+            if (_stopTask is null)
+            {
+                first = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _stopTask = first.Task;
+                Volatile.Write(ref _stopped, 1);
+            }
+
+            stop = _stopTask;
         }
 
+        if (first is not null)
+        {
+            _ = StopOnceAsync(first);
+        }
+
+        return stop;
+    }
+
+    private readonly Lock _stopGate = new();
+    private Task? _stopTask;
+
+    private async Task StopOnceAsync(TaskCompletionSource done)
+    {
+        try
+        {
+            await StopCoreAsync().ConfigureAwait(false);
+            done.SetResult();
+        }
+        catch (Exception ex)
+        {
+            done.SetException(ex);
+        }
+    }
+
+    private async Task StopCoreAsync()
+    {
         Session?.LeavePlacement(); // spread: counted out before its singletons are released (docs/lease-protocol.md, "Placement")
 
         // A rehearsal under way ends first (its runner releases its private lock while the session still runs).
-        await _rehearsalStop.CancelAsync().ConfigureAwait(false);
-        await _rehearsal.ConfigureAwait(false);
+        // (None under way, the usual case: nothing to wait for, and the runners are told at once, on this thread.)
+        if (_rehearsal.IsCompleted)
+        {
+            _rehearsalStop.Cancel(); // no rehearsal starts from now on anyway (the node is stopping)
+        }
+        else
+        {
+            await _rehearsalStop.CancelAsync().ConfigureAwait(false);
+            await _rehearsal.ConfigureAwait(false);
+        }
+
         foreach (var stop in _runnerStops)
         {
             _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do

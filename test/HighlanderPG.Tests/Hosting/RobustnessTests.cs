@@ -108,6 +108,36 @@ public sealed class RobustnessTests(PostgresFixture pg)
         Assert.True(stopped.Seq < escalated.Seq, cluster.Recorder.Describe());
     }
 
+    /// <summary>
+    /// The node's stop runs once: a second caller (the CLI's signal handler, then the host; the host, then DisposeAsync)
+    /// waits for that same stop, and never returns while a child still runs.
+    /// </summary>
+    [Fact]
+    public async Task A_second_stop_waits_for_the_first_to_end()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var stopAsked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var letGo = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var node = await cluster.StartNodeAsync("twice", services: s => s.AddClusterSingleton("slow", async (leadership, _, ct) =>
+        {
+            await Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default);
+            stopAsked.TrySetResult();
+            await letGo.Task; // still stopping
+        }));
+        await node.WaitForStateAsync("slow", SingletonState.Leading);
+
+        var hosted = Assert.IsType<HighlanderPG.Hosting.HighlanderNode>(node.Singletons);
+        var first = hosted.StopAsync(CancellationToken.None);
+        await stopAsked.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var second = hosted.StopAsync(CancellationToken.None);
+        Assert.False(second.IsCompleted); // the child has not returned yet
+        Assert.Equal(SingletonState.Stopping, node.Singletons.Get("slow")!.State);
+
+        letGo.SetResult();
+        await Task.WhenAll(first, second).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(SingletonState.Stopped, node.Singletons.Get("slow")!.State);
+    }
+
     /// <summary>A step-down asked for while the session is cut off completes (the lock goes with the session), and so does shutdown.</summary>
     [Fact]
     public async Task Step_down_and_shutdown_complete_while_the_node_is_cut_off()
