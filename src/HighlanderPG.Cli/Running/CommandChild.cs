@@ -273,14 +273,24 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         {
             var exited = process.WaitForExitAsync(CancellationToken.None);
             var stopRequested = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            using (stopping.Register(() => stopRequested.TrySetResult()))
+            var signalledAt = 0L; // when SIGTERM went to its group (0: not yet)
+            using (stopping.Register(() =>
+            {
+                // SIGTERM at once, on the thread that tells the child to stop: the command stops while the rest catches up.
+                if (Interlocked.CompareExchange(ref signalledAt, Stopwatch.GetTimestamp(), 0) == 0)
+                {
+                    Native.SignalGroup(group, Native.SigTerm);
+                }
+
+                stopRequested.TrySetResult();
+            }))
             {
                 // Whether it was told to stop before it exited: that decides what its exit code means.
-                stopped = await Task.WhenAny(exited, stopRequested.Task).ConfigureAwait(false) != exited;
+                stopped = await Task.WhenAny(exited, stopRequested.Task).ConfigureAwait(false) != exited || Interlocked.Read(ref signalledAt) != 0;
                 if (stopped)
                 {
-                    stopStarted = Stopwatch.GetTimestamp();
-                    await StopAsync(group, exited, killAfter).ConfigureAwait(false);
+                    stopStarted = Interlocked.Read(ref signalledAt);
+                    await StopAsync(group, exited, killAfter, stopStarted).ConfigureAwait(false);
                 }
             }
 
@@ -357,12 +367,13 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         }
     }
 
-    private async Task StopAsync(int group, Task exited, TimeSpan killAfter)
+    /// <summary>After SIGTERM (sent at <paramref name="signalledAt"/>): SIGKILL to the group if it has not exited <paramref name="killAfter"/> later.</summary>
+    private async Task StopAsync(int group, Task exited, TimeSpan killAfter, long signalledAt)
     {
-        // The signal first, the log line after: the command stops while the line is written (the lock waits for both).
-        Native.SignalGroup(group, Native.SigTerm);
+        // The signal first (already sent), the log line after: the command stops while the line is written.
         LogStopping(Logger, Display, group, killAfter);
-        if (await Task.WhenAny(exited, Task.Delay(killAfter)).ConfigureAwait(false) != exited)
+        var left = killAfter - Stopwatch.GetElapsedTime(signalledAt);
+        if (await Task.WhenAny(exited, Task.Delay(left > TimeSpan.Zero ? left : TimeSpan.Zero)).ConfigureAwait(false) != exited)
         {
             LogKilling(Logger, Display, group, killAfter);
             Native.SignalGroup(group, Native.SigKill);

@@ -116,25 +116,41 @@ public sealed class RobustnessTests(PostgresFixture pg)
     public async Task A_second_stop_waits_for_the_first_to_end()
     {
         await using var cluster = new TestCluster(pg.ConnectionString);
+        var running = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var stopAsked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var letGo = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var node = await cluster.StartNodeAsync("twice", services: s => s.AddClusterSingleton("slow", async (leadership, _, ct) =>
         {
+            running.TrySetResult();
             await Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default);
             stopAsked.TrySetResult();
             await letGo.Task; // still stopping
-        }));
-        await node.WaitForStateAsync("slow", SingletonState.Leading);
+        }), configure: o =>
+        {
+            // Room for a slow machine between the child being told and the test letting it go, well within the budget.
+            o.LeaseDuration = TimeSpan.FromSeconds(8);
+            o.StopTimeout = TimeSpan.FromSeconds(4);
+            o.LockDelayAfterServerStart = o.LeaseDuration;
+        });
+        await running.Task.WaitAsync(TimeSpan.FromSeconds(30));
 
         var hosted = Assert.IsType<HighlanderPG.Hosting.HighlanderNode>(node.Singletons);
         var first = hosted.StopAsync(CancellationToken.None);
-        await stopAsked.Task.WaitAsync(TimeSpan.FromSeconds(30));
-        var second = hosted.StopAsync(CancellationToken.None);
-        Assert.False(second.IsCompleted); // the child has not returned yet
-        Assert.Equal(SingletonState.Stopping, node.Singletons.Get("slow")!.State);
+        Task second;
+        bool secondEndedEarly;
+        try
+        {
+            await stopAsked.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            second = hosted.StopAsync(CancellationToken.None);
+            secondEndedEarly = second.IsCompleted;
+        }
+        finally
+        {
+            letGo.TrySetResult();
+        }
 
-        letGo.SetResult();
         await Task.WhenAll(first, second).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.False(secondEndedEarly); // it waited while the child had not returned yet
         Assert.Equal(SingletonState.Stopped, node.Singletons.Get("slow")!.State);
     }
 
