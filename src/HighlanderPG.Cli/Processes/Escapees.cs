@@ -22,19 +22,21 @@ internal static partial class Escapees
     /// Stops the escaped processes (those of <paramref name="member"/> only, by their <c>HIGHLANDER_MEMBER</c>, when given):
     /// SIGTERM to each, then SIGKILL to those left at <paramref name="killPoint"/>. Returns how many there were.
     /// </summary>
-    public static async Task<int> StopAsync(ProcessLauncher launcher, string owner, string? member, CancellationToken killPoint, ILogger logger)
+    public static Task<int> StopAsync(ProcessLauncher launcher, string owner, string? member, CancellationToken killPoint, ILogger logger)
     {
+        // Not async up to here: nothing escaped (the usual case) costs no state machine, whose code would otherwise be
+        // compiled for the first time on the way from SIGTERM to the lock's release.
         if (!Enabled)
         {
-            return 0;
+            return Task.FromResult(0);
         }
 
         var found = Find(launcher, member);
-        if (found.Count == 0)
-        {
-            return 0;
-        }
+        return found.Count == 0 ? Task.FromResult(0) : StopFoundAsync(launcher, owner, member, found, killPoint, logger);
+    }
 
+    private static async Task<int> StopFoundAsync(ProcessLauncher launcher, string owner, string? member, IReadOnlyList<int> found, CancellationToken killPoint, ILogger logger)
+    {
         LogStopping(logger, found.Count, owner, string.Join(", ", found));
         var all = new HashSet<int>(found);
         for (var round = 0; round < 10 && found.Count > 0; round++)

@@ -135,20 +135,73 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
         if (first is not null)
         {
-            _ = StopOnceAsync(first);
+            // The usual case at once, on the caller's thread (a signal's, under the CLI), before the rest of the stop runs
+            // (compiled for the first time then: a node stops once): no rehearsal under way, so the runners are told now.
+            bool told;
+            try
+            {
+                told = TellRunnersUnlessRehearsing();
+            }
+            catch (Exception ex)
+            {
+                Log.RunnerStopFailed(_logger, ex); // not expected; the stop below tells them again
+                told = false;
+            }
+
+            _ = StopOnceAsync(first, told);
         }
 
         return stop;
     }
 
+    /// <summary>
+    /// Compiles the node's stop ahead (it runs once, when the node stops; the first code it runs is otherwise compiled
+    /// then, on the way from a stop request to the children's stop): the methods, and their async state machines.
+    /// </summary>
+    internal void PrepareStop()
+    {
+        foreach (var name in (string[])[nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync)])
+        {
+            var method = typeof(HighlanderNode).GetMethod(name, System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic)!;
+            System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(method.MethodHandle);
+            if (method.GetCustomAttributes(typeof(System.Runtime.CompilerServices.AsyncStateMachineAttribute), false) is [System.Runtime.CompilerServices.AsyncStateMachineAttribute machine]
+                && machine.StateMachineType.GetMethod("MoveNext", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic) is { } moveNext)
+            {
+                System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(moveNext.MethodHandle);
+            }
+        }
+    }
+
+    /// <summary>The start of a stop: counted out of the placement, and, unless a rehearsal is under way, every runner told to stop.</summary>
+    private bool TellRunnersUnlessRehearsing()
+    {
+        Session?.LeavePlacement(); // spread: counted out before its singletons are released (docs/lease-protocol.md, "Placement")
+        if (!_rehearsal.IsCompleted)
+        {
+            return false;
+        }
+
+        _rehearsalStop.Cancel(); // no rehearsal starts from now on anyway (the node is stopping)
+        TellRunners();
+        return true;
+    }
+
+    private void TellRunners()
+    {
+        foreach (var stop in _runnerStops)
+        {
+            _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do
+        }
+    }
+
     private readonly Lock _stopGate = new();
     private Task? _stopTask;
 
-    private async Task StopOnceAsync(TaskCompletionSource done)
+    private async Task StopOnceAsync(TaskCompletionSource done, bool runnersTold)
     {
         try
         {
-            await StopCoreAsync().ConfigureAwait(false);
+            await StopCoreAsync(runnersTold).ConfigureAwait(false);
             done.SetResult();
         }
         catch (Exception ex)
@@ -157,25 +210,14 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
     }
 
-    private async Task StopCoreAsync()
+    private async Task StopCoreAsync(bool runnersTold)
     {
-        Session?.LeavePlacement(); // spread: counted out before its singletons are released (docs/lease-protocol.md, "Placement")
-
-        // A rehearsal under way ends first (its runner releases its private lock while the session still runs).
-        // (None under way, the usual case: nothing to wait for, and the runners are told at once, on this thread.)
-        if (_rehearsal.IsCompleted)
+        if (!runnersTold)
         {
-            _rehearsalStop.Cancel(); // no rehearsal starts from now on anyway (the node is stopping)
-        }
-        else
-        {
+            // A rehearsal under way ends first (its runner releases its private lock while the session still runs).
             await _rehearsalStop.CancelAsync().ConfigureAwait(false);
             await _rehearsal.ConfigureAwait(false);
-        }
-
-        foreach (var stop in _runnerStops)
-        {
-            _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do
+            TellRunners();
         }
 
         try
