@@ -56,6 +56,26 @@ public sealed class UnitTests
     public void Durations_format_as_written(long milliseconds, string text) =>
         Assert.Equal(text, Durations.Format(TimeSpan.FromMilliseconds(milliseconds)));
 
+    /// <summary>
+    /// A highlander started in the background by a shell inherits SIGQUIT (and SIGINT) ignored: its warm-up SIGQUIT would
+    /// never be heard, so it must see that from /proc/self/status and skip it (it waited for nothing before).
+    /// </summary>
+    [Fact]
+    public async Task Ignored_signals_are_read_from_proc_status()
+    {
+        Assert.True(Native.SignalIgnoredIn("Name:\tsh\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000006\nSigCgt:\t0000000000010000\n", Native.SigQuit));
+        Assert.False(Native.SignalIgnoredIn("SigIgn:\t0000000000000006\n", Native.SigTerm));
+        Assert.Null(Native.SignalIgnoredIn("Name:\tx\n", Native.SigQuit));
+
+        // And a real one: a shell's background job ignores SIGQUIT, the shell itself does not.
+        var ignored = Process.Start(new ProcessStartInfo("sh", ["-c", "trap '' QUIT; cat /proc/self/status"]) { RedirectStandardOutput = true })!;
+        var status = await ignored.StandardOutput.ReadToEndAsync();
+        await ignored.WaitForExitAsync();
+        Assert.True(Native.SignalIgnoredIn(status, Native.SigQuit), status);
+        Assert.False(Native.SignalIgnoredIn(status, Native.SigTerm), status);
+        Assert.False(Native.SignalIgnored(Native.SigTerm)); // this test process's own
+    }
+
     [Fact]
     public void The_connection_option_wins_then_HIGHLANDER_CONNECTION_then_PG_variables()
     {

@@ -99,6 +99,38 @@ internal static partial class Native
     }
 
     /// <summary>
+    /// Whether this process ignores <paramref name="signal"/> (<c>SigIgn</c> in <c>/proc/self/status</c>): inherited from
+    /// whoever started it (a shell ignores SIGINT and SIGQUIT for a command it runs in the background); the runtime then
+    /// installs no handler for it, and a registration never hears it.
+    /// </summary>
+    public static bool SignalIgnored(int signal)
+    {
+        try
+        {
+            return SignalIgnoredIn(File.ReadAllText("/proc/self/status"), signal) ?? true;
+        }
+        catch (IOException)
+        {
+            return true; // unknown: as good as ignored (the caller skips what depends on it)
+        }
+    }
+
+    /// <summary>Whether <paramref name="status"/> (a <c>/proc/PID/status</c>) says <paramref name="signal"/> is ignored; <see langword="null"/> when it does not say.</summary>
+    internal static bool? SignalIgnoredIn(string status, int signal)
+    {
+        foreach (var line in status.Split('\n'))
+        {
+            if (line.StartsWith("SigIgn:", StringComparison.Ordinal)
+                && ulong.TryParse(line.AsSpan(7).Trim(), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture, out var mask))
+            {
+                return (mask & (1UL << (signal - 1))) != 0;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
     /// This process's children (zombies too), from each of its threads' <c>/proc/self/task/TID/children</c>: a few small
     /// reads instead of every process's <c>stat</c>. <see langword="null"/> when the kernel does not offer these files
     /// (built without <c>CONFIG_PROC_CHILDREN</c>). A child re-parented here is listed under one of the threads.

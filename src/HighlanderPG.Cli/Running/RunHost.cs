@@ -210,10 +210,16 @@ internal static partial class RunHost
     /// this process sends itself and its own handler swallows: the first stop signal otherwise pays, on the way from
     /// SIGTERM to the command's stop, for that path running for the first time (a thread of its own per signal, the
     /// dispatch to the handlers: about 8 ms measured here). A SIGQUIT from elsewhere in that instant is swallowed too.
+    /// Skipped when this process ignores SIGQUIT (started in the background by a shell: no handler would hear it).
     /// The handler of <see cref="StopOnSignals"/> is compiled ahead as well (it cannot run before it is needed).
     /// </summary>
     private static void WarmUpStopSignal()
     {
+        if (Native.SignalIgnored(Native.SigQuit))
+        {
+            return;
+        }
+
         using var handled = new ManualResetEventSlim();
         using (PosixSignalRegistration.Create(PosixSignal.SIGQUIT, context =>
         {
@@ -223,7 +229,7 @@ internal static partial class RunHost
         {
             if (Native.SignalProcess(Environment.ProcessId, Native.SigQuit))
             {
-                handled.Wait(TimeSpan.FromSeconds(2));
+                handled.Wait(TimeSpan.FromMilliseconds(500)); // a few milliseconds here; never long, whatever happens
             }
         }
     }
