@@ -504,6 +504,28 @@ internal sealed class Cluster : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Waits, at most <paramref name="within"/>, until <paramref name="node"/>'s lock session is connected (a node may still
+    /// be reconnecting after the fault of the round before): a termination then has a session to end.
+    /// </summary>
+    public async Task WaitForLockSessionAsync(string node, TimeSpan within, CancellationToken cancellationToken)
+    {
+        var until = DateTime.UtcNow + within;
+        while (DateTime.UtcNow < until)
+        {
+            await using var conn = new NpgsqlConnection(AdminConnectionString);
+            await conn.OpenAsync(cancellationToken);
+            await using var cmd = new NpgsqlCommand("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", conn);
+            cmd.Parameters.Add(new NpgsqlParameter<string> { TypedValue = "highlander/" + node });
+            if (Convert.ToInt64(await cmd.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) > 0)
+            {
+                return;
+            }
+
+            await Task.Delay(100, cancellationToken);
+        }
+    }
+
     public async Task<int> TerminateLockSessionAsync(string node)
     {
         await using var conn = new NpgsqlConnection(AdminConnectionString);
