@@ -21,6 +21,17 @@ public sealed class FencingTests(PostgresFixture pg)
 
     private static string NewSchema() => "f_" + Guid.NewGuid().ToString("N")[..10];
 
+    /// <summary>
+    /// A lease long enough that a stall of the test process (seen once in CI: ~3 s without a heartbeat answered, with the
+    /// 3 s lease of <see cref="TestCluster"/>, on 2 cores shared with the other test collections) cannot end the new
+    /// leader's lease and escalate its child while the test waits for it: what is tested here is fencing, not timing.
+    /// </summary>
+    private static void StallTolerant(HighlanderOptions o)
+    {
+        o.LeaseDuration = TimeSpan.FromSeconds(8);
+        o.LockDelayAfterServerStart = o.LeaseDuration;
+    }
+
     [Fact]
     public async Task A_cut_off_leaders_guarded_write_is_rejected_while_its_unguarded_write_would_go_through()
     {
@@ -38,6 +49,7 @@ public sealed class FencingTests(PostgresFixture pg)
         await cluster.StartNodeAsync("old", singletons: [], connectionString: proxy.ConnectionString(pg.ConnectionString), configure: o =>
         {
             Fenced(schema)(o);
+            StallTolerant(o);
             o.OnEscalation = _ => ValueTask.CompletedTask; // no escalation: the child lives on, like a paused process
         }, services: s => s.AddClusterSingleton("job", async (leadership, _, _) =>
         {
@@ -74,7 +86,11 @@ public sealed class FencingTests(PostgresFixture pg)
 
         var newChild = new TaskCompletionSource<ILeadership>(TaskCreationOptions.RunContinuationsAsynchronously);
         var newWrote = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await cluster.StartNodeAsync("new", singletons: [], configure: Fenced(schema), services: s => s.AddClusterSingleton("job", async (leadership, _, ct) =>
+        await cluster.StartNodeAsync("new", singletons: [], configure: o =>
+        {
+            Fenced(schema)(o);
+            StallTolerant(o);
+        }, services: s => s.AddClusterSingleton("job", async (leadership, _, ct) =>
         {
             newChild.TrySetResult(leadership);
             await using var connection = new NpgsqlConnection(pg.ConnectionString);
