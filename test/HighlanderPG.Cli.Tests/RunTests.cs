@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Cli.Processes;
 using HighlanderPG.Cli.Tests.Infrastructure;
+using HighlanderPG.Testing.Journal;
 
 namespace HighlanderPG.Cli.Tests;
 
@@ -119,6 +120,50 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
         var released = stderr.IndexOf($"[{HighlanderEventIds.Released}]", StringComparison.Ordinal);
         Assert.True(exited >= 0 && released > exited, a.Output);
         await _life.Journal.WaitStartedAsync(_name, after: first.Seq + 1, node: $"sig{signal}-b");
+        _life.Journal.AssertNoOverlap();
+    }
+
+    /// <summary>
+    /// The stop signals are <c>highlander</c>'s own from before its host starts (it has no console lifetime: docs/cli.md,
+    /// "Hand-over: where the time goes"): a SIGTERM at any moment of the start, before the node has started (the host's
+    /// stop stops it), while it starts, or once its command runs, ends it with exit 0 and leaves nothing of the command
+    /// running, and the next node gets the name. Only a signal before the runtime has any handler at all ends it as the
+    /// signal does (143): then nothing of it has started.
+    /// </summary>
+    [Theory]
+    [InlineData("spawned")]
+    [InlineData("node starting")]
+    [InlineData("contending")]
+    [InlineData("command running")]
+    public async Task A_SIGTERM_at_any_moment_of_the_start_ends_highlander_cleanly(string moment)
+    {
+        var node = "early-" + moment.Replace(' ', '-');
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", node, "--log-level", "debug", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        switch (moment)
+        {
+            case "node starting":
+                await a.WaitLoggedAsync(HighlanderEventIds.NodeStarting);
+                break;
+            case "contending":
+                await a.WaitLoggedAsync(HighlanderEventIds.RunContending);
+                break;
+            case "command running":
+                await _life.Journal.WaitStartedAsync(_name, node: node);
+                break;
+        }
+
+        a.Signal(Native.SigTerm);
+        var code = await a.WaitForExitAsync(TimeSpan.FromSeconds(15));
+        Assert.True(code == 0 || (moment == "spawned" && code == 128 + Native.SigTerm && !a.Logged(HighlanderEventIds.NodeStarting)), $"exit {code}\n{a.Output}");
+
+        _life.Journal.Poll();
+        foreach (var started in _life.Journal.Events.Where(e => e.Node == node && e.Kind == LifeKind.Started))
+        {
+            await ProcessWatch.AssertGoneAsync(started.Pid, $"{node}'s command");
+        }
+
+        await using var b = StartNode("after-" + node);
+        await _life.Journal.WaitStartedAsync(_name, node: "after-" + node);
         _life.Journal.AssertNoOverlap();
     }
 

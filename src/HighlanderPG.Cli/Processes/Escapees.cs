@@ -89,6 +89,10 @@ internal static partial class Escapees
             _ = Native.ChildrenOf(Environment.ProcessId, _ => false); // the full scan, which Find skips when nothing escaped
             _ = Native.GroupExists(Environment.ProcessId);
         }
+
+        // Called once, at a stop (the rehearsal leaves escaped processes alone): compiled now, not between the stop signal
+        // and the release.
+        HighlanderPG.Hosting.Precompile.Methods(typeof(Escapees), nameof(StopAsync));
     }
 
     /// <summary>Escalation: SIGKILL every escaped process now.</summary>
@@ -107,9 +111,10 @@ internal static partial class Escapees
 
     private static IReadOnlyList<int> Find(ProcessLauncher launcher, string? member)
     {
-        // This process's own children first (a few small reads): when the launcher started every one of them (the usual
-        // case), nothing escaped, and /proc as a whole need not be read on the way from SIGTERM to the lock's release.
-        if (Native.OwnChildren() is { } children && children.All(launcher.Started))
+        // The main thread's children first (one small read: whatever was re-parented here is among them): when the
+        // launcher started every one of them (the usual case, often none), nothing escaped, and /proc as a whole need not
+        // be read on the way from SIGTERM to the lock's release.
+        if (Native.MainThreadChildren() is { } children && children.All(launcher.Started))
         {
             return [];
         }

@@ -79,7 +79,9 @@ internal static partial class RunHost
         builder.Logging.SetMinimumLevel(settings.LogLevel);
         builder.Logging.AddFilter("Npgsql", LogLevel.Warning);
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
-        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        // The stop signals are this command's own (StopOnSignals), not the console lifetime's: that one would start the
+        // host's shutdown beside the node's stop, on the same cores, on the way from SIGTERM to the release.
+        builder.Services.AddSingleton<IHostLifetime, SignalsHandledElsewhere>();
 
         var once = settings.Once ? new OnceGate() : null;
         var child = settings.Group is null
@@ -126,12 +128,20 @@ internal static partial class RunHost
         HighlanderOptions options;
         IAsyncEnumerator<SingletonStateChanged> changes;
         using var watching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+
+        // Shutting down: from a stop signal (StopOnSignals, heard from before the host's start on), or from any other stop
+        // of the host.
+        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+        using var shuttingDown = new CancellationTokenSource();
+        using var stoppingLink = lifetime.ApplicationStopping.Register(static state => ((CancellationTokenSource)state!).Cancel(), shuttingDown);
+        using var stopSignals = new StopOnSignals(shuttingDown, lifetime);
         try
         {
             options = host.Services.GetRequiredService<IOptions<HighlanderOptions>>().Value;
             singletons = host.Services.GetRequiredService<IClusterSingletons>();
             changes = singletons.WatchAsync(watching.Token).GetAsyncEnumerator(watching.Token); // subscribed before the start: nothing is missed
             await host.StartAsync(CancellationToken.None).ConfigureAwait(false);
+            stopSignals.Started(singletons);
         }
         catch (Exception ex) when (ValidationFailures(ex) is { } failures)
         {
@@ -140,11 +150,6 @@ internal static partial class RunHost
             return ExitCodes.Usage;
         }
 
-        // Shutting down: from the stop signal itself (below), or from any other stop of the host.
-        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
-        using var shuttingDown = new CancellationTokenSource();
-        using var stoppingLink = lifetime.ApplicationStopping.Register(static state => ((CancellationTokenSource)state!).Cancel(), shuttingDown);
-        using var stopSignals = StopOnSignals(singletons, shuttingDown, lifetime);
         if (child is not null && once is null && singletons is HighlanderNode node)
         {
             child.ShuttingDown = shuttingDown.Token;
@@ -153,7 +158,7 @@ internal static partial class RunHost
 
         if (once is null && singletons is HighlanderNode stepping)
         {
-            _ = YieldOnceReleasedAsync(stepping, settings.Name, shuttingDown.Token, logger, watching.Token);
+            YieldOnceReleased(stepping, settings.Name, shuttingDown.Token, logger);
         }
 
         await using (changes.ConfigureAwait(false))
@@ -173,36 +178,80 @@ internal static partial class RunHost
     }
 
     /// <summary>
-    /// SIGTERM, SIGINT and SIGQUIT begin the node's graceful stop on the signal's own thread, then stop the host: the
-    /// command is told to stop, and the name released once it has exited, without waiting for the host's own shutdown
-    /// path (docs/cli.md, "Hand-over: where the time goes"). The node's stop runs once; the host's later call to it waits
-    /// for the same stop.
+    /// SIGTERM, SIGINT and SIGQUIT begin the node's graceful stop on the signal's own thread, and the host's stop only once
+    /// the node's has ended: the command is told to stop, and the name released once it has exited, without the host's
+    /// own shutdown path running beside it on the same cores (docs/cli.md, "Hand-over: where the time goes"). The node's
+    /// stop runs once; the host's later call to it waits for the same stop. Heard from before the host's start on (the
+    /// host has no lifetime of its own listening: <see cref="SignalsHandledElsewhere"/>); until the node has started, a
+    /// signal stops the host, whose stop stops the node.
     /// </summary>
-    private static CompositeDisposable StopOnSignals(IClusterSingletons singletons, CancellationTokenSource shuttingDown, IHostApplicationLifetime lifetime)
+    private sealed class StopOnSignals : IDisposable
     {
-        void OnSignal(PosixSignalContext context)
+        private readonly CancellationTokenSource _shuttingDown;
+        private readonly IHostApplicationLifetime _lifetime;
+        private readonly PosixSignalRegistration[] _registrations;
+        private HighlanderNode? _node;
+
+        public StopOnSignals(CancellationTokenSource shuttingDown, IHostApplicationLifetime lifetime)
         {
-            context.Cancel = true; // not the runtime's default (ending the process at once): the graceful stop below
-            shuttingDown.Cancel();
+            _shuttingDown = shuttingDown;
+            _lifetime = lifetime;
+            Action<PosixSignalContext> handler = OnSignal;
+            System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(handler.Method.MethodHandle);
+            _registrations =
+            [
+                PosixSignalRegistration.Create(PosixSignal.SIGTERM, handler),
+                PosixSignalRegistration.Create(PosixSignal.SIGINT, handler),
+                PosixSignalRegistration.Create(PosixSignal.SIGQUIT, handler),
+            ];
+        }
+
+        /// <summary>The host has started: from now on a stop signal stops the node first (its stop compiled ahead now).</summary>
+        public void Started(IClusterSingletons singletons)
+        {
             if (singletons is HighlanderNode node)
             {
-                _ = node.StopAsync(CancellationToken.None);
+                node.PrepareStop();
+                Volatile.Write(ref _node, node);
+            }
+        }
+
+        private void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true; // not the runtime's default (ending the process at once): the graceful stop below
+            _shuttingDown.Cancel();
+            if (Volatile.Read(ref _node) is not { } node)
+            {
+                _lifetime.StopApplication();
+                return;
             }
 
-            lifetime.StopApplication();
+            _ = node.StopAsync(CancellationToken.None).ContinueWith(
+                static (_, lifetime) => ((IHostApplicationLifetime)lifetime!).StopApplication(),
+                _lifetime,
+                CancellationToken.None,
+                TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
         }
 
-        Action<PosixSignalContext> handler = OnSignal;
-        System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(handler.Method.MethodHandle);
-        if (singletons is HighlanderNode prepared)
+        public void Dispose()
         {
-            prepared.PrepareStop();
+            foreach (var registration in _registrations)
+            {
+                registration.Dispose();
+            }
         }
+    }
 
-        return new CompositeDisposable(
-            PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal),
-            PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal),
-            PosixSignalRegistration.Create(PosixSignal.SIGQUIT, OnSignal));
+    /// <summary>
+    /// The host's lifetime when <see cref="StopOnSignals"/> hears the stop signals: nothing to wait for at the start,
+    /// nothing to undo at the stop (the console lifetime it replaces would stop the host at a signal itself).
+    /// </summary>
+    private sealed class SignalsHandledElsewhere : IHostLifetime
+    {
+        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 
     /// <summary>
@@ -230,17 +279,6 @@ internal static partial class RunHost
             if (Native.SignalProcess(Environment.ProcessId, Native.SigQuit))
             {
                 handled.Wait(TimeSpan.FromMilliseconds(500)); // a few milliseconds here; never long, whatever happens
-            }
-        }
-    }
-
-    private sealed class CompositeDisposable(params IDisposable[] parts) : IDisposable
-    {
-        public void Dispose()
-        {
-            foreach (var part in parts)
-            {
-                part.Dispose();
             }
         }
     }
@@ -333,22 +371,20 @@ internal static partial class RunHost
     /// shutdown, the runtime's exit) can wait, and on a machine shared with the node taking over (or with the server)
     /// it would compete with that node starting the command. docs/cli.md, "Hand-over: where the time goes".
     /// </summary>
-    private static async Task YieldOnceReleasedAsync(HighlanderNode node, string name, CancellationToken stopping, ILogger logger, CancellationToken cancellationToken)
+    private static void YieldOnceReleased(HighlanderNode node, string name, CancellationToken stopping, ILogger logger)
     {
-        try
+        var yielded = 0;
+        Action<SingletonStateChanged> yieldOnce = change =>
         {
-            await foreach (var change in node.WatchAsync(cancellationToken).ConfigureAwait(false))
+            // On the runner's thread, right after the release (the state change that follows it), not several hops later.
+            if (stopping.IsCancellationRequested && change.Current == SingletonState.Stopped && change.Name == name && Interlocked.Exchange(ref yielded, 1) == 0)
             {
-                if (stopping.IsCancellationRequested && change.Name == name && node.Get(name)?.State == SingletonState.Stopped)
-                {
-                    LogYielded(logger, name, Native.LowerOwnPriority());
-                    return;
-                }
+                LogYielded(logger, name, Native.LowerOwnPriority());
             }
-        }
-        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-        {
-        }
+        };
+        Precompile.Delegate(yieldOnce);
+        Precompile.Methods(typeof(Native), nameof(Native.LowerOwnPriority), "SetPriority");
+        node.StateChangedInline = yieldOnce;
     }
 
     /// <summary>How long a rehearsal may take at most (a drained node never takes its private lock).</summary>

@@ -160,16 +160,42 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// </summary>
     internal void PrepareStop()
     {
-        foreach (var name in (string[])[nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync)])
+        Precompile.Methods(typeof(HighlanderNode), nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync));
+        Precompile.Methods(typeof(LockSession), nameof(LockSession.LeavePlacement));
+        PrepareMeasurements();
+    }
+
+    /// <summary>
+    /// The metrics' generic recording code for the instruments' value types (a release records a measurement of its own,
+    /// an acquisition another; a rehearsal records none, so the real one would compile it on its way).
+    /// </summary>
+    private static void PrepareMeasurements()
+    {
+        Precompile.Methods(typeof(System.Diagnostics.Metrics.Instrument<double>), "RecordMeasurement");
+        Precompile.Methods(typeof(System.Diagnostics.Metrics.Instrument<long>), "RecordMeasurement");
+    }
+
+    /// <summary>
+    /// After a rehearsal: compiles ahead what a real take-over runs and the rehearsal cannot (it runs a child of its own,
+    /// and records no span or measurement): each registered singleton's factory and, for a delegate singleton, its
+    /// delegate; the span and the measurements of an acquisition; the waiter's look for what to watch next.
+    /// </summary>
+    private void PrepareTakeOver()
+    {
+        foreach (var registration in _registrations)
         {
-            var method = typeof(HighlanderNode).GetMethod(name, System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic)!;
-            System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(method.MethodHandle);
-            if (method.GetCustomAttributes(typeof(System.Runtime.CompilerServices.AsyncStateMachineAttribute), false) is [System.Runtime.CompilerServices.AsyncStateMachineAttribute machine]
-                && machine.StateMachineType.GetMethod("MoveNext", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic) is { } moveNext)
-            {
-                System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(moveNext.MethodHandle);
-            }
+            Precompile.Delegate(registration.Factory);
+            Precompile.Delegate(registration.Code);
         }
+
+        Precompile.Methods(typeof(Diagnostics.HighlanderActivities), nameof(Diagnostics.HighlanderActivities.OnAcquired), "Emit");
+        Precompile.Methods(typeof(Diagnostics.HighlanderMetrics), nameof(Diagnostics.HighlanderMetrics.Tags));
+        Precompile.Methods(typeof(System.Diagnostics.Metrics.Counter<long>), nameof(System.Diagnostics.Metrics.Counter<long>.Add));
+        Precompile.Methods(typeof(System.Diagnostics.Metrics.Histogram<double>), nameof(System.Diagnostics.Metrics.Histogram<double>.Record));
+        PrepareMeasurements();
+        Precompile.Methods(typeof(LockWaiter), "TargetsWithinAsync");
+        Precompile.Methods(typeof(LockSession), "get_" + nameof(LockSession.AnyHoldOffs));
+        Precompile.Methods(typeof(KeyLedger), "get_" + nameof(KeyLedger.AnyHoldOffs));
     }
 
     /// <summary>The start of a stop: counted out of the placement, and, unless a rehearsal is under way, every runner told to stop.</summary>
@@ -371,6 +397,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             }
         }
 
+        PrepareTakeOver();
         Log.Rehearsed(logger, rounds.All(r => r.Ran), _time.GetElapsedTime(started));
         return rounds;
     }
@@ -515,8 +542,28 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// <summary>How long a contender waits at most for the waiter to watch it (it does within a tenth of a second here).</summary>
     private static readonly TimeSpan WatchedAtMost = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// Called with every state change synchronously, on the thread that made it (a runner's), before the subscribers of
+    /// <see cref="WatchAsync"/> hear of it: for the CLI, which lowers its priority the moment its name is released while
+    /// stopping (docs/cli.md, "Hand-over: where the time goes"), not several hops later. Must be quick and not block;
+    /// an exception from it is logged and changes nothing else.
+    /// </summary>
+    internal Action<SingletonStateChanged>? StateChangedInline { get; set; }
+
     private void Publish(SingletonStateChanged change)
     {
+        if (StateChangedInline is { } inline)
+        {
+            try
+            {
+                inline(change);
+            }
+            catch (Exception ex)
+            {
+                Log.StateChangedHandlerFailed(_logger, ex);
+            }
+        }
+
         _stateEvents.Publish(change);
         if (change.Current is SingletonState.Starting or SingletonState.Leading && Session is { AnyHoldOffs: true } session)
         {

@@ -93,7 +93,8 @@ public static class HighlanderServiceCollectionExtensions
             name,
             typeof(DelegateSingleton),
             sp => new DelegateSingleton(sp.GetRequiredService<ILeadership>(), sp, run),
-            configure));
+            configure,
+            run));
         return services;
     }
 

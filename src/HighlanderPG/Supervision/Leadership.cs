@@ -26,8 +26,11 @@ internal sealed class LeadershipAccessor
 }
 
 /// <summary>One registered singleton: its name and how to make a fresh child for each incarnation.</summary>
-internal sealed class SingletonRegistration(string name, Type serviceType, Func<IServiceProvider, Microsoft.Extensions.Hosting.IHostedService> factory, Action<ClusterSingletonOptions>? configure)
+internal sealed class SingletonRegistration(string name, Type serviceType, Func<IServiceProvider, Microsoft.Extensions.Hosting.IHostedService> factory, Action<ClusterSingletonOptions>? configure, Delegate? code = null)
 {
+    /// <summary>A delegate singleton's delegate (compiled ahead after a rehearsal, which runs a child of its own).</summary>
+    public Delegate? Code { get; } = code;
+
     public string Name { get; } = name;
 
     public Type ServiceType { get; } = serviceType;
