@@ -89,6 +89,17 @@ public sealed class HighlanderOptions
     public TimeSpan StepDownHoldOff { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>
+    /// Once this node leads or follows another node for the first time, it rehearses a take-over and a release on a
+    /// private lock (three rounds: the lock free, handed over, its holder crashed), so that its first real take-over
+    /// and stop do not pay for HighlanderPG's own code running for the first time in the process (the JIT compiling it):
+    /// about 0.1-0.3 s of one core, once, and up to two extra connections for a moment. None of your singletons runs in
+    /// it, and no state change, span or measurement is published for it (one debug line is logged). See
+    /// docs/lease-protocol.md, "Rehearsal".
+    /// </summary>
+    /// <value>The default is <see langword="true"/>. Never under <see cref="SingletonPlacement.Spread"/>.</value>
+    public bool RehearseTakeOver { get; set; } = true;
+
+    /// <summary>
     /// Opt-in to a documented weaker mode on servers without <c>idle_session_timeout</c> (PostgreSQL older than 14):
     /// the node still stops its children at its own deadline, but the server frees a cut-off holder's locks only when
     /// its TCP keepalive (set per session) gives up, so a replacement can take much longer than the lease.

@@ -98,6 +98,11 @@ internal static partial class RunHost
             // A command that outlives its stop budget is SIGKILLed with its group, instead of the library's default of ending
             // highlander (which the parent-death signal and the watchdog would turn into the same kill, less gracefully).
             o.OnEscalation = child is not null ? child.KillNowAsync : group!.KillNowAsync;
+            // A command rehearses with a command of its own (RehearseWhenSettledAsync below), and --once has no next take-over.
+            if (child is not null)
+            {
+                o.RehearseTakeOver = false;
+            }
         });
         builder.Services.AddClusterSingleton(
             settings.Name,

@@ -69,6 +69,9 @@ public static class HighlanderEventIds
     /// <summary>A take-over was rehearsed on a private lock (debug): whether it ran, and how long it took.</summary>
     public const int Rehearsed = 1105;
 
+    /// <summary>The node's own take-over rehearsal failed (a warning; the real take-over does not need it, it only runs slower the first time).</summary>
+    public const int RehearsalFailed = 1106;
+
     /// <summary>A singleton's child started.</summary>
     public const int ChildStarted = 1200;
 

@@ -59,6 +59,9 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.Rehearsed, Level = LogLevel.Debug, Message = "Take-over rehearsed on a private lock (ran: {Ran}) in {Elapsed}")]
     public static partial void Rehearsed(ILogger logger, bool ran, TimeSpan elapsed);
 
+    [LoggerMessage(EventId = HighlanderEventIds.RehearsalFailed, Level = LogLevel.Warning, Message = "The take-over rehearsal failed; the first take-over may take longer")]
+    public static partial void RehearsalFailed(ILogger logger, Exception exception);
+
     [LoggerMessage(EventId = HighlanderEventIds.ChildStarted, Level = LogLevel.Information, Message = "Child of singleton {Singleton} started")]
     public static partial void ChildStarted(ILogger logger, string singleton);
 

@@ -107,8 +107,61 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             var stop = _runnerStops[i].Token;
             return Task.Run(() => r.RunAsync(stop), CancellationToken.None);
         }));
+        if (_options.RehearseTakeOver)
+        {
+            AutomaticRehearsal = RehearseWhenSettledAsync();
+        }
+
         return Task.CompletedTask;
     }
+
+    /// <summary>The rehearsal of <see cref="HighlanderOptions.RehearseTakeOver"/>: ends once it has run (or was given up, or the node stopped first); never faults.</summary>
+    internal Task AutomaticRehearsal { get; private set; } = Task.CompletedTask;
+
+    /// <summary>Set by the first state change that has a singleton led by this node or by another one (a rehearsal waits for it).</summary>
+    private readonly TaskCompletionSource _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// <see cref="HighlanderOptions.RehearseTakeOver"/>: once this node leads or follows another node, a rehearsal with a
+    /// child of the library's own that runs until it is stopped (docs/lease-protocol.md, "Rehearsal"). Not before: the
+    /// start of the node's own singletons comes first. Ended by the node's stop.
+    /// </summary>
+    private async Task RehearseWhenSettledAsync()
+    {
+        try
+        {
+            await _settled.Task.WaitAsync(_rehearsalStop.Token).ConfigureAwait(false);
+            await RehearseAsync(WaitUntilStoppedAsync, RehearsalTimeout, _rehearsalStop.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // The node stops first.
+        }
+        catch (ObjectDisposedException)
+        {
+            // Disposed meanwhile.
+        }
+        catch (Exception ex)
+        {
+            Log.RehearsalFailed(_logger, ex); // not expected: the real take-over then only runs slower the first time
+        }
+    }
+
+    private async Task WaitUntilStoppedAsync(ILeadership leadership, IServiceProvider services, Action running, CancellationToken stopping)
+    {
+        running();
+        try
+        {
+            await Task.Delay(Timeout.InfiniteTimeSpan, _time, stopping).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopped, as a child is.
+        }
+    }
+
+    /// <summary>How long a round of an automatic rehearsal may take before it is given up (a drained node never takes its key).</summary>
+    internal static readonly TimeSpan RehearsalTimeout = TimeSpan.FromSeconds(10);
 
     /// <summary>
     /// Graceful shutdown: every child is stopped first, then its lock is released and the other nodes are told,
@@ -562,6 +615,11 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             {
                 Log.StateChangedHandlerFailed(_logger, ex);
             }
+        }
+
+        if (change.Current == SingletonState.Leading || (change.Current == SingletonState.Following && change.Leader is { } leader && leader.NodeId != _options.NodeId))
+        {
+            _settled.TrySetResult();
         }
 
         _stateEvents.Publish(change);

@@ -126,6 +126,8 @@ public sealed class FaultTests(PostgresFixture pg)
             await follower.WaitForLeaderAsync(name, "many");
         }
 
+        await node.RehearsedAsync();
+        await follower.RehearsedAsync();
         Assert.Equal(1L, await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", "highlander/many"));
         Assert.InRange(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'highlander%/many'"), 1, 2);
         Assert.InRange(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'highlander%/many-2'"), 1, 2);

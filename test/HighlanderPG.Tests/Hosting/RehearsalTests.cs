@@ -24,6 +24,7 @@ public sealed class RehearsalTests(PostgresFixture pg)
         {
             o.Fencing = true;
             o.FencingSchema = schema;
+            o.RehearseTakeOver = false; // rehearsed below, by hand
         }
 
         var acquisitions = new ConcurrentQueue<string?>();
@@ -111,7 +112,7 @@ public sealed class RehearsalTests(PostgresFixture pg)
     {
         await using var cluster = new TestCluster(pg.ConnectionString);
         var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
-        var a = await cluster.StartNodeAsync(idA, ["job"]);
+        var a = await cluster.StartNodeAsync(idA, ["job"], ByHand);
         await cluster.Recorder.WaitStartedAsync("job", node: idA);
 
         // A leader's waiter has nothing to watch until a contender holds the private key: it watches that one too.
@@ -137,9 +138,9 @@ public sealed class RehearsalTests(PostgresFixture pg)
         await using var cluster = new TestCluster(pg.ConnectionString);
         var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
         var idB = "b-" + Guid.NewGuid().ToString("N")[..6];
-        await cluster.StartNodeAsync(idA, ["job"]);
+        await cluster.StartNodeAsync(idA, ["job"], ByHand);
         await cluster.Recorder.WaitStartedAsync("job", node: idA);
-        var b = await cluster.StartNodeAsync(idB, ["job"]);
+        var b = await cluster.StartNodeAsync(idB, ["job"], ByHand);
         await b.WaitForLeaderAsync("job", idA);
 
         await using var control = new ClusterControl(pg.ConnectionString, cluster.Namespace);
@@ -156,7 +157,11 @@ public sealed class RehearsalTests(PostgresFixture pg)
         Assert.Equal(0, await AdvisoryLocksOfAsync(idB));
         await control.UndrainAsync(idB);
 
-        var spread = await cluster.StartNodeAsync("c-" + Guid.NewGuid().ToString("N")[..6], ["job"], o => o.Placement = SingletonPlacement.Spread);
+        var spread = await cluster.StartNodeAsync("c-" + Guid.NewGuid().ToString("N")[..6], ["job"], o =>
+        {
+            o.Placement = SingletonPlacement.Spread;
+            o.RehearseTakeOver = false;
+        });
         var spreadRounds = await Assert.IsType<HighlanderNode>(spread.Singletons).RehearseAsync((_, _, _, _) =>
         {
             Interlocked.Increment(ref runs);
@@ -165,6 +170,65 @@ public sealed class RehearsalTests(PostgresFixture pg)
         Assert.Empty(spreadRounds);
         Assert.Equal(0, runs);
     }
+
+    /// <summary>
+    /// HighlanderOptions.RehearseTakeOver, on by default: a node rehearses once it leads (or follows another node), on a
+    /// private lock, with none of its singletons' code, and leaves no lock, fencing row, state change or child behind; the
+    /// follower's real take-over then runs as always. Off, the node never rehearses.
+    /// </summary>
+    [Fact]
+    public async Task A_node_rehearses_by_itself_once_it_leads_or_follows_and_leaves_nothing_behind()
+    {
+        var schema = "f_" + Guid.NewGuid().ToString("N")[..10];
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
+        var idB = "b-" + Guid.NewGuid().ToString("N")[..6];
+        var idC = "c-" + Guid.NewGuid().ToString("N")[..6];
+        void Fenced(HighlanderOptions o)
+        {
+            o.Fencing = true;
+            o.FencingSchema = schema;
+        }
+
+        var a = await cluster.StartNodeAsync(idA, ["job"], Fenced);
+        await cluster.Recorder.WaitStartedAsync("job", node: idA);
+        var b = await cluster.StartNodeAsync(idB, ["job"], Fenced);
+        await b.WaitForLeaderAsync("job", idA);
+        var c = await cluster.StartNodeAsync(idC, ["job"], o =>
+        {
+            Fenced(o);
+            o.RehearseTakeOver = false;
+        });
+        await c.WaitForLeaderAsync("job", idA);
+        var changes = new ConcurrentQueue<SingletonStateChanged>();
+        foreach (var node in new[] { a, b, c })
+        {
+            node.Singletons.StateChanged += (_, e) => changes.Enqueue(e);
+        }
+
+        await a.RehearsedAsync();
+        await b.RehearsedAsync();
+        var rehearsed = cluster.Logs.Entries.Where(e => e.EventId.Id == HighlanderEventIds.Rehearsed).ToList();
+        Assert.Single(rehearsed, e => e.Node == idA && e.Message.Contains("ran: True", StringComparison.Ordinal));
+        Assert.Single(rehearsed, e => e.Node == idB && e.Message.Contains("ran: True", StringComparison.Ordinal));
+        Assert.Equal(1, await AdvisoryLocksOfAsync(idA)); // the job's
+        Assert.Equal(0, await AdvisoryLocksOfAsync(idB));
+        Assert.Equal(1L, await Db.ScalarAsync<long>(pg.ConnectionString, $"SELECT count(*) FROM {schema}.leases")); // the job's row only
+        Assert.Single(cluster.Recorder.Events, e => e.Kind == LifeKind.Started); // the job's, on a
+
+        // The follower that rehearsed takes the job over as always; the one that did not rehearse never did.
+        var mark = cluster.Recorder.Mark();
+        await a.StopAsync();
+        var next = await cluster.Recorder.WaitStartedAsync("job", mark);
+        Assert.Contains(next.Node, new[] { idB, idC });
+        await (next.Node == idB ? c : b).WaitForLeaderAsync("job", next.Node);
+        cluster.Recorder.AssertNoOverlap();
+        Assert.DoesNotContain(changes, e => e.Name != "job");
+        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.Rehearsed && e.Node == idC);
+        Assert.DoesNotContain(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.RehearsalFailed);
+    }
+
+    private static void ByHand(HighlanderOptions o) => o.RehearseTakeOver = false;
 
     /// <summary>Advisory locks held by the node's lock session, granted (the spread membership's shared lock aside).</summary>
     private async Task<long> AdvisoryLocksOfAsync(string nodeId) => await Db.ScalarAsync<long>(pg.ConnectionString, """

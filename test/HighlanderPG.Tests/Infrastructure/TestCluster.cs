@@ -140,6 +140,14 @@ public sealed class TestNode(string nodeId, IHost host) : IAsyncDisposable
 
     public IClusterSingletons Singletons => Host.Services.GetRequiredService<IClusterSingletons>();
 
+    /// <summary>
+    /// Until the node's own take-over rehearsal (HighlanderOptions.RehearseTakeOver, on by default) has ended: it runs once
+    /// the node leads or follows, with up to two extra connections for a moment. A test that counts sessions, locks or
+    /// statements waits for it first.
+    /// </summary>
+    public Task RehearsedAsync(TimeSpan? timeout = null) =>
+        Assert.IsType<HighlanderPG.Hosting.HighlanderNode>(Singletons).AutomaticRehearsal.WaitAsync(timeout ?? TimeSpan.FromSeconds(30));
+
     public async Task StopAsync()
     {
         if (Interlocked.Exchange(ref _stopped, 1) == 0)
