@@ -266,17 +266,35 @@ internal static partial class Native
 
     /// <summary>
     /// Gives every thread of this process the lowest CPU priority (nice 19; on Linux a nice value is per thread, and threads
-    /// started later inherit their creator's). Returns how many threads were changed.
+    /// started later inherit their creator's). A thread started during a pass by one not lowered yet would keep the
+    /// normal priority (seen in a trace: the thread pool adding a worker in that instant, which then ran the rest of the
+    /// shutdown at full priority beside the new leader's command), so passes repeat until one finds no thread it has not
+    /// seen (at most a few). Returns how many threads were changed.
     /// </summary>
     public static int LowerOwnPriority()
     {
         var changed = 0;
-        foreach (var directory in Directory.EnumerateDirectories("/proc/self/task"))
+        var seen = new HashSet<int>();
+        for (var pass = 0; pass < MaxLoweringPasses; pass++)
         {
-            if (int.TryParse(Path.GetFileName(directory), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var tid)
-                && SetPriority(PrioProcess, tid, LowestPriority) == 0)
+            var found = false;
+            foreach (var directory in Directory.EnumerateDirectories("/proc/self/task"))
             {
-                changed++;
+                if (!int.TryParse(Path.GetFileName(directory), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var tid) || !seen.Add(tid))
+                {
+                    continue;
+                }
+
+                found = true;
+                if (SetPriority(PrioProcess, tid, LowestPriority) == 0)
+                {
+                    changed++;
+                }
+            }
+
+            if (!found)
+            {
+                break;
             }
         }
 
@@ -324,6 +342,8 @@ internal static partial class Native
 
     [LibraryImport("libc", EntryPoint = "setpriority", SetLastError = true)]
     private static partial int SetPriority(int which, int who, int priority);
+
+    private const int MaxLoweringPasses = 5;
 
     [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
     private static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
