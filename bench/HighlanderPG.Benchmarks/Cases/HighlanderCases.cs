@@ -69,6 +69,7 @@ internal static class HighlanderCases
             await leader.ChildStarted.WaitAsync(BenchContext.SetupTimeout, ct);
             await using var follower = await InProcessNode.StartAsync(context.ConnectionString, ns, $"bench-follow-{i}", name, null, context.Settings.Verbose, ct);
             await context.Probe.WaitForWaiterAsync(key, LockProbe.Shared, BenchContext.SetupTimeout, ct);
+            await Task.WhenAll(leader.Rehearsed, follower.Rehearsed).WaitAsync(BenchContext.SetupTimeout, ct);
             await Task.Delay(context.Dwell(Defaults.HeartbeatInterval), ct);
 
             var start = Stopwatch.GetTimestamp();
@@ -138,6 +139,7 @@ internal static class HighlanderCases
             await node.WaitReadyAsync(BenchContext.SetupTimeout, ct);
             await using var follower = await InProcessNode.StartAsync(context.ConnectionString, ns, $"bench-follow-{i}", name, null, context.Settings.Verbose, ct);
             await context.Probe.WaitForWaiterAsync(key, LockProbe.Shared, BenchContext.SetupTimeout, ct);
+            await follower.Rehearsed.WaitAsync(BenchContext.SetupTimeout, ct);
             await Task.Delay(context.Dwell(Defaults.HeartbeatInterval), ct);
 
             var start = Stopwatch.GetTimestamp();
@@ -195,6 +197,7 @@ internal static class HighlanderCases
                 await leader.ChildStarted.WaitAsync(BenchContext.SetupTimeout, ct);
                 await using var follower = await InProcessNode.StartAsync(context.ConnectionString, ns, $"bench-follow-{i}", name, Tune, context.Settings.Verbose, ct);
                 await context.Probe.WaitForWaiterAsync(key, LockProbe.Shared, BenchContext.SetupTimeout, ct);
+                await Task.WhenAll(leader.Rehearsed, follower.Rehearsed).WaitAsync(BenchContext.SetupTimeout, ct);
                 await Task.Delay(context.Dwell(CutOffHeartbeat), ct);
 
                 var start = Stopwatch.GetTimestamp();

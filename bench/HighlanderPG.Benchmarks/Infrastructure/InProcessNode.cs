@@ -23,6 +23,15 @@ internal sealed class InProcessNode : IAsyncDisposable
 
     public IClusterSingletons Singletons { get; private set; } = null!;
 
+    private readonly TaskCompletionSource _rehearsed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Ends once the node's own take-over rehearsal (<c>HighlanderOptions.RehearseTakeOver</c>, on by default) has run or
+    /// failed, as seen in its log (events 1105, 1106): the cases fault a node only after it, as on a node that has run a
+    /// while (a hand-over within that first moment competes with the rehearsal).
+    /// </summary>
+    public Task Rehearsed => _rehearsed.Task;
+
     /// <summary>When this node's child first started running (entry of the child's delegate).</summary>
     public Task<long> ChildStarted => _childStarted.Task;
 
@@ -51,6 +60,9 @@ internal sealed class InProcessNode : IAsyncDisposable
             builder.Logging.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Information);
         }
 
+        builder.Logging.AddProvider(new RehearsalWatch(node._rehearsed));
+        builder.Logging.AddFilter<RehearsalWatch>("HighlanderPG.Rehearsal", LogLevel.Debug);
+        builder.Logging.AddFilter<RehearsalWatch>("HighlanderPG", LogLevel.Warning);
         builder.Services.AddHighlander(o =>
         {
             o.ConnectionString = connectionString;
@@ -87,6 +99,11 @@ internal sealed class InProcessNode : IAsyncDisposable
         });
 
         var host = builder.Build();
+        if (!host.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<HighlanderOptions>>().Value.RehearseTakeOver)
+        {
+            node._rehearsed.TrySetResult(); // nothing to wait for
+        }
+
         node._host = host;
         node.Singletons = host.Services.GetRequiredService<IClusterSingletons>();
         RoundTripRecorder.CurrentNode.Value = nodeId; // local to this start: flows into the node's session, not back to the caller
@@ -108,5 +125,31 @@ internal sealed class InProcessNode : IAsyncDisposable
     {
         await StopAsync();
         _host?.Dispose();
+    }
+}
+
+/// <summary>A logger provider that only watches for the rehearsal's outcome (events 1105 and 1106).</summary>
+internal sealed class RehearsalWatch(TaskCompletionSource rehearsed) : ILoggerProvider
+{
+    public ILogger CreateLogger(string categoryName) => new Watch(rehearsed);
+
+    public void Dispose()
+    {
+    }
+
+    private sealed class Watch(TaskCompletionSource rehearsed) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (eventId.Id is HighlanderPG.Diagnostics.HighlanderEventIds.Rehearsed or HighlanderPG.Diagnostics.HighlanderEventIds.RehearsalFailed)
+            {
+                rehearsed.TrySetResult();
+            }
+        }
     }
 }
