@@ -125,6 +125,11 @@ public sealed class ClusterSnapshot
             {
                 var key = reader.GetInt64(0);
                 var session = sessions[reader.GetInt32(1)];
+                if (session.NodeId is { } nodeId && key == Hosting.HighlanderNode.RehearsalKey(nodeId))
+                {
+                    continue; // the node's own take-over rehearsal, for a moment: not a singleton (docs/lease-protocol.md, "Rehearsal")
+                }
+
                 var granted = reader.GetBoolean(2);
                 if (granted && reader.GetString(3) == "ExclusiveLock" && IsLockSession(session))
                 {

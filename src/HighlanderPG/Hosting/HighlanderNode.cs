@@ -378,6 +378,13 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     internal const string RehearsalName = "highlander-rehearsal";
 
     /// <summary>
+    /// A node's private rehearsal key: derived from its node id in a namespace of its own, so that no singleton derives it
+    /// (nobody else wants it) and a cluster snapshot can recognise it as a rehearsal's and leave it out (status, the
+    /// dashboard: <see cref="Discovery.ClusterSnapshot"/>).
+    /// </summary>
+    internal static long RehearsalKey(string nodeId) => SingletonKey.Derive(RehearsalName, nodeId);
+
+    /// <summary>
     /// A rehearsal's child: a singleton's delegate that also calls <c>running</c> once it runs; the round then stops it
     /// the way a node's stop does (its stopping token). A child that returns without calling it ends its round instead.
     /// </summary>
@@ -405,7 +412,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// <summary>
     /// Runs a take-over and a step-down through the real path, once per <see cref="RehearsalRounds">round</see>, each
     /// time on a private lock, so that neither pays, the first time it happens in this process, for code running for the
-    /// first time (docs/lease-protocol.md, "Rehearsal"): a random key, that nobody else wants, is wanted by this node's
+    /// first time (docs/lease-protocol.md, "Rehearsal"): a key of its own (<see cref="RehearsalKey"/>), that nobody else wants, is wanted by this node's
     /// session (and taken without an epoch bump, so no fencing row is left); in the second and third rounds a contender
     /// (a connection of this node's own, like its waiter's) holds it first, so the session's try fails, learns the holder
     /// and has its waiter watch it, and then the contender releases it with an announcement (a graceful hand-over) or
@@ -482,7 +489,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             configure: null);
         var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
         singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the round ends it
-        var key = BitConverter.ToInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(sizeof(long)));
+        var key = RehearsalKey(_options.NodeId);
         session.SetNeverFenced(key, on: true);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _rehearsalStop.Token);
         var deadline = _time.GetTimestamp() + (long)(timeout.TotalSeconds * _time.TimestampFrequency);

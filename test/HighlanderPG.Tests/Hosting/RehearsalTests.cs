@@ -63,11 +63,18 @@ public sealed class RehearsalTests(PostgresFixture pg)
 
         var seen = new ConcurrentQueue<ILeadership>();
         var heldDuring = new ConcurrentQueue<long>();
+        var snapshots = new ConcurrentQueue<HighlanderPG.Discovery.ClusterSnapshot>();
         var stoppedWhileRunning = 0;
         var rounds = await node.RehearseAsync(async (leadership, _, running, stopping) =>
         {
             seen.Enqueue(leadership);
             heldDuring.Enqueue(await AdvisoryLocksOfAsync(idB));
+            await using (var connection = new Npgsql.NpgsqlConnection(pg.ConnectionString))
+            {
+                await connection.OpenAsync();
+                snapshots.Enqueue(await HighlanderPG.Discovery.ClusterSnapshot.ReadAsync(connection, null, schema));
+            }
+
             running();
             try
             {
@@ -90,6 +97,13 @@ public sealed class RehearsalTests(PostgresFixture pg)
         Assert.All(seen, l => Assert.Equal(idB, l.NodeId));
         Assert.All(seen, l => Assert.Null(l.FencingEpoch)); // never bumped: no row in the fencing table
         Assert.All(heldDuring, n => Assert.Equal(1, n)); // the private lock, on the node's own session (a follower holds nothing else)
+        // ... which a cluster snapshot (status, the dashboard) leaves out: the node leads nothing there, no unnamed key shows.
+        Assert.Equal(3, snapshots.Count);
+        Assert.All(snapshots, snapshot =>
+        {
+            Assert.DoesNotContain(snapshot.Singletons, x => x.Key == HighlanderNode.RehearsalKey(idB));
+            Assert.Empty(snapshot.Nodes.Single(n => n.NodeId == idB).Leading);
+        });
         // The contenders are gone: at most the waiter's own session is left of its kind.
         Assert.True(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", "highlander-wait/" + idB) <= 1);
         Assert.Equal(0, await AdvisoryLocksOfAsync(idB)); // released before RehearseAsync returned
