@@ -208,6 +208,14 @@ public static class LeaderDiscovery
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
                 var (key, info) = HolderQuery.Read(reader);
+                var owner = info.NodeId ?? (info.ApplicationName?.StartsWith(HolderQuery.WaiterApplicationNamePrefix, StringComparison.Ordinal) == true
+                    ? info.ApplicationName[HolderQuery.WaiterApplicationNamePrefix.Length..]
+                    : null);
+                if (owner is not null && key == Hosting.HighlanderNode.RehearsalKey(owner))
+                {
+                    continue; // the node's own take-over rehearsal, for a moment: not a singleton (docs/lease-protocol.md, "Rehearsal")
+                }
+
                 var granted = reader.GetBoolean(5);
                 var exclusive = reader.GetString(6) == "ExclusiveLock";
                 if (granted && exclusive && info.NodeId is not null)

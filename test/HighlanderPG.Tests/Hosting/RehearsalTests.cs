@@ -64,6 +64,7 @@ public sealed class RehearsalTests(PostgresFixture pg)
         var seen = new ConcurrentQueue<ILeadership>();
         var heldDuring = new ConcurrentQueue<long>();
         var snapshots = new ConcurrentQueue<HighlanderPG.Discovery.ClusterSnapshot>();
+        var discovered = new ConcurrentQueue<IReadOnlyList<HighlanderPG.Discovery.SingletonLeader>>();
         var stoppedWhileRunning = 0;
         var rounds = await node.RehearseAsync(async (leadership, _, running, stopping) =>
         {
@@ -73,6 +74,7 @@ public sealed class RehearsalTests(PostgresFixture pg)
             {
                 await connection.OpenAsync();
                 snapshots.Enqueue(await HighlanderPG.Discovery.ClusterSnapshot.ReadAsync(connection, null, schema));
+                discovered.Enqueue(await HighlanderPG.Discovery.LeaderDiscovery.ListAsync(connection, null, cluster.Namespace, schema));
             }
 
             running();
@@ -104,6 +106,8 @@ public sealed class RehearsalTests(PostgresFixture pg)
             Assert.DoesNotContain(snapshot.Singletons, x => x.Key == HighlanderNode.RehearsalKey(idB));
             Assert.Empty(snapshot.Nodes.Single(n => n.NodeId == idB).Leading);
         });
+        Assert.Equal(3, discovered.Count);
+        Assert.All(discovered, leaders => Assert.DoesNotContain(leaders, l => l.Key == HighlanderNode.RehearsalKey(idB) || l.Leader.NodeId == idB));
         // The contenders are gone: at most the waiter's own session is left of its kind.
         Assert.True(await Db.ScalarAsync<long>(pg.ConnectionString, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", "highlander-wait/" + idB) <= 1);
         Assert.Equal(0, await AdvisoryLocksOfAsync(idB)); // released before RehearseAsync returned
