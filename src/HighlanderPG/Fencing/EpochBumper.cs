@@ -21,34 +21,28 @@ internal static class EpochBumper
     /// </summary>
     public static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(50);
 
-    /// <summary>Moves the name to <paramref name="key"/> if it was stored under another key, bumps the epoch and commits; returns the new epoch.</summary>
+    /// <summary>
+    /// Moves the name to <paramref name="key"/> if it was stored under another key, bumps the epoch and commits; returns
+    /// the new epoch. One round trip: the settings and the bump go as one batch, which the server runs as one (implicit)
+    /// transaction, committed at its end; the epoch is returned only once that commit is confirmed.
+    /// </summary>
     public static async Task<long> BumpAsync(NpgsqlConnection connection, HighlanderOptions options, long key, string name)
     {
-        await using var tx = await connection.BeginTransactionAsync().ConfigureAwait(false);
-        await using (var settings = new NpgsqlCommand("SELECT set_config('lock_timeout', $1, true), set_config('synchronous_commit', 'on', true)", connection, tx))
-        {
-            settings.Parameters.Add(new NpgsqlParameter<string> { TypedValue = LockTimeoutMilliseconds });
-            await settings.ExecuteNonQueryAsync().ConfigureAwait(false);
-        }
+        await using var batch = new NpgsqlBatch(connection);
+        var settings = new NpgsqlBatchCommand("SELECT set_config('lock_timeout', $1, true), set_config('synchronous_commit', 'on', true)");
+        settings.Parameters.Add(new NpgsqlParameter<string> { TypedValue = LockTimeoutMilliseconds });
+        batch.BatchCommands.Add(settings);
+        var bump = new NpgsqlBatchCommand(FencingSql.MoveAndBump(options.FencingSchema));
+        AddBumpParameters(bump.Parameters, options, key, name);
+        batch.BatchCommands.Add(bump);
 
-        object? moved;
-        await using (var move = new NpgsqlCommand(FencingSql.MoveName(options.FencingSchema), connection, tx))
-        {
-            move.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
-            move.Parameters.Add(new NpgsqlParameter<string> { TypedValue = options.Namespace });
-            move.Parameters.Add(new NpgsqlParameter<string> { TypedValue = name });
-            moved = await move.ExecuteScalarAsync().ConfigureAwait(false);
-        }
-
-        long result;
-        await using (var bump = new NpgsqlCommand(FencingSql.Bump(options.FencingSchema), connection, tx))
-        {
-            AddBumpParameters(bump.Parameters, options, key, name, moved is long m ? m : null);
-            result = (long)(await bump.ExecuteScalarAsync().ConfigureAwait(false))!;
-        }
-
-        await tx.CommitAsync().ConfigureAwait(false);
-        return result;
+        await using var reader = await batch.ExecuteReaderAsync().ConfigureAwait(false);
+        await reader.NextResultAsync().ConfigureAwait(false);
+        await reader.ReadAsync().ConfigureAwait(false);
+        var epoch = reader.GetInt64(0);
+        // The server commits at the batch's end: reading on to its end surfaces a failed commit before the epoch is used.
+        await reader.CloseAsync().ConfigureAwait(false);
+        return epoch;
     }
 
     /// <summary>
@@ -98,7 +92,7 @@ internal static class EpochBumper
             foreach (var (key, name) in bumpable)
             {
                 var cmd = new NpgsqlBatchCommand(FencingSql.Bump(schema));
-                AddBumpParameters(cmd.Parameters, options, key, name, moved: null);
+                AddBumpParameters(cmd.Parameters, options, key, name);
                 bump.BatchCommands.Add(cmd);
             }
 
@@ -122,7 +116,7 @@ internal static class EpochBumper
         return cmd;
     }
 
-    private static void AddBumpParameters(NpgsqlParameterCollection parameters, HighlanderOptions options, long key, string name, long? moved)
+    private static void AddBumpParameters(NpgsqlParameterCollection parameters, HighlanderOptions options, long key, string name)
     {
         parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
         parameters.Add(new NpgsqlParameter<string> { TypedValue = options.Namespace });
@@ -130,7 +124,6 @@ internal static class EpochBumper
         parameters.Add(new NpgsqlParameter<string> { TypedValue = options.NodeId });
         parameters.Add(new NpgsqlParameter<string?> { TypedValue = options.Endpoint, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
         parameters.Add(new NpgsqlParameter<string> { TypedValue = Environment.MachineName });
-        parameters.Add(new NpgsqlParameter<long?> { TypedValue = moved, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Bigint });
         parameters.Add(new NpgsqlParameter<int> { TypedValue = (int)options.LeaseDuration.TotalMilliseconds });
     }
 

@@ -105,16 +105,6 @@ internal static partial class FencingSql
             """;
     }
 
-    /// <summary>
-    /// A name that moved to another key (an explicit key set or changed) takes its epoch along: parameters key,
-    /// namespace, name; returns the moved rows' highest epoch (or null).
-    /// </summary>
-    public static string MoveName(string schema)
-    {
-        EnsureValid(schema);
-        return $"WITH moved AS (DELETE FROM {schema}.leases WHERE namespace = $2 AND name = $3 AND key <> $1 RETURNING epoch) SELECT max(epoch) FROM moved";
-    }
-
     /// <summary>Of the given keys (bigint[]), those with a row.</summary>
     public static string ExistingKeys(string schema)
     {
@@ -137,26 +127,39 @@ internal static partial class FencingSql
     }
 
     /// <summary>
-    /// Bumps the epoch of one newly acquired key past every earlier one of its name. Parameters: key, namespace, name,
-    /// node id, endpoint, host, the moved epoch (or null), the lease in milliseconds. Returns the new epoch. The row
+    /// Bumps the epoch of one newly acquired key past every earlier one of its name stored under this key. Parameters:
+    /// key, namespace, name, node id, endpoint, host, the lease in milliseconds. Returns the new epoch. The row
     /// records the holder's session (pid and start, so that the guard can tell when it has ended) and its lease (the
     /// longest a guarded transaction may stay idle).
     /// </summary>
     public static string Bump(string schema)
     {
         EnsureValid(schema);
-        return $"""
-            INSERT INTO {schema}.leases AS l (key, namespace, name, epoch, node_id, endpoint, host, holder_pid, acquired_at, holder_started, lease_ms)
-            VALUES ($1, $2, $3, coalesce($7::bigint, 0) + 1, $4, $5, $6, pg_backend_pid(), clock_timestamp(),
-                    (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a), $8)
-            ON CONFLICT (key) DO UPDATE
-               SET epoch = GREATEST(l.epoch + 1, excluded.epoch), namespace = excluded.namespace, name = excluded.name,
-                   node_id = excluded.node_id, endpoint = excluded.endpoint, host = excluded.host,
-                   holder_pid = excluded.holder_pid, acquired_at = excluded.acquired_at,
-                   holder_started = excluded.holder_started, lease_ms = excluded.lease_ms
-            RETURNING epoch
-            """;
+        return Upsert(schema, movedEpoch: "NULL::bigint");
     }
+
+    /// <summary>
+    /// <see cref="Bump"/> in one statement with the move of a name stored under another key (an explicit key set or
+    /// changed): that row is deleted and its epoch taken along. Parameters as <see cref="Bump"/>'s.
+    /// </summary>
+    public static string MoveAndBump(string schema)
+    {
+        EnsureValid(schema);
+        return $"WITH moved AS (DELETE FROM {schema}.leases WHERE namespace = $2 AND name = $3 AND key <> $1 RETURNING epoch)\n"
+            + Upsert(schema, movedEpoch: "(SELECT max(epoch) FROM moved)");
+    }
+
+    private static string Upsert(string schema, string movedEpoch) => $"""
+        INSERT INTO {schema}.leases AS l (key, namespace, name, epoch, node_id, endpoint, host, holder_pid, acquired_at, holder_started, lease_ms)
+        VALUES ($1, $2, $3, coalesce({movedEpoch}, 0) + 1, $4, $5, $6, pg_backend_pid(), clock_timestamp(),
+                (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a), $7)
+        ON CONFLICT (key) DO UPDATE
+           SET epoch = GREATEST(l.epoch + 1, excluded.epoch), namespace = excluded.namespace, name = excluded.name,
+               node_id = excluded.node_id, endpoint = excluded.endpoint, host = excluded.host,
+               holder_pid = excluded.holder_pid, acquired_at = excluded.acquired_at,
+               holder_started = excluded.holder_started, lease_ms = excluded.lease_ms
+        RETURNING epoch
+        """;
 
     /// <summary>How long creating or upgrading the fencing objects may wait for a table lock, in milliseconds.</summary>
     internal const int DdlLockTimeoutMilliseconds = 1000;
