@@ -67,7 +67,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     public Task StartAsync(CancellationToken cancellationToken)
     {
         var connection = ConnectionSettings.Parse(_options.ConnectionString!);
-        _lockDataSource = ConnectionSettings.BuildDataSource(connection, HolderQuery.ApplicationNamePrefix + _options.NodeId, _options, _loggerFactory);
+        _lockDataSource = ConnectionSettings.BuildDataSource(connection, HolderQuery.ApplicationNamePrefix + _options.NodeId, _options, _loggerFactory, autoPrepare: true);
         _waitDataSource = ConnectionSettings.BuildDataSource(connection, HolderQuery.WaiterApplicationNamePrefix + _options.NodeId, _options, _loggerFactory);
         var dataSourceName = ConnectionSettings.Describe(connection);
         Log.NodeStarting(_logger, _options.NodeId, _registrations.Count, dataSourceName, _options.LeaseDuration);
