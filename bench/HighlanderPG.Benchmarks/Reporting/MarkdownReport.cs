@@ -239,6 +239,18 @@ internal sealed class MarkdownReport(
             ? AtMost($"holder crash p99 < {CrashP99LimitMs:0} ms", c99, CrashP99LimitMs, $"limit {CrashP99LimitMs:0} ms")
             : ($"holder crash p99 < {CrashP99LimitMs:0} ms", NotMeasured, "–");
 
+        // highlander run against the library: within 2x the library's hand-over plus the cost of starting the command
+        // (the cli-floor), for the same fault, in the same run.
+        var cliFloor = Find("cli-floor")?.Summary.P50;
+        foreach (var (cliId, libraryId) in new[] { ("cli-graceful", "hl-graceful"), ("cli-crash", "hl-crash") })
+        {
+            var target = $"`{cliId}` p50 ≤ 2x `{libraryId}` p50 + `cli-floor` p50";
+            yield return Find(cliId)?.Summary.P50 is { } cli && Find(libraryId)?.Summary.P50 is { Censored: false } library && cliFloor is { Censored: false } start
+                ? AtMost(target, cli, (2 * library.Milliseconds) + start.Milliseconds,
+                    $"library p50 {Format.Sample(library)}, command start p50 {Format.Sample(start)}, limit {Format.Milliseconds((2 * library.Milliseconds) + start.Milliseconds)}")
+                : (target, NotMeasured, "–");
+        }
+
         var cutOff = Find("hl-cutoff");
         var bound = HighlanderCases.CutOffLease + TimeSpan.FromSeconds(1);
         var boundText = $"cut-off holder replaced within lease + 1 s ({bound.TotalSeconds:0} s with a {HighlanderCases.CutOffLease.TotalSeconds:0} s lease), every time";
