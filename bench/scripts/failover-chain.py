@@ -10,7 +10,7 @@ been through earlier rounds, so the JIT's first-time cost is mostly paid.
     dotnet build HighlanderPG.slnx -c Release
     HIGHLANDER_CONNECTION='Host=...;Username=...' python3 bench/scripts/failover-chain.py --rounds 8
 """
-import argparse, os, signal, statistics, subprocess, sys, threading, time
+import argparse, os, shutil, signal, statistics, subprocess, sys, threading, time
 
 here = os.path.dirname(os.path.abspath(__file__))
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,6 +19,7 @@ parser.add_argument("--nodes", type=int, default=10, help="nodes alive at each f
 parser.add_argument("--rounds", type=int, default=6)
 parser.add_argument("--term", action="store_true", help="SIGTERM (graceful) instead of SIGKILL")
 parser.add_argument("--settle", type=float, default=4.0, help="seconds between rounds (default 4)")
+parser.add_argument("--perf", metavar="DIR", help="record each round with `perf record -a` into DIR/round-N.data (nodes write perf maps)")
 parser.add_argument("--binary", default=os.path.join(here, "..", "HighlanderPG.Benchmarks", "bin", "Release", "net10.0", "HighlanderPG.Benchmarks"))
 args = parser.parse_args()
 
@@ -31,6 +32,12 @@ if args.nodes < 2 or args.singletons < 1 or args.rounds < 1:
     sys.exit("failover-chain: --nodes must be at least 2, --singletons and --rounds at least 1")
 
 env = dict(os.environ, HIGHLANDER_BENCH_NODE_CONNECTION=connection)
+if args.perf:
+    if not shutil.which("perf"):
+        sys.exit("failover-chain: --perf needs `perf` on PATH (Debian: apt-get install linux-perf)")
+    os.makedirs(args.perf, exist_ok=True)
+    env["DOTNET_PerfMapEnabled"] = "1"
+    env["DOTNET_EnableWriteXorExecute"] = "0"  # JIT code in anonymous memory, where perf finds the perf map
 namespace = f"chain-{os.getpid()}"
 nodes = {}
 
@@ -85,12 +92,20 @@ try:
         need = len(nodes[victim]["running"])
         before = {k: len(nodes[k]["starts"]) for k in survivors}
         cpu_before = {k: cpu_ms(nodes[k]["process"].pid) for k in survivors}
+        recorder = None
+        if args.perf:
+            recorder = subprocess.Popen(["perf", "record", "-a", "-F", "4999", "-g", "-o", os.path.join(args.perf, f"round-{round_}.data")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         t0 = time.monotonic_ns()
         nodes[victim]["process"].send_signal(signal.SIGTERM if args.term else signal.SIGKILL)
         deadline = time.monotonic() + 60
         while sum(len(nodes[k]["starts"]) - before[k] for k in survivors) < need and time.monotonic() < deadline:
             time.sleep(0.005)
         cpu_after = {k: cpu_ms(nodes[k]["process"].pid) for k in survivors}
+        if recorder:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
         nodes[victim]["process"].wait()
         exited = (time.monotonic_ns() - t0) / 1e6
         takes = sorted((t - t0) / 1e6 for k in survivors for t in nodes[k]["starts"][before[k]:])
@@ -101,6 +116,8 @@ try:
         winner = max(got, key=got.get)
         losers = sorted(cpu_after[k] - cpu_before[k] for k in survivors if k != winner)
         lasts.append(takes[-1])
+        if args.perf:
+            print(f"round {round_}: t0 {t0 / 1e9:.6f} s; pids " + ", ".join(f"{k}={nodes[k]['process'].pid}" for k in [victim] + survivors), flush=True)
         print(f"round {round_}: {victim} ran {need}; elsewhere first {takes[0]:.0f} ms, p50 {takes[len(takes) // 2]:.0f} ms, "
               f"last {takes[-1]:.0f} ms; victim exited after {exited:.0f} ms; taken by {', '.join(f'{k}={v}' for k, v in got.items() if v)}; "
               f"CPU in that time: winner {cpu_after[winner] - cpu_before[winner]} ms, others {losers} ms", flush=True)

@@ -118,14 +118,31 @@ internal sealed partial class KeyLedger
     /// </summary>
     public List<(int HolderPid, long Key)> WatchTargets()
     {
+        // One pass over the wanted keys, no grouping or sorting of keys: the waiter asks after every change it hears of,
+        // and a follower of a thousand singletons hears of many while a holder hands them over.
         lock (_gate)
         {
-            return _wants.Keys
-                .Where(k => !_held.ContainsKey(k) && !_staleHolders.Contains(k) && _holders.ContainsKey(k))
-                .GroupBy(k => _holders[k].BackendPid)
-                .OrderByDescending(g => g.Count()).ThenBy(g => g.Key)
-                .Select(g => (g.Key, g.Min()))
-                .ToList();
+            var byHolder = new Dictionary<int, (int Count, long Lowest)>();
+            foreach (var key in _wants.Keys)
+            {
+                if (_held.ContainsKey(key) || _staleHolders.Contains(key) || !_holders.TryGetValue(key, out var holder))
+                {
+                    continue;
+                }
+
+                byHolder[holder.BackendPid] = byHolder.TryGetValue(holder.BackendPid, out var seen)
+                    ? (seen.Count + 1, Math.Min(seen.Lowest, key))
+                    : (1, key);
+            }
+
+            var targets = new List<(int HolderPid, long Key, int Count)>(byHolder.Count);
+            foreach (var (pid, (count, lowest)) in byHolder)
+            {
+                targets.Add((pid, lowest, count));
+            }
+
+            targets.Sort(static (a, b) => a.Count != b.Count ? b.Count.CompareTo(a.Count) : a.HolderPid.CompareTo(b.HolderPid));
+            return targets.ConvertAll(static t => (t.HolderPid, t.Key));
         }
     }
 

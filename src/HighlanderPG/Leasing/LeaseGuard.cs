@@ -16,7 +16,7 @@ internal sealed class LeaseGuard : IDisposable
     private readonly TimeProvider _time;
     private readonly Action _onStopPoint;
     private readonly object _gate = new();
-    private readonly List<Watch> _watches = [];
+    private readonly HashSet<Watch> _watches = []; // by reference: a node starting or stopping a thousand children adds or removes each in O(1)
     private readonly List<(IReadOnlyCollection<Lease> Leases, TaskCompletionSource Done)> _unwatchedWaiters = [];
     private long _stopAt = long.MaxValue;
     private bool _disposed;
@@ -35,9 +35,15 @@ internal sealed class LeaseGuard : IDisposable
     {
         lock (_gate)
         {
+            // Moved later (each acknowledged round trip does that): the guard, asleep until the earlier point, wakes then
+            // and sleeps again until this one. Woken now only when the point comes sooner than it sleeps for.
+            var sooner = timestamp < _stopAt;
             _stopAt = timestamp;
             EnsureRunning();
-            Monitor.Pulse(_gate);
+            if (sooner)
+            {
+                Monitor.Pulse(_gate);
+            }
         }
     }
 
@@ -73,7 +79,14 @@ internal sealed class LeaseGuard : IDisposable
         {
             _watches.Add(watch);
             EnsureRunning();
-            Monitor.Pulse(_gate);
+
+            // Only a lease already lost can make something due: the loss of one watched later pokes the guard (the session
+            // loses its leases, then pokes). Waking the guard for every watch would have it look at every watch each
+            // time: with a thousand children starting at once, a million looks, under the lock every start takes.
+            if (lease.IsLost)
+            {
+                Monitor.Pulse(_gate);
+            }
         }
 
         return watch;
@@ -126,7 +139,11 @@ internal sealed class LeaseGuard : IDisposable
         lock (_gate)
         {
             _watches.Remove(watch);
-            Monitor.Pulse(_gate);
+            if (_disposed && _watches.Count == 0)
+            {
+                Monitor.Pulse(_gate); // the guard's thread ends; a watch gone never makes anything else due sooner
+            }
+
             for (var i = _unwatchedWaiters.Count - 1; i >= 0; i--)
             {
                 var (leases, done) = _unwatchedWaiters[i];
@@ -139,7 +156,7 @@ internal sealed class LeaseGuard : IDisposable
         }
     }
 
-    private bool IsWatched(IReadOnlyCollection<Lease> leases) => _watches.Exists(w => leases.Contains(w.Lease));
+    private bool IsWatched(IReadOnlyCollection<Lease> leases) => _watches.Any(w => leases.Contains(w.Lease));
 
     private void EnsureRunning()
     {
@@ -170,6 +187,7 @@ internal sealed class LeaseGuard : IDisposable
                         return;
                     }
 
+                    _passes++;
                     var now = _time.GetTimestamp();
                     var next = _stopAt;
                     if (_stopAt <= now)
@@ -219,6 +237,20 @@ internal sealed class LeaseGuard : IDisposable
                 {
                     Call(() => watch.Escalate(watch));
                 }
+            }
+        }
+    }
+
+    private int _passes;
+
+    /// <summary>How many times the guard's thread has looked at its watches (for tests: a start or stop of a child does not make it look).</summary>
+    internal int Passes
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _passes;
             }
         }
     }

@@ -69,6 +69,56 @@ public sealed class LeaseGuardTests
     }
 
     [Fact]
+    public async Task A_child_watched_under_a_lease_already_lost_is_escalated_without_another_poke()
+    {
+        var time = new FakeTimeProvider();
+        using var guard = new LeaseGuard(time, "n1", () => { });
+        using var idle = guard.Start(new Lease(1, 1, time.GetUtcNow()), () => true, _ => { }); // the guard's thread runs, idle
+        var lease = new Lease(2, 1, time.GetUtcNow());
+        lease.Lose("session lost", time.GetTimestamp()); // lost (and poked) before the runner got to watch its child
+
+        var escalated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var watch = guard.Start(lease, () => true, _ => escalated.TrySetResult());
+
+        await escalated.Task.WaitAsync(Limit);
+    }
+
+    [Fact]
+    public async Task A_thousand_children_starting_and_stopping_do_not_wake_the_guard()
+    {
+        var time = new FakeTimeProvider();
+        using var guard = new LeaseGuard(time, "n1", () => { });
+        var first = guard.Start(new Lease(0, 1, time.GetUtcNow()), () => true, _ => { });
+        await WaitUntilAsync(() => guard.Passes == 1); // the thread started, looked once, and waits
+        var watches = Enumerable.Range(1, 1000).Select(k => guard.Start(new Lease(k, 1, time.GetUtcNow()), () => true, _ => { })).ToList();
+        foreach (var watch in watches)
+        {
+            watch.Dispose();
+        }
+
+        // Each start or stop used to wake the guard to look at every watch: a million looks under the lock the runners take.
+        Assert.Equal(1, guard.Passes);
+
+        var lost = new Lease(5000, 1, time.GetUtcNow());
+        var escalated = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var watched = guard.Start(lost, () => true, _ => escalated.TrySetResult());
+        lost.Lose("test", time.GetTimestamp());
+        guard.Poke(); // a loss still wakes it
+        await escalated.Task.WaitAsync(Limit);
+        first.Dispose();
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var until = DateTime.UtcNow + Limit;
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < until, "condition not met in time");
+            await Task.Delay(5);
+        }
+    }
+
+    [Fact]
     public async Task Unwatched_completes_once_no_child_of_the_given_leases_is_watched_any_more()
     {
         var time = new FakeTimeProvider();
