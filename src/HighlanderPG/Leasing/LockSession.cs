@@ -203,12 +203,17 @@ internal sealed partial class LockSession : ILockSession
                 }
             }
 
-            // Children are told first, status second, logs last: whoever sees the log sees the state it describes.
+            // Children are told first, the measurement and status second, logs last: whoever sees the log sees the state it
+            // describes, and whoever sees the state (a singleton Disconnected, the health check) sees the loss counted.
             var sinceAck = _clock.HasAck ? _timings.DeadlineAfterAck - _clock.UntilDeadline : TimeSpan.Zero;
             var lost = LoseAll(reason, byDeadline);
             if (!stopping.IsCancellationRequested)
             {
                 LastError = reason;
+                if (connection is not null)
+                {
+                    HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags());
+                }
             }
 
             SetConnected(false, reason);
@@ -223,11 +228,6 @@ internal sealed partial class LockSession : ILockSession
             var retry = refused ? _options.ReconnectMaxDelay : backoff.Next();
             if (!stopping.IsCancellationRequested)
             {
-                if (connection is not null)
-                {
-                    HighlanderMetrics.SessionLosses.Add(1, HighlanderMetrics.Tags());
-                }
-
                 if (byDeadline)
                 {
                     Log.LeaseExpiring(_logger, sinceAck);
