@@ -521,7 +521,20 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
                 watched = await WatchedAsync(session, key, watchedWithin < WatchedAtMost ? watchedWithin : WatchedAtMost, stop.Token).ConfigureAwait(false);
                 if (round == RehearsalRound.HandedOver)
                 {
-                    await LockProtocol.UnlockAndNotifyAsync(contender, [key]).ConfigureAwait(false);
+                    var unlocking = LockProtocol.UnlockAndNotifyAsync(contender, [key]);
+                    try
+                    {
+                        await unlocking.WaitAsync(stop.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        // A cut-off server does not answer: the node's stop does not wait for the command's timeout. The
+                        // contender (its private lock with it) is closed once the command gives up.
+                        var abandoned = contender;
+                        contender = null;
+                        _ = unlocking.ContinueWith(static (t, c) => { _ = t.Exception; ((NpgsqlConnection)c!).Dispose(); }, abandoned, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+                        throw;
+                    }
                 }
 
                 await contender.DisposeAsync().ConfigureAwait(false); // a crash, as the server sees it: the session just ends
@@ -561,6 +574,22 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     /// <summary>A rehearsal's contender: a connection of this node's waiter's kind, holding <paramref name="key"/>.</summary>
     private async Task<NpgsqlConnection> OpenContenderAsync(long key, CancellationToken cancellationToken)
+    {
+        // Npgsql does not give up a connection attempt to a silent server at once (it waits for its connect timeout, 15 s
+        // by default, whatever the token): the node's stop, which waits for a rehearsal under way, must not wait for that.
+        var opening = OpenAndLockContenderAsync(key, cancellationToken);
+        try
+        {
+            return await opening.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            _ = opening.ContinueWith(static t => { if (t.IsCompletedSuccessfully) { t.Result.Dispose(); } else { _ = t.Exception; } }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            throw;
+        }
+    }
+
+    private async Task<NpgsqlConnection> OpenAndLockContenderAsync(long key, CancellationToken cancellationToken)
     {
         var connection = await _waitDataSource!.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         try

@@ -160,7 +160,10 @@ public sealed class RobustnessTests(PostgresFixture pg)
     {
         await using var cluster = new TestCluster(pg.ConnectionString);
         await using var proxy = FaultTests.ProxyTo(pg.ConnectionString);
-        var node = await cluster.StartNodeAsync("cut", connectionString: proxy.ConnectionString(pg.ConnectionString));
+        // Npgsql's timeouts longer than the test's bounds: the stop must not wait for a connection attempt or a command
+        // to the silent server to time out (a CI run's stop waited for the take-over rehearsal's contender to connect).
+        var slow = new Npgsql.NpgsqlConnectionStringBuilder(proxy.ConnectionString(pg.ConnectionString)) { Timeout = 60, CommandTimeout = 60 };
+        var node = await cluster.StartNodeAsync("cut", connectionString: slow.ConnectionString);
         await node.WaitForStateAsync("job", SingletonState.Leading);
 
         proxy.SetMode(ProxyMode.Blackhole);
