@@ -575,8 +575,8 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// <summary>A rehearsal's contender: a connection of this node's waiter's kind, holding <paramref name="key"/>.</summary>
     private async Task<NpgsqlConnection> OpenContenderAsync(long key, CancellationToken cancellationToken)
     {
-        // Npgsql does not give up a connection attempt to a silent server at once (it waits for its connect timeout, 15 s
-        // by default, whatever the token): the node's stop, which waits for a rehearsal under way, must not wait for that.
+        // Against a silent server this may go on after the token is cancelled (a node's stop was seen to wait 15 s, Npgsql's
+        // connect timeout): the node's stop, which waits for a rehearsal under way, must not wait for that.
         var opening = OpenAndLockContenderAsync(key, cancellationToken);
         try
         {

@@ -165,6 +165,8 @@ public sealed class Probe<TTag>(GroupLab lab, ILeadership leadership) : Backgrou
 {
     public static string Name { get; } = typeof(TTag).Name.ToLowerInvariant();
 
+    private TaskCompletionSource<Exception?>? _run;
+
     public override async Task StartAsync(CancellationToken cancellationToken)
     {
         lab.Record(leadership.NodeId, Name, "start", leadership.FencingEpoch);
@@ -173,12 +175,16 @@ public sealed class Probe<TTag>(GroupLab lab, ILeadership leadership) : Backgrou
             throw new InvalidOperationException($"member {Name} start failure injected by the test");
         }
 
+        // The run exists once the member counts as running: since .NET 10 BackgroundService.StartAsync only queues
+        // ExecuteAsync, so a run created there could come after the test saw the member running and failed it (a CI run
+        // found no run of 'a' to fail).
+        _run = lab.NewRun(Name);
         await base.StartAsync(cancellationToken);
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var run = lab.NewRun(Name);
+        var run = _run!;
         try
         {
             using var cancelled = stoppingToken.Register(() => run.TrySetResult(null));
