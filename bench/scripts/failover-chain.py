@@ -55,7 +55,7 @@ def start():
     process = subprocess.Popen([args.binary, "node", "--kind", "scale", "--namespace", namespace, "--node-id", node_id,
                                 "--count", str(args.singletons)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, env=env, text=True)
-    node = nodes[node_id] = {"process": process, "starts": [], "running": set(), "ready": threading.Event()}
+    node = nodes[node_id] = {"process": process, "starts": [], "stops": [], "running": set(), "ready": threading.Event()}
 
     def read():
         for line in process.stdout:
@@ -67,6 +67,7 @@ def start():
                 node["running"].add(parts[1])
             elif len(parts) == 3 and parts[0] == "STOP":
                 node["running"].discard(parts[1])
+                node["stops"].append(int(parts[2]))
 
     threading.Thread(target=read, daemon=True).start()
     if not node["ready"].wait(120):
@@ -98,6 +99,9 @@ try:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         t0 = time.monotonic_ns()
+        if args.term:
+            wall = time.time()
+            print(f"round {round_}: SIGTERM at {time.strftime('%H:%M:%S', time.gmtime(wall))}.{int(wall * 1000) % 1000:03d} UTC (to find it in the server's log)", flush=True)
         nodes[victim]["process"].send_signal(signal.SIGTERM if args.term else signal.SIGKILL)
         deadline = time.monotonic() + 60
         while sum(len(nodes[k]["starts"]) - before[k] for k in survivors) < need and time.monotonic() < deadline:
@@ -109,6 +113,7 @@ try:
         nodes[victim]["process"].wait()
         exited = (time.monotonic_ns() - t0) / 1e6
         takes = sorted((t - t0) / 1e6 for k in survivors for t in nodes[k]["starts"][before[k]:])
+        stopped = f"; its last child returned after {(max(nodes[victim]['stops']) - t0) / 1e6:.0f} ms" if args.term and nodes[victim]["stops"] else ""
         if len(takes) < need:
             print(f"round {round_}: only {len(takes)} of {need} singletons ran elsewhere within 60 s", flush=True)
             sys.exit(1)
@@ -119,7 +124,7 @@ try:
         if args.perf:
             print(f"round {round_}: t0 {t0 / 1e9:.6f} s; pids " + ", ".join(f"{k}={nodes[k]['process'].pid}" for k in [victim] + survivors), flush=True)
         print(f"round {round_}: {victim} ran {need}; elsewhere first {takes[0]:.0f} ms, p50 {takes[len(takes) // 2]:.0f} ms, "
-              f"last {takes[-1]:.0f} ms; victim exited after {exited:.0f} ms; taken by {', '.join(f'{k}={v}' for k, v in got.items() if v)}; "
+              f"last {takes[-1]:.0f} ms; victim exited after {exited:.0f} ms{stopped}; taken by {', '.join(f'{k}={v}' for k, v in got.items() if v)}; "
               f"CPU in that time: winner {cpu_after[winner] - cpu_before[winner]} ms, others {losers} ms", flush=True)
         start()
     print(f"{'SIGTERM' if args.term else 'SIGKILL'} x {len(lasts)}: last elsewhere {', '.join(f'{x:.0f}' for x in sorted(lasts))} ms; "

@@ -188,6 +188,13 @@ public sealed class HighlanderOptions
     /// <summary>The defaults for each singleton's restart behaviour; each singleton may override them.</summary>
     public ClusterSingletonOptions SingletonDefaults { get; } = new();
 
+    /// <summary>
+    /// How long at most a node's stop holds the releases of the children that have returned for those still stopping, so
+    /// that its singletons are released in one batch (docs/lease-protocol.md, "Releasing"). Not an option users set: tests
+    /// lengthen it to observe the gathering.
+    /// </summary>
+    internal TimeSpan ReleaseGatherLimit { get; set; } = TimeSpan.FromMilliseconds(250);
+
     internal static string DefaultNodeId()
     {
         var host = new string(Environment.MachineName.Where(c => c is > ' ' and < (char)127).Take(28).ToArray());

@@ -214,7 +214,8 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     internal void PrepareStop()
     {
         Precompile.Methods(typeof(HighlanderNode), nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync));
-        Precompile.Methods(typeof(LockSession), nameof(LockSession.LeavePlacement));
+        Precompile.Methods(typeof(LockSession), nameof(LockSession.LeavePlacement), nameof(LockSession.GatherReleases));
+        Precompile.Methods(typeof(KeyLedger), nameof(KeyLedger.GatherReleases));
         PrepareMeasurements();
     }
 
@@ -267,6 +268,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     private void TellRunners()
     {
+        Session?.GatherReleases(_options.ReleaseGatherLimit); // one batch of releases, not one per child (docs/lease-protocol.md, "Releasing")
         foreach (var stop in _runnerStops)
         {
             _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do

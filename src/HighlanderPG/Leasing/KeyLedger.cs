@@ -21,6 +21,8 @@ internal sealed partial class KeyLedger
     private readonly HashSet<long> _announced = []; // wanted keys whose release another node announced since the last try
     private readonly HashSet<long> _neverFenced = []; // keys granted without an epoch bump even when fencing is on (a rehearsal's)
     private readonly Dictionary<long, int> _foundFree = []; // wanted keys the holder query found held by nobody, yet not taken since: how many times in a row
+    private HashSet<long>? _gathering; // held keys whose release a node's stop gathers into one batch, not queued yet
+    private long _gatherUntil; // when the gathering ends whatever is still missing
     private int _generation;
     private int _heartbeatsSinceFullTry;
 
@@ -70,17 +72,81 @@ internal sealed partial class KeyLedger
     }
 
     /// <summary>Queues the release of <paramref name="lease"/>; false when this session does not hold it (any more).</summary>
-    public bool QueueRelease(Lease lease, TaskCompletionSource done)
+    public bool QueueRelease(Lease lease, TaskCompletionSource done) => QueueRelease(lease, done, out _);
+
+    /// <summary>
+    /// Queues the release of <paramref name="lease"/>; false when this session does not hold it (any more).
+    /// <paramref name="gathered"/>: held for a gathering still missing others (<see cref="GatherReleases"/>), so the
+    /// loop need not wake for it (it wakes for the last one, or when the gathering ends).
+    /// </summary>
+    public bool QueueRelease(Lease lease, TaskCompletionSource done, out bool gathered)
     {
         lock (_gate)
         {
+            gathered = false;
             if (!_held.TryGetValue(lease.Key, out var held) || held != lease)
             {
                 return false;
             }
 
             _releases.Add((lease, done));
+            if (_gathering is not null && _gathering.Remove(lease.Key))
+            {
+                if (_gathering.Count == 0)
+                {
+                    _gathering = null; // the last one: the batch goes now
+                }
+                else
+                {
+                    gathered = true;
+                }
+            }
+
             return true;
+        }
+    }
+
+    /// <summary>
+    /// Many runners are about to release together (the node is stopping, or a drain steps them down): their releases are
+    /// gathered into one batch, sent once every key of <paramref name="keys"/> (default: every key held now) is queued
+    /// for release or at <paramref name="until"/> (a timestamp), whichever comes first. Each batch makes every follower
+    /// try its keys, and a thousand singletons released as their children return, in dozens of batches, set every
+    /// follower racing dozens of times on the same cores as the stop (docs/lease-protocol.md, "Releasing").
+    /// A gathering under way takes the new keys in and keeps the sooner end.
+    /// </summary>
+    public void GatherReleases(long until, IReadOnlyCollection<long>? keys = null)
+    {
+        lock (_gate)
+        {
+            HashSet<long> gathering = [.. _gathering ?? []];
+            foreach (var key in keys ?? _held.Keys)
+            {
+                if (_held.TryGetValue(key, out var lease) && !lease.IsLost)
+                {
+                    gathering.Add(key);
+                }
+            }
+
+            foreach (var (lease, _) in _releases)
+            {
+                gathering.Remove(lease.Key);
+            }
+
+            // Nothing to gather for one singleton: its release goes as soon as it is queued.
+            _gatherUntil = _gathering is null ? until : Math.Min(_gatherUntil, until);
+            _gathering = gathering.Count > 1 ? gathering : null;
+        }
+    }
+
+    /// <summary>While a gathering lasts, when it ends; otherwise <see cref="long.MaxValue"/>.</summary>
+    public long GatheringUntil
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _gathering is not null ? _gatherUntil : long.MaxValue;
+            }
         }
     }
 
@@ -220,6 +286,34 @@ internal sealed partial class KeyLedger
         }
     }
 
+    /// <summary>
+    /// After a try that failed on <paramref name="failed"/>, in one pass: whether one of them needs its holder asked
+    /// (<see cref="NeedHolder(IEnumerable{long})"/>), the longest found-free streak among them
+    /// (<see cref="FoundFreeStreak"/>), and whether the try lost a race (<see cref="LostRace"/>).
+    /// </summary>
+    public (bool NeedHolder, int FoundFreeStreak, bool LostRace) AfterFailedTry(ReadOnlySpan<long> failed)
+    {
+        lock (_gate)
+        {
+            var need = false;
+            var lost = false;
+            var streak = 0;
+            foreach (var key in failed)
+            {
+                var known = _holders.ContainsKey(key);
+                var stale = _staleHolders.Contains(key);
+                need |= !known || stale;
+                lost |= known && stale;
+                if (_foundFree.TryGetValue(key, out var found) && found > streak)
+                {
+                    streak = found;
+                }
+            }
+
+            return (need, streak, lost);
+        }
+    }
+
     /// <summary>Of <paramref name="failed"/> (keys this node could not take), those whose holder is not known (or may have changed).</summary>
     public long[] NeedHolder(IEnumerable<long> failed)
     {
@@ -332,21 +426,30 @@ internal sealed partial class KeyLedger
     /// <see cref="HeartbeatsPerFullTry"/>th heartbeat every wanted key. Never a key already held: session locks are
     /// re-entrant.
     /// </summary>
-    public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed)
+    public (List<(Lease Lease, TaskCompletionSource Done)> Releases, long[] ToTry) TakeWork(bool heartbeatDue, bool lockDelayPassed, long now)
     {
         lock (_gate)
         {
+            if (_gathering is not null)
+            {
+                if (now < _gatherUntil && _releases.Count > 0)
+                {
+                    return ([], []); // held for the rest of the gathering (GatherReleases); the node is stopping, nothing to try
+                }
+
+                if (now >= _gatherUntil)
+                {
+                    _gathering = null;
+                }
+            }
+
             List<(Lease Lease, TaskCompletionSource Done)> releases = [.. _releases];
             _releases.Clear();
             long[] toTry = [];
             if (releases.Count == 0 && lockDelayPassed && (heartbeatDue || _poke || _wantsChanged || _announced.Count > 0))
             {
                 var full = _poke || _wantsChanged || (heartbeatDue && ++_heartbeatsSinceFullTry >= HeartbeatsPerFullTry);
-                toTry = full
-                    ? [.. _wants.Keys.Where(k => !_held.ContainsKey(k))]
-                    : heartbeatDue
-                        ? [.. _wants.Keys.Where(k => !_held.ContainsKey(k) && (!IsWatched(k) || _announced.Contains(k)))]
-                        : [.. _announced.Where(k => _wants.ContainsKey(k) && !_held.ContainsKey(k))];
+                toTry = full ? Wanted(watchedToo: true) : heartbeatDue ? Wanted(watchedToo: false) : AnnouncedWanted();
                 toTry = WithoutHeldOff(toTry);
                 if (full)
                 {
@@ -361,6 +464,36 @@ internal sealed partial class KeyLedger
             _inflightReleases.AddRange(releases);
             return (releases, toTry);
         }
+    }
+
+    /// <summary>Wanted keys not held (with <paramref name="watchedToo"/> false, only those nobody watches or announced); under the lock.</summary>
+    private long[] Wanted(bool watchedToo)
+    {
+        var keys = new List<long>(_wants.Count);
+        foreach (var key in _wants.Keys)
+        {
+            if (!_held.ContainsKey(key) && (watchedToo || !IsWatched(key) || _announced.Contains(key)))
+            {
+                keys.Add(key);
+            }
+        }
+
+        return [.. keys];
+    }
+
+    /// <summary>Announced keys wanted and not held; under the lock.</summary>
+    private long[] AnnouncedWanted()
+    {
+        var keys = new List<long>(_announced.Count);
+        foreach (var key in _announced)
+        {
+            if (_wants.ContainsKey(key) && !_held.ContainsKey(key))
+            {
+                keys.Add(key);
+            }
+        }
+
+        return [.. keys];
     }
 
     private bool IsWatched(long key) =>
@@ -602,6 +735,7 @@ internal sealed partial class KeyLedger
 
             _releases.Clear();
             _inflightReleases.Clear();
+            _gathering = null;
             _wantsChanged = true;
             return lost;
         }

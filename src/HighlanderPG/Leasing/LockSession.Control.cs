@@ -76,6 +76,8 @@ internal sealed partial class LockSession
 
         if (covered.Count > 0)
         {
+            // A drain steps many runners down at once: their releases go in one batch (docs/lease-protocol.md, "Releasing").
+            _ledger.GatherReleases(_time.GetTimestamp() + Delta(_options.ReleaseGatherLimit), covered);
             HoldOffStepDown?.Invoke(covered);
         }
 

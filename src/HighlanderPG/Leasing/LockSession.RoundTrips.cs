@@ -38,7 +38,7 @@ internal sealed partial class LockSession
             }
 
             var heartbeatDue = now >= nextHeartbeat;
-            var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil);
+            var (releases, toTry) = _ledger.TakeWork(heartbeatDue, now >= _lockDelayUntil, now);
             if (releases.Count > 0)
             {
                 nextHeartbeat = await ReleaseBatchAsync(connection, session, releases).ConfigureAwait(false);
@@ -88,6 +88,7 @@ internal sealed partial class LockSession
         }
 
         until = Math.Min(until, _ledger.NextUnfenced);
+        until = Math.Min(until, _ledger.GatheringUntil);
         until = Math.Min(until, PlacementWakeAt());
         if (_holderQueryPending)
         {
@@ -149,7 +150,6 @@ internal sealed partial class LockSession
         var sent = _time.GetTimestamp();
         var notAfter = _serverClock.Bound(sent);
         var result = await RoundTripAsync(session, () => LockProtocol.TryLockAsync(connection, plan.All, plan.Limited, plan.Limit, notAfter, CheckPid)).ConfigureAwait(false);
-        long[] keys = [.. plan.All, .. plan.Limited];
         if (result.Refused)
         {
             // Nothing was taken: the server's clock read past the bound. A forward step, or only a statement that
@@ -185,16 +185,43 @@ internal sealed partial class LockSession
         // with many singletons the winner is starting them on the same CPUs as every loser and the server, and the
         // answer is only needed to watch the new holder (a crash of it meanwhile is found by that question, or the
         // heartbeat's try) and to show it.
-        var failed = keys.Except(got).ToArray();
-        if (_ledger.NeedHolder(failed).Length > 0)
+        // Plain loops, one pass under the ledger's lock: every loser of a race over a thousand keys runs this at the moment
+        // the winner starts its children, on the same cores (LINQ's generic iterators over long were compiled right then).
+        var failed = FailedKeys(plan, got);
+        if (failed.Length > 0 && _ledger.AfterFailedTry(failed) is { NeedHolder: true } facts)
         {
-            var delay = HolderQueryDelay(_ledger.FoundFreeStreak(failed), _ledger.LostRace(failed));
+            var delay = HolderQueryDelay(facts.FoundFreeStreak, facts.LostRace);
             _holderQueryPending = true;
             _nextHolderQuery = Math.Max(_nextHolderQuery, _time.GetTimestamp() + Delta(delay));
         }
 
         WantsChanged?.Invoke();
         return sent + Delta(_timings.Heartbeat);
+    }
+
+    /// <summary>The keys of <paramref name="plan"/> not in <paramref name="got"/>.</summary>
+    private static long[] FailedKeys(TryPlan plan, List<long> got)
+    {
+        if (got.Count == plan.Count)
+        {
+            return [];
+        }
+
+        HashSet<long>? taken = got.Count == 0 ? null : [.. got];
+        var failed = new long[plan.Count - got.Count];
+        var n = 0;
+        foreach (var part in (ReadOnlySpan<long[]>)[plan.All, plan.Limited])
+        {
+            foreach (var key in part)
+            {
+                if ((taken is null || !taken.Contains(key)) && n < failed.Length)
+                {
+                    failed[n++] = key;
+                }
+            }
+        }
+
+        return n == failed.Length ? failed : failed[..n];
     }
 
     /// <summary>How often at most a session asks who holds the keys it could not take (pg_locks).</summary>

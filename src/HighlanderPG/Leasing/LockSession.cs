@@ -94,13 +94,26 @@ internal sealed partial class LockSession : ILockSession
     public Task ReleaseAsync(Lease lease)
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (!_ledger.QueueRelease(lease, done))
+        if (!_ledger.QueueRelease(lease, done, out var gathered))
         {
             return Task.CompletedTask;
         }
 
-        Wake();
+        if (!gathered)
+        {
+            Wake(); // held for a gathering, it goes with the last one or when the gathering ends: no need to wake the loop for each
+        }
         return done.Task;
+    }
+
+    /// <summary>
+    /// Many runners are about to release together (the node stops, a drain): their releases go in one batch once all
+    /// are queued, or after <paramref name="limit"/> whatever is missing (<see cref="KeyLedger.GatherReleases"/>).
+    /// </summary>
+    public void GatherReleases(TimeSpan limit, IReadOnlyCollection<long>? keys = null)
+    {
+        _ledger.GatherReleases(_time.GetTimestamp() + Delta(limit), keys);
+        Wake(); // its wait ends at the gathering's end at the latest
     }
 
     /// <inheritdoc/>

@@ -21,28 +21,28 @@ public sealed class FreeKeyRetryTests(PostgresFixture pg)
         var ledger = new KeyLedger();
         ledger.AddWant(1, "free");
         ledger.AddWant(2, "held");
-        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
 
         // Both tries failed: 2 is held by another node, 1 by nobody.
         var other = new LeaderInfo("other", 7, "highlander/other", null, null);
         ledger.UpdateHolders([1L, 2L], new() { [2L] = other });
-        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
         Assert.Equal(1, ledger.FoundFreeStreak([1L, 2L]));
         Assert.Equal(0, ledger.FoundFreeStreak([2L]));
 
         // That try failed too, and the next query still finds nobody: tried again, the streak grows.
         ledger.UpdateHolders([1L], []);
-        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
         Assert.Equal(2, ledger.FoundFreeStreak([1L]));
 
         // Seen held: an ordinary follower again (watched, not retried), and the streak is over.
         ledger.UpdateHolders([1L], new() { [1L] = other });
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
         Assert.Equal(0, ledger.FoundFreeStreak([1L]));
 
         // A key this node does not want is never tried for it.
         ledger.UpdateHolders([3L], []);
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
         Assert.Equal(0, ledger.FoundFreeStreak([3L]));
 
         // Taken: over too.

@@ -16,7 +16,7 @@ public sealed class KeyLedgerHoldOffTests
         var ledger = new KeyLedger { HoldOffClock = time };
         ledger.AddWant(1, "held");
         ledger.AddWant(2, "free");
-        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
         ledger.Taken([1L], fencing: false, Now);
 
         var (covered, next) = ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [1] = TimeSpan.FromSeconds(30) }));
@@ -27,10 +27,10 @@ public sealed class KeyLedgerHoldOffTests
         var held = Assert.Single(ledger.HeldLeases());
         var done = new TaskCompletionSource();
         Assert.True(ledger.QueueRelease(held, done));
-        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         ledger.Released(releases);
         ledger.AddWant(1, "held");
-        Assert.Equal([2L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        Assert.Equal([2L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
         Assert.True(ledger.IsHeldOff(1));
         Assert.True(ledger.TakeHeldOffNeedHolders()); // nobody asked who holds it: the session asks
         Assert.False(ledger.TakeHeldOffNeedHolders());
@@ -39,7 +39,7 @@ public sealed class KeyLedgerHoldOffTests
         Assert.Null(ledger.HoldOffsElapsed());
         Assert.False(ledger.IsHeldOff(1));
         Assert.False(ledger.AnyHoldOffs);
-        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
     }
 
     [Fact]
@@ -55,13 +55,13 @@ public sealed class KeyLedgerHoldOffTests
         var (covered, next) = ledger.SetHoldOffs(new HoldOffSet(TimeSpan.FromMinutes(10), new Dictionary<long, TimeSpan>()));
         Assert.Equal([1L, 2L], covered.Order());
         Assert.Equal(TimeSpan.FromMinutes(10), next);
-        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
 
         // An undrain: the next read finds nothing, and every wanted key is tried again at once.
         (covered, next) = ledger.SetHoldOffs(HoldOffSet.None);
         Assert.Empty(covered);
         Assert.Null(next);
-        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
 
         // A step-down with a zero hold-off: stepped down from, but tried again at once.
         (covered, _) = ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [1] = TimeSpan.Zero }));

@@ -13,10 +13,10 @@ public sealed class KeyLedgerTests
         var ledger = new KeyLedger();
         var want = ledger.AddWant(1, "job");
 
-        var (releases, toTry) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        var (releases, toTry) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         Assert.Empty(releases);
         Assert.Equal([1L], toTry);
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry); // nothing changed since
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry); // nothing changed since
 
         ledger.NewGeneration();
         var (grantedWant, lease) = Assert.Single(ledger.Taken([1L], fencing: false, Now));
@@ -28,7 +28,7 @@ public sealed class KeyLedgerTests
         Assert.False(ledger.AnyWants);
 
         // Held keys are never tried again (session locks are re-entrant), not even at a heartbeat.
-        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
     }
 
     [Fact]
@@ -36,18 +36,18 @@ public sealed class KeyLedgerTests
     {
         var ledger = new KeyLedger();
         ledger.AddWant(1, "job");
-        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: false).ToTry);
-        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: false, now: 0).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
 
-        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
 
         ledger.Poke();
-        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
 
         ledger.OnReleaseAnnounced(2); // not wanted: no try
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
         ledger.OnReleaseAnnounced(1);
-        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([1L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
     }
 
     [Fact]
@@ -74,7 +74,7 @@ public sealed class KeyLedgerTests
         Assert.False(ledger.AnyWants);
 
         Assert.Empty(ledger.Taken([1L], fencing: false, Now)); // taken in flight, nobody wants it any more
-        var (releases, toTry) = ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true);
+        var (releases, toTry) = ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0);
         var (lease, _) = Assert.Single(releases);
         Assert.Equal(1, lease.Key);
         Assert.Empty(toTry); // releases go first
@@ -104,7 +104,7 @@ public sealed class KeyLedgerTests
         var done = new TaskCompletionSource();
         Assert.True(ledger.QueueRelease(lease, done));
 
-        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         Assert.Equal(lease, Assert.Single(releases).Lease);
         ledger.Released(releases);
         Assert.Empty(ledger.HeldLeases());
@@ -125,7 +125,7 @@ public sealed class KeyLedgerTests
         var inflight = new TaskCompletionSource();
         var queued = new TaskCompletionSource();
         Assert.True(ledger.QueueRelease(taken[0].Lease, inflight));
-        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true); // now in flight
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0); // now in flight
         Assert.True(ledger.QueueRelease(taken[1].Lease, queued));
 
         var lost = ledger.LoseAll();
@@ -135,7 +135,7 @@ public sealed class KeyLedgerTests
         Assert.Empty(ledger.HeldLeases());
         Assert.Null(ledger.GetHolder(3));
         Assert.Equal([(3L, (int?)null)], ledger.GetWaitTargets());
-        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry); // a new session tries again
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry); // a new session tries again
     }
 
     [Fact]
@@ -182,7 +182,7 @@ public sealed class KeyLedgerTests
 
         Assert.Null(ledger.TakeFenceCandidate([1L]));
         Assert.Empty(ledger.UnfencedDue(long.MaxValue));
-        Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).Releases).Lease.Key);
+        Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).Releases).Lease.Key);
     }
 
     [Fact]
@@ -195,7 +195,7 @@ public sealed class KeyLedgerTests
         Assert.Same(want, ledger.FenceFailed(1));
         Assert.False(ledger.AnyWants);
         Assert.Empty(ledger.UnfencedDue(long.MaxValue));
-        Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).Releases).Lease.Key);
+        Assert.Equal(1, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).Releases).Lease.Key);
     }
     [Fact]
     public void A_heartbeat_tries_only_keys_whose_holder_nobody_watches_and_every_tenth_heartbeat_tries_all()
@@ -204,30 +204,30 @@ public sealed class KeyLedgerTests
         ledger.AddWant(1, "a");
         ledger.AddWant(2, "b");
         ledger.AddWant(3, "c");
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
         var x = new LeaderInfo("x", 7, "highlander/x", null, null);
         var y = new LeaderInfo("y", 8, "highlander/y", null, null);
         ledger.UpdateHolders([1L, 2L, 3L], new() { [1L] = x, [2L] = x, [3L] = y });
 
         // One key per holder, the holder with the most keys first.
         Assert.Equal([(7, 1L), (8, 3L)], ledger.WatchTargets());
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order()); // nobody watches yet
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry.Order()); // nobody watches yet
 
         ledger.SetWatched([7, 8]);
         ledger.Poke(); // a full try starts the count again
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
         for (var i = 1; i < KeyLedger.HeartbeatsPerFullTry; i++)
         {
-            Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+            Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
         }
 
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order()); // the backstop
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry.Order()); // the backstop
         Assert.Empty(ledger.NeedHolder([1L, 2L, 3L])); // and no need to ask who holds them
 
         ledger.SetWatched([7]);
-        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
         ledger.SetWatched(null);
-        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L, 3L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry.Order());
     }
 
     [Fact]
@@ -239,7 +239,7 @@ public sealed class KeyLedgerTests
             ledger.AddWant(key, $"s{key}");
         }
 
-        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         var x = new LeaderInfo("x", 7, "highlander/x", null, null);
         ledger.UpdateHolders([1L, 2L, 3L, 4L, 5L], new() { [1L] = x, [2L] = x, [3L] = x, [4L] = x, [5L] = x });
         ledger.SetWatched([7]);
@@ -248,23 +248,23 @@ public sealed class KeyLedgerTests
         ledger.OnReleaseAnnounced(2);
         ledger.OnReleaseAnnounced(4);
         ledger.OnReleaseAnnounced(9); // not wanted
-        Assert.Equal([2L, 4L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry); // tried once per announcement
+        Assert.Equal([2L, 4L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry); // tried once per announcement
         Assert.Equal([2L, 4L], ledger.NeedHolder([2L, 4L]).Order()); // who took them is asked after a failed try
 
         // Announced while the lock-delay runs: kept for the first try after it.
         ledger.OnReleaseAnnounced(3);
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: false).ToTry);
-        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: false, now: 0).ToTry);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
 
         // At a heartbeat, announced keys go with the keys nobody watches (2 and 4 are still of unknown holder).
         ledger.OnReleaseAnnounced(5);
-        Assert.Equal([2L, 3L, 4L, 5L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([2L, 3L, 4L, 5L], ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry.Order());
 
         // A taken key is never tried again, announced or not.
         _ = ledger.Taken([5L], fencing: false, DateTimeOffset.UnixEpoch);
         ledger.OnReleaseAnnounced(5);
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
     }
 
     [Fact]
@@ -274,14 +274,14 @@ public sealed class KeyLedgerTests
         ledger.AddWant(1, "a");
         ledger.AddWant(2, "b");
         ledger.AddWant(3, "c");
-        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         var x = new LeaderInfo("x", 7, "highlander/x", null, null);
         var y = new LeaderInfo("y", 8, "highlander/y", null, null);
         ledger.UpdateHolders([1L, 2L, 3L], new() { [1L] = x, [2L] = x, [3L] = y });
         ledger.SetWatched([7, 8]);
 
         ledger.HolderGone(1);
-        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order()); // y's key 3 is watched on its own
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order()); // y's key 3 is watched on its own
         Assert.Equal([1L, 2L], ledger.NeedHolder([1L, 2L, 3L]).Order());
         Assert.Equal([(8, 3L)], ledger.WatchTargets()); // x is not watched until it is known again
         Assert.Equal(x, ledger.GetHolder(1)); // still shown until asked
@@ -294,7 +294,7 @@ public sealed class KeyLedgerTests
         // An announced release makes that key's holder unknown until asked, and that key (only) is tried.
         ledger.OnReleaseAnnounced(3);
         Assert.Equal([3L], ledger.NeedHolder([1L, 2L, 3L]));
-        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
     }
 
     [Fact]
@@ -303,10 +303,10 @@ public sealed class KeyLedgerTests
         var ledger = new KeyLedger();
         ledger.AddWant(1, "a");
         ledger.AddWant(2, "b");
-        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
 
         ledger.HolderGone(1);
-        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry.Order());
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry.Order());
     }
 
     [Fact]
@@ -315,7 +315,7 @@ public sealed class KeyLedgerTests
         var ledger = new KeyLedger();
         ledger.AddWant(1, "a");
         ledger.AddWant(2, "b");
-        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        _ = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         Assert.False(ledger.LostRace([1L, 2L])); // nobody known yet (a node starting): not a race
 
         var x = new LeaderInfo("x", 7, "highlander/x", null, null);
@@ -335,5 +335,105 @@ public sealed class KeyLedgerTests
 
         ledger.UpdateHolders([2L], []); // asked: held by nobody (a momentary shared lock): no race, the free-key retry
         Assert.False(ledger.LostRace([2L]));
+    }
+
+    [Fact]
+    public void A_stop_gathers_the_releases_of_every_held_key_into_one_batch()
+    {
+        var ledger = new KeyLedger();
+        var leases = new List<Lease>();
+        foreach (var key in new[] { 1L, 2L, 3L })
+        {
+            ledger.AddWant(key, $"s{key}");
+        }
+
+        leases.AddRange(ledger.Taken([1L, 2L, 3L], fencing: false, Now).Select(t => t.Lease));
+        ledger.GatherReleases(until: 1_000);
+        Assert.Equal(1_000, ledger.GatheringUntil);
+
+        Assert.True(ledger.QueueRelease(leases[2], new TaskCompletionSource(), out var gathered));
+        Assert.True(gathered); // held: the loop need not wake for it
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 10).Releases);
+        Assert.True(ledger.QueueRelease(leases[0], new TaskCompletionSource(), out gathered));
+        Assert.True(gathered);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 20).Releases);
+
+        Assert.True(ledger.QueueRelease(leases[1], new TaskCompletionSource(), out gathered));
+        Assert.False(gathered); // the last one: the batch goes now, well before the gathering's end
+        Assert.Equal(long.MaxValue, ledger.GatheringUntil);
+        var (releases, toTry) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 30);
+        Assert.Equal([1L, 2L, 3L], releases.Select(r => r.Lease.Key).Order());
+        Assert.Empty(toTry);
+    }
+
+    [Fact]
+    public void A_gathering_sends_what_it_has_at_its_end_and_then_releases_go_as_they_come()
+    {
+        var ledger = new KeyLedger();
+        foreach (var key in new[] { 1L, 2L, 3L })
+        {
+            ledger.AddWant(key, $"s{key}");
+        }
+
+        var leases = ledger.Taken([1L, 2L, 3L], fencing: false, Now).Select(t => t.Lease).ToList();
+        ledger.GatherReleases(until: 1_000);
+        Assert.True(ledger.QueueRelease(leases[0], new TaskCompletionSource(), out _));
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 999).Releases);
+
+        // A child still stopping at the end (2 and 3 here) does not hold back those already gone.
+        Assert.Equal(1L, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 1_000).Releases).Lease.Key);
+        Assert.Equal(long.MaxValue, ledger.GatheringUntil);
+        Assert.True(ledger.QueueRelease(leases[1], new TaskCompletionSource(), out var gathered));
+        Assert.False(gathered);
+        Assert.Equal(2L, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 1_001).Releases).Lease.Key);
+    }
+
+    [Fact]
+    public void A_single_held_key_or_a_lost_session_leaves_nothing_to_gather()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "one");
+        var (_, lease) = Assert.Single(ledger.Taken([1L], fencing: false, Now));
+        ledger.GatherReleases(until: 1_000);
+        Assert.Equal(long.MaxValue, ledger.GatheringUntil);
+        Assert.True(ledger.QueueRelease(lease, new TaskCompletionSource(), out var gathered));
+        Assert.False(gathered);
+        Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).Releases);
+
+        ledger.AddWant(2, "two");
+        ledger.AddWant(3, "three");
+        _ = ledger.Taken([2L, 3L], fencing: false, Now);
+        ledger.GatherReleases(until: 1_000);
+        Assert.Equal(1_000, ledger.GatheringUntil);
+        _ = ledger.LoseAll(); // the session went, and its locks with it
+        Assert.Equal(long.MaxValue, ledger.GatheringUntil);
+    }
+
+    [Fact]
+    public void A_drain_gathers_only_the_keys_it_steps_down_and_a_stop_meanwhile_adds_the_rest_keeping_the_sooner_end()
+    {
+        var ledger = new KeyLedger();
+        foreach (var key in new[] { 1L, 2L, 3L, 4L })
+        {
+            ledger.AddWant(key, $"s{key}");
+        }
+
+        var leases = ledger.Taken([1L, 2L, 3L, 4L], fencing: false, Now).Select(t => t.Lease).ToDictionary(l => l.Key);
+        ledger.GatherReleases(until: 500, keys: [1L, 2L, 9L]); // 9: not held here, nothing to wait for
+        Assert.True(ledger.QueueRelease(leases[1], new TaskCompletionSource(), out var gathered));
+        Assert.True(gathered);
+        Assert.True(ledger.QueueRelease(leases[2], new TaskCompletionSource(), out gathered));
+        Assert.False(gathered); // both stepped down: they go together, whatever 3 and 4 do
+        Assert.Equal([1L, 2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 10).Releases.Select(r => r.Lease.Key).Order());
+
+        ledger.GatherReleases(until: 400, keys: [3L]); // one key: nothing to gather
+        Assert.Equal(long.MaxValue, ledger.GatheringUntil);
+        ledger.GatherReleases(until: 300, keys: [3L, 4L]);
+        ledger.GatherReleases(until: 1_000); // the node stops meanwhile: every held key, the sooner end kept
+        Assert.Equal(300, ledger.GatheringUntil);
+        Assert.True(ledger.QueueRelease(leases[4], new TaskCompletionSource(), out gathered));
+        Assert.True(gathered);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 299).Releases);
+        Assert.Equal(4L, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 300).Releases).Lease.Key);
     }
 }

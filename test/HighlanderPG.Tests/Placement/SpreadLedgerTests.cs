@@ -50,7 +50,7 @@ public sealed class SpreadLedgerTests
         ledger.Taken([1L, 2L], fencing: false, Now);
 
         // At its share (2 of 4): key 3, up for its first try, is left to others for the grace.
-        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Equal([3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
         Assert.Null(ledger.PlanTries([3], View, registered: 4, now: 0, Grace));
         Assert.Equal(Grace, ledger.NextGraceEnd);
 
@@ -60,11 +60,11 @@ public sealed class SpreadLedgerTests
 
         // Not yet: nothing to try.
         ledger.EndGraces(Grace - 1);
-        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true).ToTry);
+        Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
 
         // The grace is over: key 3 comes up to be tried, without the share's limit.
         ledger.EndGraces(Grace);
-        var (_, toTry) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true);
+        var (_, toTry) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
         Assert.Equal([3L], toTry);
         var plan = ledger.PlanTries(toTry, View, registered: 4, now: Grace, Grace)!;
         Assert.Equal([3L], plan.All);
