@@ -89,21 +89,31 @@ internal sealed partial class KeyLedger
                 return false;
             }
 
-            _releases.Add((lease, done));
-            if (_gathering is not null && _gathering.Remove(lease.Key))
-            {
-                if (_gathering.Count == 0)
-                {
-                    _gathering = null; // the last one: the batch goes now
-                }
-                else
-                {
-                    gathered = true;
-                }
-            }
-
+            gathered = AddRelease(lease, done);
             return true;
         }
+    }
+
+    /// <summary>
+    /// Queues a release (under the lock); true when it is held for a gathering still missing others
+    /// (<see cref="GatherReleases"/>). Every queued release counts, also one whose runner gave up (a key granted as the
+    /// node began stopping): none of them is waited for.
+    /// </summary>
+    private bool AddRelease(Lease lease, TaskCompletionSource done)
+    {
+        _releases.Add((lease, done));
+        if (_gathering is null || !_gathering.Remove(lease.Key))
+        {
+            return false;
+        }
+
+        if (_gathering.Count == 0)
+        {
+            _gathering = null; // the last one: the batch goes now
+            return false;
+        }
+
+        return true;
     }
 
     /// <summary>
@@ -127,9 +137,9 @@ internal sealed partial class KeyLedger
                 }
             }
 
-            foreach (var (lease, _) in _releases)
+            foreach (var (lease, _) in _releases.Concat(_inflightReleases))
             {
-                gathering.Remove(lease.Key);
+                gathering.Remove(lease.Key); // queued or on its way already: not waited for
             }
 
             // Nothing to gather for one singleton: its release goes as soon as it is queued.
@@ -155,7 +165,7 @@ internal sealed partial class KeyLedger
     {
         lock (_gate)
         {
-            _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+            _ = AddRelease(lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
         }
     }
 
@@ -543,7 +553,7 @@ internal sealed partial class KeyLedger
                 }
                 else
                 {
-                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously))); // the runner gave up meanwhile
+                    _ = AddRelease(lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)); // the runner gave up meanwhile
                 }
             }
         }
@@ -652,7 +662,7 @@ internal sealed partial class KeyLedger
                 _unfenced.Remove(orphan);
                 if (_held.TryGetValue(orphan, out var lease))
                 {
-                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                    _ = AddRelease(lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
                 }
             }
 
@@ -681,7 +691,7 @@ internal sealed partial class KeyLedger
             _wants.Remove(key, out var failed);
             if (_held.TryGetValue(key, out var lease))
             {
-                _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                _ = AddRelease(lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
             }
 
             return failed;
@@ -704,7 +714,7 @@ internal sealed partial class KeyLedger
                 }
                 else
                 {
-                    _releases.Add((lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)));
+                    _ = AddRelease(lease, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
                 }
             }
         }

@@ -436,4 +436,25 @@ public sealed class KeyLedgerTests
         Assert.Empty(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 299).Releases);
         Assert.Equal(4L, Assert.Single(ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 300).Releases).Lease.Key);
     }
+
+    [Fact]
+    public void A_release_nobody_waits_for_counts_for_the_gathering_so_a_node_stopping_after_a_take_over_is_not_held_back()
+    {
+        var ledger = new KeyLedger();
+        ledger.AddWant(1, "one");
+        var two = ledger.AddWant(2, "two");
+        var leases = ledger.Taken([1L], fencing: false, Now).Select(t => t.Lease).ToList();
+        ledger.CancelWant(two); // the node began stopping as the try that takes 2 was under way
+        Assert.Empty(ledger.Taken([2L], fencing: false, Now)); // taken for nobody: released at once
+        var (orphaned, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
+        Assert.Equal(2L, Assert.Single(orphaned).Lease.Key); // on its way to the server, still held until it answers
+
+        ledger.AddWant(3, "three");
+        var three = Assert.Single(ledger.Taken([3L], fencing: false, Now)).Lease;
+        ledger.GatherReleases(until: 1_000);
+        ledger.QueueOrphanRelease(three); // its runner gave up: it counts as queued
+        Assert.True(ledger.QueueRelease(leases[0], new TaskCompletionSource(), out var gathered));
+        Assert.False(gathered);
+        Assert.Equal([1L, 3L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 1).Releases.Select(r => r.Lease.Key).Order());
+    }
 }
