@@ -1,4 +1,5 @@
 using HighlanderPG.Leasing;
+using HighlanderPG.Operations;
 using HighlanderPG.Testing.Journal;
 using HighlanderPG.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
@@ -32,6 +33,26 @@ public sealed class ReleaseGatheringTests(PostgresFixture pg)
         Assert.Equal(0, await rig.HeldAsync());
         Assert.Equal(rig.Keys.Order(), rig.Announced.Order());
         Assert.Single(rig.Batches); // one transaction: every key in the first announcement
+    }
+
+    [Fact]
+    public async Task A_drained_node_releases_nothing_while_a_sibling_still_steps_down_then_everything_at_once()
+    {
+        await using var rig = await Rig.StartAsync(pg.ConnectionString, gatherLimit: TimeSpan.FromMinutes(2));
+        await using var control = new ClusterControl(pg.ConnectionString, rig.Namespace);
+        var drain = await control.DrainAsync(rig.Node.NodeId, TimeSpan.FromMinutes(10));
+        Assert.Equal(rig.Keys.Order(), drain.Singletons.Select(s => s.Key).Order());
+
+        await rig.QuickStopped;
+        Assert.Equal(Quick + 1, await rig.HeldAsync());
+        Assert.Empty(rig.Announced);
+
+        rig.LetSlowReturn();
+        await rig.WaitAnnouncedAsync(Quick + 1);
+        Assert.Equal(0, await rig.HeldAsync());
+        Assert.Equal(rig.Keys.Order(), rig.Announced.Order());
+        Assert.Single(rig.Batches);
+        await control.UndrainAsync(rig.Node.NodeId);
     }
 
     [Fact]
@@ -79,6 +100,8 @@ public sealed class ReleaseGatheringTests(PostgresFixture pg)
 
         public TestNode Node { get; private set; } = null!;
 
+        public string Namespace => _cluster.Namespace;
+
         public long SlowKey { get; private set; }
 
         public HashSet<long> Keys { get; private set; } = [];
@@ -123,7 +146,7 @@ public sealed class ReleaseGatheringTests(PostgresFixture pg)
             };
             var slowStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             rig.Node = await cluster.StartNodeAsync(
-                "gatherer",
+                "gatherer-" + Guid.NewGuid().ToString("N")[..8], // a drain holds a node id off in every namespace of the schema
                 QuickNames,
                 o =>
                 {
@@ -150,7 +173,7 @@ public sealed class ReleaseGatheringTests(PostgresFixture pg)
                 }));
             foreach (var name in QuickNames)
             {
-                await cluster.Recorder.WaitStartedAsync(name, node: "gatherer");
+                await cluster.Recorder.WaitStartedAsync(name, node: rig.Node.NodeId);
             }
 
             await slowStarted.Task.WaitAsync(TimeSpan.FromSeconds(60));
