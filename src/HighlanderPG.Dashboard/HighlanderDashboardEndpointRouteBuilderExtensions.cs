@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using HighlanderPG.Diagnostics;
+using HighlanderPG.Hosting;
 using HighlanderPG.Operations;
 using Microsoft.AspNetCore.Antiforgery;
 using Microsoft.AspNetCore.Authorization;
@@ -170,10 +171,10 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         {
             builder = new NpgsqlDataSourceBuilder(connectionString);
         }
-        catch (ArgumentException ex)
+        catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
         {
             // The connection string is not repeated: it may hold a password.
-            throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be parsed ({ex.GetType().Name}); fix ConnectionString.", ex);
+            throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be parsed: {ConnectionSettings.DescribeParseError(ex)}; fix ConnectionString.", ex);
         }
 
         builder.ConnectionStringBuilder.ApplicationName = "highlander-dashboard";

@@ -238,5 +238,9 @@ public sealed class DashboardApiTests(PostgresFixture pg)
         await using var noNode = bare.Build();
         var noDatabase = Assert.Throws<InvalidOperationException>(() => noNode.MapHighlanderDashboard());
         Assert.Contains("AddHighlander", noDatabase.Message, StringComparison.Ordinal);
+
+        var unparsable = Assert.Throws<InvalidOperationException>(() => noNode.MapHighlanderDashboard("/typo", o => o.ConnectionString = "Host=db;Password=pw-not-shown;Usrname=ops"));
+        Assert.Contains("unknown keyword 'usrname'", unparsable.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("pw-not-shown", unparsable.Message, StringComparison.Ordinal);
     }
 }

@@ -1,5 +1,6 @@
 using System.Collections;
 using System.Globalization;
+using HighlanderPG.Hosting;
 using Npgsql;
 
 namespace HighlanderPG.Cli.Configuration;
@@ -82,10 +83,9 @@ internal static class ConnectionResolver
             var builder = new NpgsqlConnectionStringBuilder(connectionString);
             return string.IsNullOrWhiteSpace(builder.Host) ? "the connection string names no Host" : null;
         }
-        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidCastException or KeyNotFoundException)
+        catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
         {
-            // Npgsql's message names the offending keyword, never a password's value.
-            return $"the connection string cannot be parsed: {ex.Message}";
+            return $"the connection string cannot be parsed: {ConnectionSettings.DescribeParseError(ex)}";
         }
     }
 
@@ -97,7 +97,7 @@ internal static class ConnectionResolver
             var builder = new NpgsqlConnectionStringBuilder(connectionString);
             return $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username ?? "(default database)"}";
         }
-        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidCastException or KeyNotFoundException)
+        catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
         {
             return "(unparsable connection string)";
         }

@@ -9,6 +9,38 @@ internal static class ConnectionSettings
     /// <summary>Parses the connection string; throws <see cref="ArgumentException"/> with Npgsql's reason when it is malformed.</summary>
     public static NpgsqlConnectionStringBuilder Parse(string connectionString) => new(connectionString);
 
+    /// <summary>Whether <paramref name="ex"/> is how Npgsql's connection string builder refuses a string.</summary>
+    public static bool IsParseError(Exception ex) => ex is ArgumentException or FormatException or InvalidCastException or KeyNotFoundException;
+
+    /// <summary>
+    /// What is wrong with a connection string, from the exception Npgsql's builder threw (<see cref="IsParseError"/>):
+    /// the keyword it did not know, the keyword whose value it could not read, or where the text stops being
+    /// <c>Keyword=Value</c> pairs. Never quotes the string itself (it may hold a password): only a keyword, and Npgsql's
+    /// reason for a typed value (a number, a flag, a mode), which a password never is.
+    /// </summary>
+    public static string DescribeParseError(Exception ex)
+    {
+        var keyword = (ex as ArgumentException)?.ParamName;
+        switch (ex.InnerException)
+        {
+            case KeyNotFoundException when keyword is not null:
+                return $"unknown keyword '{keyword}' (Npgsql's keywords are e.g. Host, Port, Database, Username, Password, SSL Mode, Timeout: see https://www.npgsql.org/doc/connection-string-parameters.html)";
+            case OverflowException when keyword is not null:
+                return $"the value of '{keyword}' is out of range";
+            case { } inner when keyword is not null && (inner is FormatException or ArgumentException or InvalidCastException):
+                return $"the value of '{keyword}' is not valid: {inner.Message}";
+        }
+
+        const string Malformed = "starting at index ";
+        var at = ex.Message.IndexOf(Malformed, StringComparison.Ordinal);
+        if (ex is ArgumentException && at >= 0 && int.TryParse(ex.Message.AsSpan(at + Malformed.Length).TrimEnd('.'), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var index))
+        {
+            return $"it is not a list of Keyword=Value pairs separated by ';' (malformed from character {index + 1})";
+        }
+
+        return ex.Message;
+    }
+
     /// <summary>Returns what is wrong with the connection string for holding locks, or <see langword="null"/>.</summary>
     public static string? Validate(string? connectionString)
     {
@@ -22,10 +54,9 @@ internal static class ConnectionSettings
         {
             builder = Parse(connectionString);
         }
-        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidCastException)
+        catch (Exception ex) when (IsParseError(ex))
         {
-            // Npgsql's message names the offending keyword; it never contains the password's value.
-            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} cannot be parsed: {ex.Message}";
+            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} cannot be parsed: {DescribeParseError(ex)}.";
         }
 
         if (builder.Multiplexing)
