@@ -126,7 +126,7 @@ internal static class FaultJudge
         }
         else if (overlap)
         {
-            // Not a broken promise: the lease cannot cover this (docs/cli.md, "What the demo shows"); fencing tokens do.
+            // Not a broken promise: the lease cannot cover this (docs/cli.md, "`highlander demo`"); fencing tokens do.
             var seen = events.First(e => e.Kind == LifeKind.Overlap && e.Seq >= mark);
             knownOverlap = stop is not null ? stop.At - seen.At : null;
             verdict = $"overlap{(knownOverlap is { } length ? " " + DemoText.Ms(length) : "")}: needs fencing";

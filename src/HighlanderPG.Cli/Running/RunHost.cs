@@ -291,9 +291,10 @@ internal static partial class RunHost
     /// <summary>
     /// A rehearsal of the take-over and the step-down (docs/cli.md, "Hand-over: the rehearsal"): once this node leads the
     /// name (its command runs) or sees another node lead it, the library runs both through the real path on a private lock
-    /// (<see cref="HighlanderNode.RehearseAsync"/>), with a child that starts <c>sh -c :</c> the way the command is started
-    /// (parent-death signal, own session, the watchdog), so that the real hand-over later does not run that code, in this
-    /// process, for the first time. Nothing of the command runs for it, and it leaves the command's escaped processes alone.
+    /// (<see cref="HighlanderNode.RehearseAsync"/>), with a child that starts <c>sleep 3600</c> (without <c>sleep</c>,
+    /// <c>sh -c :</c>) the way the command is started (parent-death signal, own session, the watchdog) and stops it the
+    /// way the command is stopped, so that the real hand-over later does not run that code, in this process, for the
+    /// first time. Nothing of the command runs for it, and it leaves the command's escaped processes alone.
     /// </summary>
     private static async Task RehearseWhenSettledAsync(HighlanderNode node, CommandChild child, string name, HighlanderOptions options, ILogger logger, CancellationToken cancellationToken)
     {

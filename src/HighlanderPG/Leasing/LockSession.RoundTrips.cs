@@ -176,9 +176,10 @@ internal sealed partial class LockSession
         // changed hands unnoticed, so a follower's steady state never asks pg_locks (whose cost grows with every lock).
         // Never in the same breath as the try, and at most once per HolderQueryInterval: a try that failed after a
         // holder vanished lost a race, and the winner is starting its children right now; every loser scanning the
-        // server's lock table and taking in a row per key at that moment would slow the take-over it just lost. A node
-        // releasing many singletons announces them in several batches, and each batch makes every follower try again:
-        // the keys still unknown are asked together, once, when the interval ends (ServeAsync).
+        // server's lock table and taking in a row per key at that moment would slow the take-over it just lost. A release of
+        // many singletons may come in several notifications (300 keys each) or statements (spread hand-overs, children
+        // that outlive a stop's gathering), and each makes every follower try again: the keys still unknown are asked
+        // together, once, when the interval ends (ServeAsync).
         // A key found free by the last query but lost again (a waiter's momentary shared lock, most likely) is asked
         // about again later each time it happens (FreeRetryDelay).
         // After a lost race (a holder went, another node took its keys) the question waits longer (LostRaceHolderDelay):
