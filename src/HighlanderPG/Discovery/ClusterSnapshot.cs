@@ -125,7 +125,7 @@ public sealed class ClusterSnapshot
             {
                 var key = reader.GetInt64(0);
                 var session = sessions[reader.GetInt32(1)];
-                if (session.NodeId is { } nodeId && key == Hosting.HighlanderNode.RehearsalKey(nodeId))
+                if (session.NodeId is { } nodeId && Hosting.HighlanderNode.IsRehearsalKey(nodeId, key))
                 {
                     continue; // the node's own take-over rehearsal, for a moment: not a singleton (docs/lease-protocol.md, "Rehearsal")
                 }

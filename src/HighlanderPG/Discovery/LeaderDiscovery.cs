@@ -211,7 +211,7 @@ public static class LeaderDiscovery
                 var owner = info.NodeId ?? (info.ApplicationName?.StartsWith(HolderQuery.WaiterApplicationNamePrefix, StringComparison.Ordinal) == true
                     ? info.ApplicationName[HolderQuery.WaiterApplicationNamePrefix.Length..]
                     : null);
-                if (owner is not null && key == Hosting.HighlanderNode.RehearsalKey(owner))
+                if (owner is not null && Hosting.HighlanderNode.IsRehearsalKey(owner, key))
                 {
                     continue; // the node's own take-over rehearsal, for a moment: not a singleton (docs/lease-protocol.md, "Rehearsal")
                 }

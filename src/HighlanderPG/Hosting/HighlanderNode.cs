@@ -386,6 +386,25 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// </summary>
     internal static long RehearsalKey(string nodeId) => SingletonKey.Derive(RehearsalName, nodeId);
 
+    /// <summary>The most private keys a rehearsal round takes at once (<see cref="RehearsalWidth"/>).</summary>
+    internal const int MaxRehearsalWidth = 64;
+
+    /// <summary>The <paramref name="index"/>th of a node's private rehearsal keys: the ones after <see cref="RehearsalKey(string)"/>.</summary>
+    internal static long RehearsalKey(string nodeId, int index) => unchecked(RehearsalKey(nodeId) + index);
+
+    /// <summary>Whether <paramref name="key"/> is one of <paramref name="nodeId"/>'s private rehearsal keys (a cluster snapshot leaves them out).</summary>
+    internal static bool IsRehearsalKey(string nodeId, long key) => unchecked((ulong)(key - RehearsalKey(nodeId))) < MaxRehearsalWidth;
+
+    /// <summary>
+    /// How many private keys (and children) each rehearsal round takes at once: as many as the node has singletons, at
+    /// most <see cref="MaxRehearsalWidth"/>. A node that may take over a thousand singletons at once runs the per-singleton
+    /// path (the grant, the runner, the child's scope and start, the stop, the release) enough times in its rehearsal
+    /// that the runtime has compiled it optimized before a real take-over: run only three times, it stayed at the JIT's
+    /// quick first tier, and a take-over of a thousand ran a thousand times that unoptimized code and had it recompiled
+    /// in the middle, on the same cores (docs/lease-protocol.md, "Rehearsal").
+    /// </summary>
+    internal int RehearsalWidth => Math.Clamp(_registrations.Count, 1, MaxRehearsalWidth);
+
     /// <summary>
     /// A rehearsal's child: a singleton's delegate that also calls <c>running</c> once it runs; the round then stops it
     /// the way a node's stop does (its stopping token). A child that returns without calling it ends its round instead.
@@ -413,18 +432,20 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     /// <summary>
     /// Runs a take-over and a step-down through the real path, once per <see cref="RehearsalRounds">round</see>, each
-    /// time on a private lock, so that neither pays, the first time it happens in this process, for code running for the
-    /// first time (docs/lease-protocol.md, "Rehearsal"): a key of its own (<see cref="RehearsalKey"/>), that nobody else wants, is wanted by this node's
-    /// session (and taken without an epoch bump, so no fencing row is left); in the second and third rounds a contender
-    /// (a connection of this node's own, like its waiter's) holds it first, so the session's try fails, learns the holder
-    /// and has its waiter watch it, and then the contender releases it with an announcement (a graceful hand-over) or
-    /// ends its session (a crash). A runner leads it like any singleton and starts <paramref name="run"/> as its child in
-    /// a scope of its own; once the child runs, the round stops it as a node's stop would, and the runner releases the
-    /// lock. Quiet: no state change, span or measurement; its runner's messages are formatted and dropped, and one line
+    /// time on private locks, so that neither pays, the first time it happens in this process, for code running for the
+    /// first time (docs/lease-protocol.md, "Rehearsal"): keys of its own (<see cref="RehearsalKey(string, int)"/>, as many
+    /// as <see cref="RehearsalWidth"/>), that nobody else wants, are wanted by this node's session (and taken without an
+    /// epoch bump, so no fencing row is left); in the second and third rounds a contender (a connection of this node's
+    /// own, like its waiter's) holds them first, so the session's try fails, learns the holder and has its waiter watch
+    /// it, and then the contender releases them with an announcement, in one statement (a graceful hand-over), or ends
+    /// its session (a crash). A runner per key leads it like any singleton and starts <paramref name="run"/> as its child
+    /// in a scope of its own; once every child runs, the round stops them as a node's stop would, and the runners release
+    /// the locks. Quiet: no state change, span or measurement; its runner's messages are formatted and dropped, and one line
     /// is logged at debug. Skipped (false) under the spread placement (a try there is planned by the share) and when the
-    /// node is not running; each round bounded by <paramref name="timeout"/> (a drained node never takes the key: then
-    /// it is abandoned, not run). Returns the rounds tried, in order (none when skipped; the last one not run when it
-    /// was given up).
+    /// node is not running; each round bounded by <paramref name="timeout"/> (a drained node never takes the keys: then
+    /// it is abandoned, not run). With at least <see cref="TierUpWidth"/> keys, <see cref="TierUpRounds"/> more rounds
+    /// (the keys free) follow, after pauses. Returns the rounds tried, in order (none when skipped; the last one not run
+    /// when it was given up).
     /// </summary>
     internal Task<IReadOnlyList<RehearsedRound>> RehearseAsync(RehearsalChild run, TimeSpan timeout, CancellationToken cancellationToken)
     {
@@ -459,10 +480,41 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             }
         }
 
+        // A node that may take over many singletons at once runs the per-singleton path again, a few times, after pauses:
+        // the runtime counts calls towards its optimizing recompilation only once it has compiled nothing new for a
+        // moment (about 100 ms), so the three rounds above, at the node's start, leave that path at its first, quick tier.
+        if (RehearsalWidth >= TierUpWidth && rounds.Count == RehearsalRounds.Length && rounds.All(r => r.Ran))
+        {
+            for (var i = 0; i < TierUpRounds; i++)
+            {
+                await Task.Delay(TierUpPause, _time, cancellationToken).ConfigureAwait(false);
+                var outcome = await RehearseCoreAsync(session, run, RehearsalRound.Free, timeout, cancellationToken).ConfigureAwait(false);
+                rounds.Add(outcome);
+                if (!outcome.Ran)
+                {
+                    break;
+                }
+            }
+        }
+
         PrepareTakeOver();
         Log.Rehearsed(logger, rounds.All(r => r.Ran), _time.GetElapsedTime(started));
         return rounds;
     }
+
+    /// <summary>From how many private keys per round a rehearsal adds its <see cref="TierUpRounds"/>.</summary>
+    internal const int TierUpWidth = 32;
+
+    /// <summary>
+    /// Rounds (the keys free) that a rehearsal of at least <see cref="TierUpWidth"/> keys adds, each after
+    /// <see cref="TierUpPause"/>, so that the runtime recompiles the per-singleton path optimized (its tiered compilation
+    /// promotes a method after 30 counted calls, then again after 30 more with profile-guided optimization) before a
+    /// real take-over of many singletons runs it (docs/lease-protocol.md, "Rehearsal").
+    /// </summary>
+    internal const int TierUpRounds = 3;
+
+    /// <summary>The pause before each of the <see cref="TierUpRounds"/>: longer than the runtime's call-counting delay (100 ms).</summary>
+    internal static readonly TimeSpan TierUpPause = TimeSpan.FromMilliseconds(300);
 
     private Task _rehearsal = Task.CompletedTask;
     private readonly CancellationTokenSource _rehearsalStop = new();
@@ -472,31 +524,44 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         // What a real acquisition also touches, in the same order.
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderActivities).TypeHandle);
         System.Runtime.CompilerServices.RuntimeHelpers.RunClassConstructor(typeof(HighlanderMetrics).TypeHandle);
-        var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child has returned
-        var running = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child runs
-        var registration = new SingletonRegistration(
-            RehearsalName,
-            typeof(DelegateSingleton),
-            sp => new DelegateSingleton(sp.GetRequiredService<ILeadership>(), sp, async (leadership, services, token) =>
-            {
-                try
+        var width = RehearsalWidth;
+        var keys = new long[width];
+        var registrations = new SingletonRegistration[width];
+        var ended = new Task[width]; // each child runs (then the round stops it) or has returned
+        for (var i = 0; i < width; i++)
+        {
+            var ran = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child has returned
+            var running = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the child runs
+            keys[i] = RehearsalKey(_options.NodeId, i);
+            ended[i] = Task.WhenAny(ran.Task, running.Task);
+            registrations[i] = new SingletonRegistration(
+                RehearsalName,
+                typeof(DelegateSingleton),
+                sp => new DelegateSingleton(sp.GetRequiredService<ILeadership>(), sp, async (leadership, services, token) =>
                 {
-                    await run(leadership, services, () => running.TrySetResult(), token).ConfigureAwait(false);
-                }
-                finally
-                {
-                    ran.TrySetResult();
-                }
-            }),
-            configure: null);
+                    try
+                    {
+                        await run(leadership, services, () => running.TrySetResult(), token).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        ran.TrySetResult();
+                    }
+                }),
+                configure: null);
+        }
+
         var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
         singleton.RestartPolicy = RestartPolicy.Never; // done once it returns: the lock is kept until the round ends it
-        var key = RehearsalKey(_options.NodeId);
-        session.SetNeverFenced(key, on: true);
+        foreach (var key in keys)
+        {
+            session.SetNeverFenced(key, on: true);
+        }
+
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _rehearsalStop.Token);
         var deadline = _time.GetTimestamp() + (long)(timeout.TotalSeconds * _time.TimestampFrequency);
         NpgsqlConnection? contender = null;
-        var runnerTask = Task.CompletedTask;
+        var runnerTasks = new List<Task>(width);
         var done = false;
         var watched = false;
         try
@@ -505,25 +570,29 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
             {
                 using var bounded = new CancellationTokenSource(timeout, _time);
                 using var opening = CancellationTokenSource.CreateLinkedTokenSource(stop.Token, bounded.Token);
-                contender = await OpenContenderAsync(key, opening.Token).ConfigureAwait(false);
+                contender = await OpenContenderAsync(keys, opening.Token).ConfigureAwait(false);
             }
 
-            // A round ends once the child runs (then it is stopped) or has returned (the runner keeps the lock, its restart
-            // policy being Never, until the round ends it). Not when the runner reports Leading: a BackgroundService's
-            // ExecuteAsync starts on the thread pool after StartAsync returns, and a stop that came first would keep the
-            // child from running at all.
-            var runner = new SingletonRunner(registration, singleton, key, _options, LeaseTimings.From(_options), session, _services, _time,
-                FormattingOnlyLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
-            runnerTask = Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None);
+            // A round ends once every child runs (then they are stopped) or has returned (the runner keeps the lock, its
+            // restart policy being Never, until the round ends it). Not when the runner reports Leading: a
+            // BackgroundService's ExecuteAsync starts on the thread pool after StartAsync returns, and a stop that came
+            // first would keep the child from running at all.
+            for (var i = 0; i < width; i++)
+            {
+                var runner = new SingletonRunner(registrations[i], singleton, keys[i], _options, LeaseTimings.From(_options), session, _services, _time,
+                    FormattingOnlyLogger.Instance, static _ => { }, static () => { }, rehearsal: true);
+                runnerTasks.Add(Task.Run(() => runner.RunAsync(stop.Token), CancellationToken.None));
+            }
+
             if (contender is not null)
             {
                 // Once the session's try has failed and its waiter watches the contender (or soon after, if it never does:
-                // the announcement alone wakes the session), the contender lets go.
+                // the announcement alone wakes the session), the contender lets go of every key, in one statement.
                 var watchedWithin = Remaining(deadline);
-                watched = await WatchedAsync(session, key, watchedWithin < WatchedAtMost ? watchedWithin : WatchedAtMost, stop.Token).ConfigureAwait(false);
+                watched = await WatchedAsync(session, keys[0], watchedWithin < WatchedAtMost ? watchedWithin : WatchedAtMost, stop.Token).ConfigureAwait(false);
                 if (round == RehearsalRound.HandedOver)
                 {
-                    var unlocking = LockProtocol.UnlockAndNotifyAsync(contender, [key]);
+                    var unlocking = LockProtocol.UnlockAndNotifyAsync(contender, keys);
                     try
                     {
                         await unlocking.WaitAsync(stop.Token).ConfigureAwait(false);
@@ -543,7 +612,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
                 contender = null;
             }
 
-            await Task.WhenAny(ran.Task, running.Task).WaitAsync(Remaining(deadline), _time, stop.Token).ConfigureAwait(false);
+            await Task.WhenAll(ended).WaitAsync(Remaining(deadline), _time, stop.Token).ConfigureAwait(false);
             done = true;
         }
         catch (Exception ex) when (ex is TimeoutException or OperationCanceledException or NpgsqlException)
@@ -558,11 +627,14 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
                 await contender.DisposeAsync().ConfigureAwait(false);
             }
 
-            // The runner stops the child (as a node's stop does) and releases the lock (announced like any release) before
-            // it returns.
+            // Each runner stops its child (as a node's stop does) and releases its lock (announced like any release)
+            // before it returns.
             await stop.CancelAsync().ConfigureAwait(false);
-            await runnerTask.ConfigureAwait(false);
-            session.SetNeverFenced(key, on: false);
+            await Task.WhenAll(runnerTasks).ConfigureAwait(false);
+            foreach (var key in keys)
+            {
+                session.SetNeverFenced(key, on: false);
+            }
         }
 
         return new RehearsedRound(round, done, watched);
@@ -574,12 +646,12 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         return left > 0 ? TimeSpan.FromSeconds(left) : TimeSpan.Zero;
     }
 
-    /// <summary>A rehearsal's contender: a connection of this node's waiter's kind, holding <paramref name="key"/>.</summary>
-    private async Task<NpgsqlConnection> OpenContenderAsync(long key, CancellationToken cancellationToken)
+    /// <summary>A rehearsal's contender: a connection of this node's waiter's kind, holding <paramref name="keys"/>.</summary>
+    private async Task<NpgsqlConnection> OpenContenderAsync(long[] keys, CancellationToken cancellationToken)
     {
         // Against a silent server this may go on after the token is cancelled (a node's stop was seen to wait 15 s, Npgsql's
         // connect timeout): the node's stop, which waits for a rehearsal under way, must not wait for that.
-        var opening = OpenAndLockContenderAsync(key, cancellationToken);
+        var opening = OpenAndLockContenderAsync(keys, cancellationToken);
         try
         {
             return await opening.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -591,13 +663,15 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         }
     }
 
-    private async Task<NpgsqlConnection> OpenAndLockContenderAsync(long key, CancellationToken cancellationToken)
+    private async Task<NpgsqlConnection> OpenAndLockContenderAsync(long[] keys, CancellationToken cancellationToken)
     {
         var connection = await _waitDataSource!.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            await using var cmd = new NpgsqlCommand("SELECT pg_advisory_lock($1)", connection);
-            cmd.Parameters.Add(new NpgsqlParameter<long> { TypedValue = key });
+            // Nobody else wants these keys: each is free, or held for a moment by this node's session (a round given up
+            // is released as its runners end), which the lock waits for.
+            await using var cmd = new NpgsqlCommand("SELECT count(pg_advisory_lock(k)) FROM unnest($1::bigint[]) AS k", connection);
+            cmd.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = keys });
             await cmd.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             return connection;
         }

@@ -126,6 +126,117 @@ public sealed class RehearsalTests(PostgresFixture pg)
     }
 
     [Fact]
+    public async Task A_node_of_several_singletons_rehearses_as_many_at_once_each_on_a_private_lock_and_leaves_none_behind()
+    {
+        string[] names = ["w0", "w1", "w2", "w3", "w4"];
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
+        var idB = "b-" + Guid.NewGuid().ToString("N")[..6];
+        var a = await cluster.StartNodeAsync(idA, names, ByHand);
+        foreach (var name in names)
+        {
+            await cluster.Recorder.WaitStartedAsync(name, node: idA);
+        }
+
+        var b = await cluster.StartNodeAsync(idB, names, ByHand);
+        foreach (var name in names)
+        {
+            await b.WaitForLeaderAsync(name, idA);
+        }
+
+        var node = Assert.IsType<HighlanderNode>(b.Singletons);
+        Assert.Equal(names.Length, node.RehearsalWidth);
+        var keys = new ConcurrentQueue<long>();
+        var snapshots = new ConcurrentQueue<HighlanderPG.Discovery.ClusterSnapshot>();
+        var stopped = 0;
+        var rounds = await node.RehearseAsync(async (leadership, _, running, stopping) =>
+        {
+            keys.Enqueue(leadership.Key);
+            await using (var connection = new Npgsql.NpgsqlConnection(pg.ConnectionString))
+            {
+                await connection.OpenAsync();
+                snapshots.Enqueue(await HighlanderPG.Discovery.ClusterSnapshot.ReadAsync(connection, null, "highlander"));
+            }
+
+            running();
+            try
+            {
+                await Task.Delay(System.Threading.Timeout.Infinite, stopping);
+            }
+            catch (OperationCanceledException)
+            {
+                Interlocked.Increment(ref stopped);
+            }
+        }, Timeout, CancellationToken.None);
+
+        // Every round took five private keys at once (one per singleton of the node), ran a child on each and stopped them all.
+        Assert.Equal(HighlanderNode.RehearsalRounds, rounds.Select(r => r.Round));
+        Assert.All(rounds, r => Assert.True(r.Ran));
+        Assert.Equal([false, true, true], rounds.Select(r => r.ContenderWatched));
+        long[] expected = [.. Enumerable.Range(0, names.Length).Select(i => HighlanderNode.RehearsalKey(idB, i))];
+        Assert.Equal(expected.Length, expected.Distinct().Count());
+        Assert.All(expected, k => Assert.True(HighlanderNode.IsRehearsalKey(idB, k)));
+        Assert.False(HighlanderNode.IsRehearsalKey(idA, expected[0])); // another node's keys are its own
+        Assert.Equal(3 * names.Length, keys.Count);
+        Assert.All(keys, k => Assert.Contains(k, expected));
+        foreach (var key in expected)
+        {
+            Assert.Equal(3, keys.Count(k => k == key)); // each key once per round
+        }
+
+        Assert.Equal(3 * names.Length, stopped);
+        Assert.All(snapshots, snapshot =>
+        {
+            Assert.DoesNotContain(snapshot.Singletons, x => expected.Contains(x.Key));
+            Assert.Empty(snapshot.Nodes.Single(n => n.NodeId == idB).Leading);
+        });
+        Assert.Equal(0, await AdvisoryLocksOfAsync(idB)); // all released before RehearseAsync returned
+        Assert.DoesNotContain(cluster.Recorder.Events, e => e.Node == idB);
+
+        // The real take-over of all five afterwards, as ever.
+        var mark = cluster.Recorder.Mark();
+        await a.StopAsync();
+        foreach (var name in names)
+        {
+            await cluster.Recorder.WaitStartedAsync(name, mark, node: idB);
+        }
+
+        cluster.Recorder.AssertNoOverlap();
+    }
+
+    [Fact]
+    public async Task A_node_of_many_singletons_rehearses_the_per_singleton_path_again_after_pauses()
+    {
+        var names = Enumerable.Range(0, HighlanderNode.TierUpWidth).Select(i => $"m{i:D2}").ToArray();
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
+        var a = await cluster.StartNodeAsync(idA, names, ByHand);
+        foreach (var name in names)
+        {
+            await cluster.Recorder.WaitStartedAsync(name, node: idA);
+        }
+
+        var node = Assert.IsType<HighlanderNode>(a.Singletons);
+        Assert.Equal(HighlanderNode.TierUpWidth, node.RehearsalWidth);
+        var runs = 0;
+        var rounds = await node.RehearseAsync(async (_, _, running, stopping) =>
+        {
+            Interlocked.Increment(ref runs);
+            running();
+            await Task.Delay(System.Threading.Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
+        }, Timeout, CancellationToken.None);
+
+        // The three ways to take over, then the extra rounds with the keys free: every child of every round ran.
+        HighlanderNode.RehearsalRound[] expected = [.. HighlanderNode.RehearsalRounds, .. Enumerable.Repeat(HighlanderNode.RehearsalRound.Free, HighlanderNode.TierUpRounds)];
+        Assert.Equal(expected, rounds.Select(r => r.Round));
+        Assert.All(rounds, r => Assert.True(r.Ran));
+        Assert.Equal(expected.Length * HighlanderNode.TierUpWidth, runs);
+        Assert.Equal(names.Length, await AdvisoryLocksOfAsync(idA)); // its singletons' locks, none of the rehearsal's
+        Assert.Equal(names.Length, cluster.Recorder.Events.Count(e => e.Node == idA && e.Kind == LifeKind.Started)); // its own children only, once each
+        Assert.All(names, name => Assert.Equal(SingletonState.Leading, a.Singletons.Get(name)!.State));
+    }
+
+    [Fact]
     public async Task A_leaders_rehearsal_with_a_child_that_returns_by_itself_runs_every_round_and_keeps_only_its_own_lock()
     {
         await using var cluster = new TestCluster(pg.ConnectionString);
