@@ -75,6 +75,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         var timings = LeaseTimings.From(_options);
         var session = new LockSession(_options, timings, _lockDataSource, dataSourceName, _registrations.Count, _time, _logger);
         Session = session;
+        session.ReleasesSent = OnReleasesSent;
         _runners = _registrations.Select(r =>
         {
             var singleton = _options.SingletonDefaults.CopyTo(new ClusterSingletonOptions());
@@ -216,6 +217,8 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         Precompile.Methods(typeof(HighlanderNode), nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync));
         Precompile.Methods(typeof(LockSession), nameof(LockSession.LeavePlacement), nameof(LockSession.GatherReleases));
         Precompile.Methods(typeof(KeyLedger), nameof(KeyLedger.GatherReleases));
+        // And run once on a scratch ledger: the types its loops use are loaded now, not on the way to the children's stop.
+        new KeyLedger().GatherReleases(0);
         PrepareMeasurements();
     }
 
@@ -714,6 +717,29 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// an exception from it is logged and changes nothing else.
     /// </summary>
     internal Action<SingletonStateChanged>? StateChangedInline { get; set; }
+
+    /// <summary>
+    /// Called synchronously on the lock session's loop right after a batch of releases of registered singletons (not only
+    /// a rehearsal's private keys) was written to the server, before its answer: for the CLI, which lowers its priority then while stopping, so that what it still runs (reading that
+    /// answer, its own shutdown, compiled for the first time then) does not compete with the node taking over
+    /// (docs/cli.md, "Hand-over: where the time goes"). Must be quick and not block; an exception from it is logged.
+    /// </summary>
+    internal Action? ReleasesSentInline { get; set; }
+
+    private void OnReleasesSent(long[] keys)
+    {
+        if (ReleasesSentInline is { } inline && Array.Exists(keys, key => !IsRehearsalKey(_options.NodeId, key)))
+        {
+            try
+            {
+                inline();
+            }
+            catch (Exception ex)
+            {
+                Log.StateChangedHandlerFailed(_logger, ex);
+            }
+        }
+    }
 
     private void Publish(SingletonStateChanged change)
     {

@@ -441,7 +441,12 @@ internal sealed partial class LockSession
     {
         var sent = _time.GetTimestamp();
         var keys = releases.Select(r => r.Lease.Key).ToArray();
-        await RoundTripAsync(session, () => LockProtocol.UnlockAndNotifyAsync(connection, keys)).ConfigureAwait(false);
+        await RoundTripAsync(session, () =>
+        {
+            var unlocking = LockProtocol.UnlockAndNotifyAsync(connection, keys);
+            ReleasesSent?.Invoke(keys); // the statement is on its way (written before its answer is awaited)
+            return unlocking;
+        }).ConfigureAwait(false);
         _ledger.Released(releases);
         foreach (var (lease, done) in releases)
         {

@@ -75,6 +75,12 @@ internal sealed partial class LockSession : ILockSession
     /// <summary>Wakes when the set of keys to wait for changes (for the follower waiter).</summary>
     public event Action? WantsChanged;
 
+    /// <summary>
+    /// Called on the session's loop with the keys of a batch of releases right after it was handed to the connection,
+    /// before the server's answer (<see cref="Hosting.HighlanderNode.ReleasesSentInline"/>). Must be quick and not throw.
+    /// </summary>
+    internal Action<long[]>? ReleasesSent { get; set; }
+
     /// <inheritdoc/>
     public Task<Lease> AcquireAsync(long key, string name, CancellationToken cancellationToken)
     {

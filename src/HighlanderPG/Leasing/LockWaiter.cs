@@ -78,6 +78,15 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
         var backoff = new Backoff(options.ReconnectMinDelay, options.ReconnectMaxDelay);
         try
         {
+            try
+            {
+                await WarmUpAsync(stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                return;
+            }
+
             while (!stopping.IsCancellationRequested)
             {
                 try
@@ -209,15 +218,31 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
     /// <summary>How long a waiter with nothing to watch keeps its session before it gives it up: a second, or the wait slice when shorter.</summary>
     internal static TimeSpan IdleGrace(LeaseTimings timings) => timings.WaitSlice < TimeSpan.FromSeconds(1) ? timings.WaitSlice : TimeSpan.FromSeconds(1);
 
-    /// <summary>Whether there is something to watch again within <paramref name="grace"/> (on the node's clock), counted from now.</summary>
-    private async Task<bool> TargetsWithinAsync(TimeSpan grace, CancellationToken stopping)
+    /// <summary>
+    /// Runs the two waits that follow a freed key (<see cref="ChangedWithinAsync"/>, then <see cref="TargetsWithinAsync"/>
+    /// once this node has taken over) once now, each ending at once: their first run (compiling them and their async
+    /// machinery, about a millisecond of CPU measured) would otherwise fall in the middle of a take-over, beside the new
+    /// leader's start. A change signalled meanwhile may be taken by it: harmless, the loop reads the targets afresh.
+    /// </summary>
+    private async Task WarmUpAsync(CancellationToken stopping)
+    {
+        await ChangedWithinAsync(TimeSpan.Zero, stopping).ConfigureAwait(false);
+        await TargetsWithinAsync(TimeSpan.Zero, stopping, waitAnyway: true).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Whether there is something to watch again within <paramref name="grace"/> (on the node's clock), counted from now.
+    /// <paramref name="waitAnyway"/>: wait for a change first even when there is something to watch (the warm-up).
+    /// </summary>
+    private async Task<bool> TargetsWithinAsync(TimeSpan grace, CancellationToken stopping, bool waitAnyway = false)
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(stopping);
-        using var timer = time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, grace, Timeout.InfiniteTimeSpan);
+        using var timer = CancelAfter(cts, grace);
         try
         {
-            while (session.WatchTargets().Count == 0)
+            while (waitAnyway || session.WatchTargets().Count == 0)
             {
+                waitAnyway = false;
                 await _changed.WaitAsync(cts.Token).ConfigureAwait(false);
             }
 
@@ -233,7 +258,7 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
     private async Task ChangedWithinAsync(TimeSpan within, CancellationToken stopping)
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(stopping);
-        using var timer = time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, within, Timeout.InfiniteTimeSpan);
+        using var timer = CancelAfter(cts, within);
         try
         {
             await _changed.WaitAsync(cts.Token).ConfigureAwait(false);
@@ -242,6 +267,22 @@ internal sealed class LockWaiter(HighlanderOptions options, LeaseTimings timings
         {
             // Nothing reported within the grace: choose again from what the session knows now.
         }
+    }
+
+    /// <summary>
+    /// Cancels <paramref name="cts"/> after <paramref name="delay"/> on the node's clock; a zero delay (the warm-up) on a
+    /// thread-pool thread at once, whatever the clock (a test's clock may not move by itself), so that the wait begun
+    /// meanwhile has usually been suspended first.
+    /// </summary>
+    private ITimer? CancelAfter(CancellationTokenSource cts, TimeSpan delay)
+    {
+        if (delay > TimeSpan.Zero)
+        {
+            return time.CreateTimer(static state => CancelQuietly((CancellationTokenSource)state!), cts, delay, Timeout.InfiniteTimeSpan);
+        }
+
+        ThreadPool.UnsafeQueueUserWorkItem(static state => CancelQuietly(state), cts, preferLocal: false);
+        return null;
     }
 
     /// <summary>One wait slice on the server; returns the key found freed, or null when every holder is still there.</summary>

@@ -236,6 +236,36 @@ public sealed class RehearsalTests(PostgresFixture pg)
         Assert.All(names, name => Assert.Equal(SingletonState.Leading, a.Singletons.Get(name)!.State));
     }
 
+    /// <summary>
+    /// The release of a registered singleton is told to <see cref="HighlanderNode.ReleasesSentInline"/> as it is written to
+    /// the server, before its answer is read (the CLI lowers its priority then, docs/cli.md): while the singleton is
+    /// still stopping, once per release; a rehearsal's releases (private keys) are not told.
+    /// </summary>
+    [Fact]
+    public async Task A_release_is_told_as_it_is_sent_before_its_answer_and_a_rehearsals_release_is_not()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
+        var a = await cluster.StartNodeAsync(idA, ["job"], ByHand);
+        await cluster.Recorder.WaitStartedAsync("job", node: idA);
+        var node = Assert.IsType<HighlanderNode>(a.Singletons);
+        var told = new ConcurrentQueue<SingletonState?>();
+        node.ReleasesSentInline = () => told.Enqueue(node.Get("job")?.State);
+
+        var rounds = await node.RehearseAsync(async (_, _, running, stopping) =>
+        {
+            running();
+            await Task.Delay(System.Threading.Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
+        }, Timeout, CancellationToken.None);
+        Assert.All(rounds, r => Assert.True(r.Ran)); // each round released its private key: none of them was told
+        Assert.Empty(told);
+
+        await node.StopAsync(CancellationToken.None);
+        Assert.Equal([SingletonState.Stopping], told); // told once, its child stopped and the answer not read yet
+        Assert.Equal(SingletonState.Stopped, node.Get("job")!.State);
+        Assert.Equal(0, await AdvisoryLocksOfAsync(idA));
+    }
+
     [Fact]
     public async Task A_leaders_rehearsal_with_a_child_that_returns_by_itself_runs_every_round_and_keeps_only_its_own_lock()
     {

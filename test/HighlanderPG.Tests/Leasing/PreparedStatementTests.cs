@@ -5,8 +5,8 @@ using Npgsql;
 namespace HighlanderPG.Tests.Leasing;
 
 /// <summary>
-/// A lock session's repeated statements are prepared on the server (Npgsql's automatic preparation), the waiter's are
-/// not, and a connection string that sets <c>Max Auto Prepare</c> is obeyed. Seen in the server's own log
+/// A lock session's repeated statements are prepared on the server (Npgsql's automatic preparation) and planned once
+/// (<c>plan_cache_mode</c>), the waiter's are not, and a connection string that sets <c>Max Auto Prepare</c> is obeyed. Seen in the server's own log
 /// (log_statement = all: a prepared statement runs as <c>execute _auto…</c>, another as <c>execute &lt;unnamed&gt;</c>).
 /// </summary>
 public sealed class PreparedStatementTests
@@ -40,6 +40,8 @@ public sealed class PreparedStatementTests
         Assert.All(heartbeatsA.Skip(1), l => Assert.Contains("execute _auto", l, StringComparison.Ordinal));
         Assert.Contains(lockA, l => l.Contains("execute _auto", StringComparison.Ordinal) && l.Contains(TryStatement, StringComparison.Ordinal));
         Assert.Contains(lockA, l => l.Contains("execute _auto", StringComparison.Ordinal) && l.Contains(ReleaseStatement, StringComparison.Ordinal));
+        // And planned once each (a generic plan), not afresh at each of their first five runs: set at the session's start.
+        Assert.Contains(lockA, l => l.Contains("set_config('plan_cache_mode', 'force_generic_plan', false)", StringComparison.Ordinal));
 
         // b's connection string set Max Auto Prepare=0: nothing of b is prepared, its take-over neither.
         var lockB = Lines(server.LogFile, "highlander/b");
