@@ -136,7 +136,8 @@ public sealed class ClusterControl : IAsyncDisposable
             await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
             var until = reader.GetFieldValue<DateTimeOffset>(0);
-            var keys = reader.GetFieldValue<long[]>(1);
+            // Not a take-over rehearsal's private keys, held for a moment if the node was rehearsing: no singleton's.
+            var keys = reader.GetFieldValue<long[]>(1).Where(k => !Hosting.HighlanderNode.IsRehearsalKey(node, k));
             var led = keys.Select(k => before.Singletons.FirstOrDefault(s => s.Key == k)
                 ?? new ClusterSingleton(k, null, null, null, null, null, null, null, null, null, [])).ToList();
             return new DrainResult(node, until, led, OtherNodes(before, node));

@@ -266,6 +266,43 @@ public sealed class RehearsalTests(PostgresFixture pg)
         Assert.Equal(0, await AdvisoryLocksOfAsync(idA));
     }
 
+    /// <summary>
+    /// A node drained while it rehearses (its private keys held) is reported as leading its singletons only: the
+    /// rehearsal's keys are no singleton's (found by the CI, a drain that listed 31 of them).
+    /// </summary>
+    [Fact]
+    public async Task A_node_drained_in_the_middle_of_its_rehearsal_is_reported_leading_its_singletons_only()
+    {
+        string[] names = ["d1", "d2", "d3"];
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = "a-" + Guid.NewGuid().ToString("N")[..6];
+        var a = await cluster.StartNodeAsync(idA, names, ByHand);
+        foreach (var name in names)
+        {
+            await cluster.Recorder.WaitStartedAsync(name, node: idA);
+        }
+
+        var node = Assert.IsType<HighlanderNode>(a.Singletons);
+        await using var control = new ClusterControl(pg.ConnectionString, cluster.Namespace);
+        var drained = new TaskCompletionSource<DrainResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var heldThen = 0L;
+        await node.RehearseAsync(async (_, _, running, stopping) =>
+        {
+            running();
+            if (!drained.Task.IsCompleted && Interlocked.Exchange(ref heldThen, await AdvisoryLocksOfAsync(idA)) == 0)
+            {
+                drained.TrySetResult(await control.DrainAsync(idA, TimeSpan.FromMinutes(5)));
+            }
+
+            await Task.Delay(System.Threading.Timeout.Infinite, stopping).ContinueWith(_ => { }, TaskScheduler.Default);
+        }, TimeSpan.FromSeconds(5), CancellationToken.None);
+
+        var drain = await drained.Task.WaitAsync(Timeout);
+        Assert.True(heldThen > names.Length, $"{heldThen} locks held during the round"); // the singletons' and the rehearsal's
+        Assert.Equal(names.Select(n => SingletonKey.Derive(cluster.Namespace, n)).Order(), drain.Singletons.Select(s => s.Key).Order());
+        await control.UndrainAsync(idA);
+    }
+
     [Fact]
     public async Task A_leaders_rehearsal_with_a_child_that_returns_by_itself_runs_every_round_and_keeps_only_its_own_lock()
     {
