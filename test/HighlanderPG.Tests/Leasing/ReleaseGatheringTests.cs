@@ -177,6 +177,7 @@ public sealed class ReleaseGatheringTests(PostgresFixture pg)
             }
 
             await slowStarted.Task.WaitAsync(TimeSpan.FromSeconds(60));
+            await rig.Node.RehearsedAsync(); // no rehearsal in flight (its private locks and releases) while a test acts
             await rig.ListenAsync();
             return rig;
         }
