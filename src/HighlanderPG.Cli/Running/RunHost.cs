@@ -216,6 +216,7 @@ internal static partial class RunHost
         {
             if (singletons is HighlanderNode node)
             {
+                node.StopRunnersInline = true; // its children are this command's own: the signal's thread SIGTERMs COMMAND's group
                 node.PrepareStop();
                 Volatile.Write(ref _node, node);
             }

@@ -202,10 +202,31 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
                 told = false;
             }
 
-            _ = StopOnceAsync(first, told);
+            if (told)
+            {
+                // The rest of the stop only waits for the runners, then closes the sessions: started once they are done, so
+                // that its code (compiled for the first time then) does not compete with the children's stop and the
+                // release on the way to the next node's take-over.
+                _ = _runnersTask.ContinueWith(
+                    StopOnceRunnersDone,
+                    (this, first),
+                    CancellationToken.None,
+                    TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default);
+            }
+            else
+            {
+                _ = StopOnceAsync(first, told);
+            }
         }
 
         return stop;
+    }
+
+    private static void StopOnceRunnersDone(Task runners, object? state)
+    {
+        var (node, done) = ((HighlanderNode, TaskCompletionSource))state!;
+        _ = node.StopOnceAsync(done, runnersTold: true);
     }
 
     /// <summary>
@@ -214,7 +235,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
     /// </summary>
     internal void PrepareStop()
     {
-        Precompile.Methods(typeof(HighlanderNode), nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync));
+        Precompile.Methods(typeof(HighlanderNode), nameof(StopAsync), nameof(TellRunnersUnlessRehearsing), nameof(TellRunners), nameof(StopOnceAsync), nameof(StopCoreAsync), nameof(StopOnceRunnersDone));
         Precompile.Methods(typeof(LockSession), nameof(LockSession.LeavePlacement), nameof(LockSession.GatherReleases));
         Precompile.Methods(typeof(KeyLedger), nameof(KeyLedger.GatherReleases));
         // And run once on a scratch ledger: the types its loops use are loaded now, not on the way to the children's stop.
@@ -274,9 +295,25 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         Session?.GatherReleases(_options.ReleaseGatherLimit); // one batch of releases, not one per child (docs/lease-protocol.md, "Releasing")
         foreach (var stop in _runnerStops)
         {
-            _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do
+            if (StopRunnersInline)
+            {
+                stop.Cancel(); // the CLI's own children: their callbacks only signal the command's group
+            }
+            else
+            {
+                _ = stop.CancelAsync(); // not awaited: the runner bounds its child's stop, whatever the child's callbacks do
+            }
         }
     }
+
+    /// <summary>
+    /// Whether a stop tells the runners on the stopping thread itself (their cancellation callbacks run there, at once),
+    /// instead of on the thread pool: for the CLI, whose only children are its own (their callbacks signal the command's
+    /// process group and return), so that the command gets its SIGTERM from the thread that heard highlander's, without
+    /// waiting for a pool thread on a machine that is busy with the hand-over (docs/cli.md, "Hand-over: where the time
+    /// goes"). Not for the library's users' children, whose callbacks may block.
+    /// </summary>
+    internal bool StopRunnersInline { get; set; }
 
     private readonly Lock _stopGate = new();
     private Task? _stopTask;
