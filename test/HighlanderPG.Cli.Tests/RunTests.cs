@@ -190,6 +190,51 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
     }
 
     /// <summary>
+    /// A run keeps the runtime's background compiler at the lowest CPU priority (docs/cli.md, "Hand-over: where the time
+    /// goes"): its thread, which a new process has for a while (recompiling what runs often), is seen at nice 19 under
+    /// <c>SCHED_IDLE</c>.
+    /// </summary>
+    [Fact]
+    public async Task A_runs_background_compiler_thread_is_kept_at_the_lowest_priority()
+    {
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", "tier-a", .. Timings, "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        await _life.Journal.WaitStartedAsync(_name, node: "tier-a");
+        var seen = new List<string>();
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (DateTime.UtcNow < until)
+        {
+            foreach (var task in Directory.EnumerateDirectories($"/proc/{a.Pid}/task"))
+            {
+                try
+                {
+                    if (!File.ReadAllText(Path.Combine(task, "comm")).StartsWith(Native.RuntimeCompilerThreadName, StringComparison.Ordinal))
+                    {
+                        continue;
+                    }
+
+                    var stat = File.ReadAllText(Path.Combine(task, "stat"));
+                    var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                    var (nice, policy) = (int.Parse(fields[16], CultureInfo.InvariantCulture), int.Parse(fields[38], CultureInfo.InvariantCulture));
+                    if ((nice, policy) == (19, 5))
+                    {
+                        return; // nice 19, SCHED_IDLE
+                    }
+
+                    seen.Add($"{Path.GetFileName(task)}: nice {nice}, policy {policy}");
+                }
+                catch (IOException)
+                {
+                    // the thread ended meanwhile
+                }
+            }
+
+            await Task.Delay(50);
+        }
+
+        Assert.Fail($"no compiler thread of highlander at nice 19 under SCHED_IDLE within 30 s (seen: {string.Join(", ", seen.Distinct())})\n{a.Output}");
+    }
+
+    /// <summary>
     /// A run keeps its next run of the command started ahead (docs/cli.md, "Hand-over: where the time goes"): a <c>sh</c>
     /// of its own, waiting on a FIFO, that becomes the command at the take-over (the same pid) with that acquisition's
     /// fencing token. Nothing of the command runs before.

@@ -326,4 +326,72 @@ public sealed class UnitTests
             directory.Delete(recursive: true);
         }
     }
+
+    /// <summary>
+    /// <see cref="Native.LowerThreadsNamed"/>: the threads of that name, and only those, at nice 19 under <c>SCHED_IDLE</c>;
+    /// once each; a thread gone is dropped from the set.
+    /// </summary>
+    [Fact]
+    public void Lowering_threads_by_name_lowers_those_only_once_each_and_forgets_them_when_they_end()
+    {
+        using var release = new ManualResetEventSlim();
+        using var ready = new CountdownEvent(2);
+        var tids = new int[2];
+        Thread Start(int i, string name)
+        {
+            var thread = new Thread(() =>
+            {
+                tids[i] = Native.CurrentThreadId();
+                ready.Signal();
+                release.Wait();
+            }) { Name = name, IsBackground = true };
+            thread.Start();
+            return thread;
+        }
+
+        var lowered = Start(0, "hl-lower-me");
+        var other = Start(1, "hl-leave-me");
+        ready.Wait(TimeSpan.FromSeconds(10));
+        try
+        {
+            var done = new HashSet<int>();
+            Assert.Equal(1, Native.LowerThreadsNamed("hl-lower-me", done));
+            Assert.Equal([tids[0]], done);
+            Assert.Equal((19, SchedIdle), (NiceOf(tids[0]), PolicyOf(tids[0])));
+            Assert.Equal((NiceOf(Environment.ProcessId), PolicyOf(Environment.ProcessId)), (NiceOf(tids[1]), PolicyOf(tids[1])));
+            Assert.NotEqual(SchedIdle, PolicyOf(tids[1]));
+            Assert.Equal(0, Native.LowerThreadsNamed("hl-lower-me", done)); // already done
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        lowered.Join();
+        other.Join();
+        // Joined, the thread may still be ending in the kernel for a moment: until its /proc entry is gone.
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (Directory.Exists($"/proc/self/task/{tids[0]}") && DateTime.UtcNow < until)
+        {
+            Thread.Sleep(10);
+        }
+
+        var after = new HashSet<int> { tids[0] };
+        Assert.Equal(0, Native.LowerThreadsNamed("hl-lower-me", after));
+        Assert.Empty(after); // the thread has ended
+    }
+
+    private const int SchedIdle = 5;
+
+    /// <summary>The nice value of thread <paramref name="tid"/> of this process (field 19 of its stat).</summary>
+    private static int NiceOf(int tid) => StatField(tid, 19);
+
+    /// <summary>The scheduling policy of thread <paramref name="tid"/> of this process (field 41 of its stat).</summary>
+    private static int PolicyOf(int tid) => StatField(tid, 41);
+
+    private static int StatField(int tid, int field)
+    {
+        var stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
+        return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[field - 3], CultureInfo.InvariantCulture);
+    }
 }

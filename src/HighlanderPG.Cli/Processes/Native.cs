@@ -286,7 +286,7 @@ internal static partial class Native
                 }
 
                 found = true;
-                if (SetPriority(PrioProcess, tid, LowestPriority) == 0)
+                if (Lower(tid))
                 {
                     changed++;
                 }
@@ -300,6 +300,57 @@ internal static partial class Native
 
         return changed;
     }
+
+    /// <summary>
+    /// Gives the lowest CPU priority (nice 19) to this process's threads whose name starts with <paramref name="prefix"/>
+    /// and whose id is not in <paramref name="done"/> yet (each is added to it; ids of threads gone are dropped from it):
+    /// the runtime's background compiler, for one (<see cref="RuntimeCompilerThreadName"/>). Returns how many were changed.
+    /// </summary>
+    public static int LowerThreadsNamed(string prefix, HashSet<int> done)
+    {
+        ArgumentNullException.ThrowIfNull(done);
+        var changed = 0;
+        var alive = new HashSet<int>();
+        try
+        {
+            foreach (var directory in Directory.EnumerateDirectories("/proc/self/task"))
+            {
+                if (!int.TryParse(Path.GetFileName(directory), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var tid))
+                {
+                    continue;
+                }
+
+                alive.Add(tid);
+                if (done.Contains(tid))
+                {
+                    continue;
+                }
+
+                try
+                {
+                    if (File.ReadAllText(Path.Combine(directory, "comm")).StartsWith(prefix, StringComparison.Ordinal) && Lower(tid))
+                    {
+                        done.Add(tid);
+                        changed++;
+                    }
+                }
+                catch (IOException)
+                {
+                    // the thread ended meanwhile
+                }
+            }
+        }
+        catch (IOException)
+        {
+            // /proc unreadable: nothing lowered
+        }
+
+        done.IntersectWith(alive);
+        return changed;
+    }
+
+    /// <summary>The start of the name of the runtime's background (tier-1) compiler's thread, as Linux keeps it (15 characters at most).</summary>
+    public const string RuntimeCompilerThreadName = ".NET Tiered Com";
 
     /// <summary>Creates a FIFO at <paramref name="path"/>, readable and writable by this user only; 0 on success.</summary>
     public static int MakeFifo(string path) => MkFifo(path, 0x180); // 0600
@@ -339,6 +390,28 @@ internal static partial class Native
 
     private const int PrioProcess = 0;
     private const int LowestPriority = 19;
+    private const int SchedIdle = 5;
+
+    /// <summary>
+    /// Thread <paramref name="tid"/> at nice 19 and under the <c>SCHED_IDLE</c> policy: a thread of normal priority that
+    /// wakes takes the core from it at once (a nice-19 thread, under the kernel's EEVDF scheduler, keeps the core for the
+    /// rest of its time slice, up to a few milliseconds: traced, beside a take-over). True when either took.
+    /// </summary>
+    private static bool Lower(int tid)
+    {
+        var niced = SetPriority(PrioProcess, tid, LowestPriority) == 0;
+        var param = 0;
+        return SchedSetScheduler(tid, SchedIdle, ref param) == 0 || niced;
+    }
+
+    [LibraryImport("libc", EntryPoint = "sched_setscheduler", SetLastError = true)]
+    private static partial int SchedSetScheduler(int pid, int policy, ref int param);
+
+    /// <summary>The calling thread's id in the kernel (its <c>/proc/self/task</c> entry).</summary>
+    public static int CurrentThreadId() => GetTid();
+
+    [LibraryImport("libc", EntryPoint = "gettid")]
+    private static partial int GetTid();
 
     [LibraryImport("libc", EntryPoint = "setpriority", SetLastError = true)]
     private static partial int SetPriority(int which, int who, int priority);

@@ -164,6 +164,7 @@ internal static partial class RunHost
         if (once is null && singletons is HighlanderNode stepping)
         {
             YieldOnceReleased(stepping, settings.Name, shuttingDown.Token, logger);
+            _ = KeepCompilerInBackgroundAsync(shuttingDown.Token);
         }
 
         await using (changes.ConfigureAwait(false))
@@ -409,6 +410,35 @@ internal static partial class RunHost
         node.StateChangedInline = stopped;
     }
 
+    /// <summary>
+    /// Keeps the runtime's background compiler (the thread that recompiles code the process runs often, optimized) at
+    /// the lowest CPU priority, so that it does not take a core from this process's own work when that is pressing: a
+    /// take-over, measured, set it off (its calls carried methods over the runtime's call counts), and it used 1-4 ms of
+    /// CPU of the few milliseconds that a take-over takes, beside it, on a 2-core machine (docs/cli.md, "Hand-over: where
+    /// the time goes"). The runtime starts that thread when it has something to compile and ends it after a few idle
+    /// seconds, so it is looked for every <see cref="CompilerCheckInterval"/>; when nothing else wants the CPU it
+    /// compiles as fast as before.
+    /// </summary>
+    private static async Task KeepCompilerInBackgroundAsync(CancellationToken stopping)
+    {
+        var lowered = new HashSet<int>();
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                Native.LowerThreadsNamed(Native.RuntimeCompilerThreadName, lowered);
+                await Task.Delay(CompilerCheckInterval, TimeProvider.System, stopping).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopping.
+        }
+    }
+
+    /// <summary>How often <see cref="KeepCompilerInBackgroundAsync"/> looks for the runtime's compiler thread.</summary>
+    private static readonly TimeSpan CompilerCheckInterval = TimeSpan.FromSeconds(1);
+
     /// <summary>How long a rehearsal may take at most (a drained node never takes its private lock).</summary>
     private static readonly TimeSpan RehearsalTimeout = TimeSpan.FromSeconds(10);
 
@@ -594,7 +624,7 @@ internal static partial class RunHost
     [LoggerMessage(EventId = HighlanderEventIds.RunSteppedDown, Level = LogLevel.Information, Message = "Stepped down from '{Name}' and stopped")]
     private static partial void LogStopped(ILogger logger, string name);
 
-    [LoggerMessage(EventId = HighlanderEventIds.RunYielded, Level = LogLevel.Debug, Message = "Released '{Name}' while stopping: this process's CPU priority is lowered for the rest of its shutdown (nice 19, {Threads} threads)")]
+    [LoggerMessage(EventId = HighlanderEventIds.RunYielded, Level = LogLevel.Debug, Message = "Released '{Name}' while stopping: this process's CPU priority is lowered for the rest of its shutdown (SCHED_IDLE, nice 19, {Threads} threads)")]
     private static partial void LogYielded(ILogger logger, string name, int threads);
 
     [LoggerMessage(EventId = HighlanderEventIds.RunRehearsalFailed, Level = LogLevel.Warning, Message = "The take-over rehearsal failed; the first take-over may take longer")]
