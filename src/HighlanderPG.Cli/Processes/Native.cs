@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 
 namespace HighlanderPG.Cli.Processes;
@@ -17,6 +18,33 @@ internal static partial class Native
     {
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(processGroup, 1);
         return Kill(-processGroup, signal) == 0;
+    }
+
+    /// <summary>
+    /// Sends <paramref name="signal"/> to the process group that <paramref name="leader"/> (started by <c>highlander</c>
+    /// through <c>setpriv</c> and <c>setsid</c>) leads; when that group does not exist yet, to the process itself: in the
+    /// first moments after its start the process has not called <c>setsid</c> yet (it is still <c>setpriv</c> or
+    /// <c>setsid</c> on its way to the command), so a signal to its group alone would be lost, and a stop would wait out
+    /// the whole stop budget before its SIGKILL. A process that has exited is left alone (its pid may be reused once
+    /// reaped). False when neither was signalled.
+    /// </summary>
+    public static bool SignalGroupOrLeader(Process leader, int signal)
+    {
+        ArgumentNullException.ThrowIfNull(leader);
+        try
+        {
+            var pid = leader.Id;
+            if (SignalGroup(pid, signal))
+            {
+                return true;
+            }
+
+            return Marshal.GetLastPInvokeError() == Esrch && !leader.HasExited && SignalProcess(pid, signal);
+        }
+        catch (InvalidOperationException)
+        {
+            return false; // disposed: it has exited
+        }
     }
 
     /// <summary>Sends <paramref name="signal"/> to one process; false when it does not exist.</summary>

@@ -279,7 +279,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
                 // SIGTERM at once, on the thread that tells the child to stop: the command stops while the rest catches up.
                 if (Interlocked.CompareExchange(ref signalledAt, Stopwatch.GetTimestamp(), 0) == 0)
                 {
-                    Native.SignalGroup(group, Native.SigTerm);
+                    Native.SignalGroupOrLeader(process, Native.SigTerm);
                 }
 
                 stopRequested.TrySetResult();
@@ -290,7 +290,7 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
                 if (stopped)
                 {
                     stopStarted = Interlocked.Read(ref signalledAt);
-                    await StopAsync(group, exited, killAfter, stopStarted).ConfigureAwait(false);
+                    await StopAsync(process, exited, killAfter, stopStarted).ConfigureAwait(false);
                 }
             }
 
@@ -347,17 +347,8 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
         }
 
         LogEscalation(Logger, Display, context.Reason);
-        int group;
-        try
-        {
-            group = process.Id;
-        }
-        catch (InvalidOperationException)
-        {
-            return; // disposed meanwhile: it has exited
-        }
+        Native.SignalGroupOrLeader(process, Native.SigKill); // disposed meanwhile: it has exited (the wait below ends at once)
 
-        Native.SignalGroup(group, Native.SigKill);
         try
         {
             await process.WaitForExitAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
@@ -368,15 +359,16 @@ internal sealed partial class CommandChild(IReadOnlyList<string> command, string
     }
 
     /// <summary>After SIGTERM (sent at <paramref name="signalledAt"/>): SIGKILL to the group if it has not exited <paramref name="killAfter"/> later.</summary>
-    private async Task StopAsync(int group, Task exited, TimeSpan killAfter, long signalledAt)
+    private async Task StopAsync(Process process, Task exited, TimeSpan killAfter, long signalledAt)
     {
+        var group = process.Id;
         // The signal first (already sent), the log line after: the command stops while the line is written.
         LogStopping(Logger, Display, group, killAfter);
         var left = killAfter - Stopwatch.GetElapsedTime(signalledAt);
         if (await Task.WhenAny(exited, Task.Delay(left > TimeSpan.Zero ? left : TimeSpan.Zero)).ConfigureAwait(false) != exited)
         {
             LogKilling(Logger, Display, group, killAfter);
-            Native.SignalGroup(group, Native.SigKill);
+            Native.SignalGroupOrLeader(process, Native.SigKill);
         }
     }
 

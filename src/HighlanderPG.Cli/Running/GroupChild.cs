@@ -376,14 +376,14 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
             if (!killPoint.IsCancellationRequested)
             {
                 LogStopping(Logger, slot.Member.Name, processGroup);
-                Native.SignalGroup(processGroup, Native.SigTerm);
+                Native.SignalGroupOrLeader(slot.Process, Native.SigTerm);
                 gone = await GroupGoneAsync(processGroup, slot.Exit, Timeout.InfiniteTimeSpan, killPoint).ConfigureAwait(false);
             }
 
             if (!gone)
             {
                 LogKilled(Logger, slot.Member.Name, processGroup);
-                Native.SignalGroup(processGroup, Native.SigKill);
+                Native.SignalGroupOrLeader(slot.Process, Native.SigKill);
                 await GroupGoneAsync(processGroup, slot.Exit, AfterKill, CancellationToken.None).ConfigureAwait(false);
             }
 
