@@ -41,6 +41,26 @@ public sealed class CommandStopTests
         }
     }
 
+    [Fact]
+    public async Task Escalated_the_moment_it_starts_it_is_killed_not_left_running()
+    {
+        var sleep = ProcessLauncher.FindProgram("sleep") ?? throw new InvalidOperationException("sleep is not on PATH");
+        var leadership = new Leadership();
+        for (var i = 0; i < 3; i++)
+        {
+            var outcomes = new List<CommandOutcome>();
+            var child = new CommandChild(["sleep", "3600"], sleep, ProcessLauncher.Shared) { AfterExit = outcomes.Add };
+            var escalation = new EscalationContext(leadership.Name, leadership.NodeId, "test", remainingLease: null);
+            Task? killing = null;
+            // The library's escalation (the lease about to pass) as it is reported started: its SIGKILL must reach it.
+            var run = child.RunAsync(leadership, killAfter: TimeSpan.FromSeconds(10), CancellationToken.None, running: () => killing = child.KillNowAsync(escalation).AsTask());
+            var failed = await Assert.ThrowsAsync<CommandFailedException>(() => run.WaitAsync(TimeSpan.FromSeconds(60)));
+            Assert.Equal(128 + Native.SigKill, failed.ExitCode); // not told to stop: it exited by itself, killed
+            await killing!.WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.False(Assert.Single(outcomes).StoppedByUs);
+        }
+    }
+
     private sealed class Leadership : ILeadership
     {
         public string Name => "stop-test";

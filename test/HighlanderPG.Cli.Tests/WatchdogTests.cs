@@ -49,6 +49,29 @@ public sealed class WatchdogTests
         }
     }
 
+    [Fact]
+    public async Task A_registered_process_that_does_not_lead_a_group_yet_is_killed_itself()
+    {
+        // What highlander's death leaves in the instant after a start: the process is still setpriv or setsid, in
+        // highlander's group (here: the test's), and no group has its pid as id yet.
+        using var starting = Process.Start(new ProcessStartInfo("sleep", ["60"]))!;
+        try
+        {
+            Assert.False(Native.GroupExists(starting.Id));
+            var watchdog = new Process { StartInfo = new ProcessStartInfo("setsid", ["--", "sh", "-c", ProcessLauncher.WatchdogScript]) { RedirectStandardInput = true } };
+            watchdog.Start();
+            await watchdog.StandardInput.WriteAsync($"+{starting.Id}:{Native.StartTime(starting.Id)}\n");
+            watchdog.StandardInput.Close();
+            await watchdog.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+
+            await ProcessWatch.AssertGoneAsync(starting.Id, "the registered process without a group of its own");
+        }
+        finally
+        {
+            KillQuietly(starting);
+        }
+    }
+
     /// <summary>A sleeping process that leads its own session and group (its pid is its group id).</summary>
     private static Process StartGroupLeader() => Process.Start(new ProcessStartInfo("setsid", ["--", "sleep", "60"]))!;
 

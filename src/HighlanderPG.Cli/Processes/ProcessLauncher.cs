@@ -43,7 +43,9 @@ internal sealed class ProcessLauncher
     /// <summary>
     /// The watchdog: reads "+PGID:STARTTIME" and "-PGID" lines; at end of input, SIGKILLs each group still listed, unless
     /// its id now belongs to another process (pids are reused: the leader's start time, field 22 of /proc/PID/stat, must
-    /// match). A leader that is gone with members left is still ours: a group id is not reused while it has members.
+    /// match). A leader that is gone with members left is still ours: a group id is not reused while it has members. A
+    /// leader that has no group yet (highlander died in the instant after starting it, before its <c>setsid</c>) is
+    /// SIGKILLed itself.
     /// </summary>
     internal const string WatchdogScript = """
         exec >/dev/null 2>&1
@@ -63,7 +65,7 @@ internal sealed class ProcessLauncher
             set -- $s
             [ "${20}" = "$start" ] || continue
           fi
-          kill -KILL -"$pgid"
+          kill -KILL -"$pgid" || kill -KILL "$pgid"
         done
         """;
 

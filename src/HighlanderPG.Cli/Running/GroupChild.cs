@@ -90,7 +90,7 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
     private static readonly TimeSpan AfterKill = TimeSpan.FromMilliseconds(200);
 
     private readonly Lock _gate = new();
-    private readonly List<int> _runningGroups = [];
+    private readonly List<(Process Leader, int Group)> _runningGroups = [];
     private readonly int _width = group.Members.Max(m => m.Name.Length);
     private string? _failure;
 
@@ -274,7 +274,7 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
     public async ValueTask KillNowAsync(EscalationContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
-        int[] groups;
+        (Process Leader, int Group)[] groups;
         lock (_gate)
         {
             groups = [.. Enumerable.Reverse(_runningGroups)];
@@ -287,12 +287,12 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
         }
 
         LogEscalation(Logger, Name, context.Reason);
-        foreach (var processGroup in groups)
+        foreach (var (leader, _) in groups)
         {
-            Native.SignalGroup(processGroup, Native.SigKill);
+            Native.SignalGroupOrLeader(leader, Native.SigKill); // a member started an instant ago may not lead its group yet
         }
 
-        foreach (var processGroup in groups)
+        foreach (var (_, processGroup) in groups)
         {
             await GroupGoneAsync(processGroup, null, TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
         }
@@ -335,7 +335,7 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
             slot.Group = process.Id;
             lock (_gate)
             {
-                _runningGroups.Add(process.Id);
+                _runningGroups.Add((process, process.Id));
             }
 
             if (group.PrefixOutput)
@@ -443,7 +443,7 @@ internal sealed partial class GroupChild(GroupSettings group, RunSettings settin
     {
         lock (_gate)
         {
-            _runningGroups.Remove(slot.Group);
+            _runningGroups.RemoveAll(r => r.Group == slot.Group);
         }
 
         launcher.Forget(slot.Group);
