@@ -61,6 +61,53 @@ public sealed class CommandStopTests
         }
     }
 
+    [Fact]
+    public async Task A_group_member_told_to_stop_the_moment_it_starts_ends_by_its_SIGTERM_not_the_SIGKILL_after_the_budget()
+    {
+        var shell = ProcessLauncher.FindProgram("sh") ?? throw new InvalidOperationException("sh is not on PATH");
+        var directory = Directory.CreateTempSubdirectory("hl-group-stop-test-").FullName;
+        try
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                var group = new GroupSettings { Procfile = "Procfile", Members = [new GroupMember("worker", "exec sleep 3600", 1)], WorkingDirectory = directory, PrefixOutput = false };
+                var settings = new RunSettings { Name = "stop-test", Command = [], ConnectionString = "Host=unused", Group = group };
+                using var stop = new CancellationTokenSource();
+                // Told to stop as its start is logged (its pid known, the member maybe not leading its group yet).
+                var log = new LinesLogger(line => { if (line.StartsWith("Started member worker", StringComparison.Ordinal)) { stop.Cancel(); } });
+                var child = new GroupChild(group, settings, shell, ProcessLauncher.Shared) { Logger = log };
+                await child.RunAsync(new Leadership(), killAfter: TimeSpan.FromSeconds(10), stop.Token).WaitAsync(TimeSpan.FromSeconds(60));
+
+                var exited = Assert.Single(log.Lines, l => l.StartsWith("Member worker (pid", StringComparison.Ordinal));
+                Assert.Contains($"exited with code {128 + Native.SigTerm} after it was told to stop", exited, StringComparison.Ordinal); // 137: SIGTERM lost
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    /// <summary>Keeps every formatted message, and shows each to <c>seen</c> as it is logged.</summary>
+    private sealed class LinesLogger(Action<string> seen) : Microsoft.Extensions.Logging.ILogger
+    {
+        private readonly System.Collections.Concurrent.ConcurrentQueue<string> _lines = new();
+
+        public IReadOnlyCollection<string> Lines => [.. _lines];
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            var line = formatter(state, exception);
+            _lines.Enqueue(line);
+            seen(line);
+        }
+    }
+
     private sealed class Leadership : ILeadership
     {
         public string Name => "stop-test";
