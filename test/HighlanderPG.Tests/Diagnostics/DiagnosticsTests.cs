@@ -193,6 +193,12 @@ public sealed class DiagnosticsTests(PostgresFixture pg)
                 o.Fencing = true;
                 o.FencingSchema = schema;
                 o.StepDownHoldOff = TimeSpan.FromMinutes(5); // no second leadership in this test
+                // The lease must outlast the step-down's stop timeout and escalation with room to spare: with the
+                // cluster's 3 s lease (2.5 s on this node's clock) heartbeats slowed by a busy machine let the lease be
+                // lost before the killed child was seen gone, once in CI; a lost lease is not released (rightly), so the
+                // release this test is about never came.
+                o.LeaseDuration = TimeSpan.FromSeconds(6);
+                o.LockDelayAfterServerStart = o.LeaseDuration; // at least the lease (validated)
                 o.OnEscalation = _ =>
                 {
                     cluster.Behavior.Kill(); // what ending the process would do to the child
