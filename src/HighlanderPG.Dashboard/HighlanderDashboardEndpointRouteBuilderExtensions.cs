@@ -177,6 +177,11 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
             throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be parsed: {ConnectionSettings.DescribeParseError(ex)}; fix ConnectionString.", ex);
         }
 
+        if (ConnectionSettings.CheckHostAndPort(builder.ConnectionStringBuilder) is { } hostOrPort)
+        {
+            throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be used: {hostOrPort}; fix ConnectionString.");
+        }
+
         builder.ConnectionStringBuilder.ApplicationName = "highlander-dashboard";
         builder.ConnectionStringBuilder.MaxPoolSize = 2;
         if (options.ConnectionString is null)

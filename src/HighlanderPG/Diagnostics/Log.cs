@@ -77,7 +77,7 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.Escalating, Level = LogLevel.Critical, Message = "Escalating singleton {Singleton}: {Reason}")]
     public static partial void Escalating(ILogger logger, string singleton, string reason);
 
-    [LoggerMessage(EventId = HighlanderEventIds.CrashLoop, Level = LogLevel.Critical, Message = "Singleton {Singleton} restarted more than {MaxRestarts} times within {Window}: {Action}")]
+    [LoggerMessage(EventId = HighlanderEventIds.CrashLoop, Level = LogLevel.Critical, Message = "Singleton {Singleton} needed more than {MaxRestarts} restarts within {Window}: {Action}")]
     public static partial void CrashLoop(ILogger logger, string singleton, int maxRestarts, TimeSpan window, CrashLoopBehavior action);
 
     [LoggerMessage(EventId = HighlanderEventIds.RunnerError, Level = LogLevel.Error, Message = "Supervising singleton {Singleton} failed unexpectedly; it contends again after a pause")]
@@ -122,8 +122,11 @@ internal static partial class Log
     [LoggerMessage(EventId = HighlanderEventIds.MemberChangedHandlerFailed, Level = LogLevel.Error, Message = "A MemberChanged handler threw")]
     public static partial void MemberChangedHandlerFailed(ILogger logger, Exception exception);
 
-    [LoggerMessage(EventId = HighlanderEventIds.HoldOffs, Level = LogLevel.Information, Message = "Hold-offs for this node: drained for {Drain}, {Keys} singleton key(s) held off by a step-down; stepping down from {Covered} it leads")]
-    public static partial void HoldOffs(ILogger logger, TimeSpan? drain, int keys, int covered);
+    [LoggerMessage(EventId = HighlanderEventIds.HoldOffs, Level = LogLevel.Information, Message = "Hold-offs for this node: {Drain}, {Keys} singleton key(s) held off by a step-down; stepping down from {Covered} it leads")]
+    private static partial void HoldOffsCore(ILogger logger, string drain, int keys, int covered);
+
+    public static void HoldOffs(ILogger logger, TimeSpan? drain, int keys, int covered) =>
+        HoldOffsCore(logger, drain is { } d ? $"drained for {d}" : "not drained", keys, covered);
 
     [LoggerMessage(EventId = HighlanderEventIds.ControlUnavailable, Level = LogLevel.Warning, Message = "Step down / drain: the control objects in schema {Schema} cannot be created or read by this node ({Reason}); step_down and drain requests do not reach it until their owner runs the DDL (docs/operations.md)")]
     public static partial void ControlUnavailable(ILogger logger, string schema, string reason);

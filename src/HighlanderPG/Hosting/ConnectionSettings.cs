@@ -15,8 +15,9 @@ internal static class ConnectionSettings
     /// <summary>
     /// What is wrong with a connection string, from the exception Npgsql's builder threw (<see cref="IsParseError"/>):
     /// the keyword it did not know, the keyword whose value it could not read, or where the text stops being
-    /// <c>Keyword=Value</c> pairs. Never quotes the string itself (it may hold a password): only a keyword, and Npgsql's
-    /// reason for a typed value (a number, a flag, a mode), which a password never is.
+    /// <c>Keyword=Value</c> pairs. Never quotes a value (it may be a password), and an unknown keyword only when it is a
+    /// near miss of a real one (a typo): an unknown "keyword" may be the tail of a password that holds an unquoted
+    /// <c>;</c> (<c>Password=ab;cd=ef</c>).
     /// </summary>
     public static string DescribeParseError(Exception ex)
     {
@@ -24,11 +25,13 @@ internal static class ConnectionSettings
         switch (ex.InnerException)
         {
             case KeyNotFoundException when keyword is not null:
-                return $"unknown keyword '{keyword}' (Npgsql's keywords are e.g. Host, Port, Database, Username, Password, SSL Mode, Timeout: see https://www.npgsql.org/doc/connection-string-parameters.html)";
-            case OverflowException when keyword is not null:
+                return NearestKeyword(keyword) is { } meant
+                    ? $"unknown keyword '{keyword}' (did you mean {meant}?)"
+                    : "it has a keyword Npgsql does not know (not repeated here: it may be part of a password). Check the keywords' spelling (Npgsql's are e.g. Host, Port, Database, Username, Password, SSL Mode, Timeout: see https://www.npgsql.org/doc/connection-string-parameters.html), and quote a value that holds ';' or '=' (Password='a;b')";
+            case OverflowException or ArgumentOutOfRangeException when keyword is not null:
                 return $"the value of '{keyword}' is out of range";
             case { } inner when keyword is not null && (inner is FormatException or ArgumentException or InvalidCastException):
-                return $"the value of '{keyword}' is not valid: {inner.Message}";
+                return $"the value of '{keyword}' is not valid (not the number, true/false or named mode the keyword takes)";
         }
 
         const string Malformed = "starting at index ";
@@ -38,7 +41,100 @@ internal static class ConnectionSettings
             return $"it is not a list of Keyword=Value pairs separated by ';' (malformed from character {index + 1})";
         }
 
-        return ex.Message;
+        return "it is not a valid connection string";
+    }
+
+    /// <summary>
+    /// The keyword Npgsql knows that <paramref name="unknown"/> is a near miss of (one edit for 4-7 letters, two for
+    /// more; case and spaces ignored), or <see langword="null"/>.
+    /// </summary>
+    internal static string? NearestKeyword(string unknown)
+    {
+        var typed = Letters(unknown);
+        var allowed = typed.Length >= 8 ? 2 : typed.Length >= 4 ? 1 : 0;
+        string? best = null;
+        var bestDistance = allowed + 1;
+        foreach (var known in KnownKeywords)
+        {
+            var distance = EditDistance(typed, Letters(known));
+            if (distance < bestDistance)
+            {
+                best = known;
+                bestDistance = distance;
+            }
+        }
+
+        return best;
+
+        static string Letters(string keyword) => keyword.Replace(" ", "", StringComparison.Ordinal).ToLowerInvariant();
+    }
+
+    /// <summary>Npgsql's keywords a typo is compared with (its builder lists only the keywords a string sets).</summary>
+    private static readonly string[] KnownKeywords =
+    [
+        "Host", "Port", "Database", "Username", "Password", "Passfile", "Application Name", "Enlist", "Search Path",
+        "Client Encoding", "Encoding", "Timezone", "SSL Mode", "Trust Server Certificate", "SSL Certificate", "SSL Key",
+        "SSL Password", "Root Certificate", "Check Certificate Revocation", "Channel Binding", "Kerberos Service Name",
+        "Include Realm", "Persist Security Info", "Log Parameters", "Include Error Detail", "Pooling", "Minimum Pool Size",
+        "Maximum Pool Size", "Connection Idle Lifetime", "Connection Pruning Interval", "Connection Lifetime", "Timeout",
+        "Command Timeout", "Cancellation Timeout", "Target Session Attributes", "Load Balance Hosts",
+        "Host Recheck Seconds", "Keepalive", "Tcp Keepalive", "Tcp Keepalive Time", "Tcp Keepalive Interval",
+        "Read Buffer Size", "Write Buffer Size", "Socket Receive Buffer Size", "Socket Send Buffer Size",
+        "Max Auto Prepare", "Auto Prepare Min Usages", "No Reset On Close", "Options", "Server Compatibility Mode",
+        "Multiplexing", "Write Coalescing Buffer Threshold Bytes", "Array Nullability Mode", "Require Auth",
+        "GSS Encryption Mode", "SSL Negotiation",
+    ];
+
+    /// <summary>Optimal string alignment distance: insertions, deletions, substitutions and swaps of two neighbours.</summary>
+    private static int EditDistance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (var i = 0; i <= a.Length; i++)
+        {
+            d[i, 0] = i;
+        }
+
+        for (var j = 0; j <= b.Length; j++)
+        {
+            d[0, j] = j;
+        }
+
+        for (var i = 1; i <= a.Length; i++)
+        {
+            for (var j = 1; j <= b.Length; j++)
+            {
+                var cost = a[i - 1] == b[j - 1] ? 0 : 1;
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + cost);
+                if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+                {
+                    d[i, j] = Math.Min(d[i, j], d[i - 2, j - 2] + 1);
+                }
+            }
+        }
+
+        return d[a.Length, b.Length];
+    }
+
+    /// <summary>
+    /// What is wrong with the hosts or the port, which Npgsql's builder takes as they are and only trips over when it
+    /// connects: a host with a space or '=' in it (a missing ';' makes the next pair, a password perhaps, part of the
+    /// host), or a port outside 1-65535. <see langword="null"/> when they are fine. Never quotes the host.
+    /// </summary>
+    public static string? CheckHostAndPort(NpgsqlConnectionStringBuilder builder)
+    {
+        if (builder.Host is { } hosts && hosts.Split(',').Any(h => !PlausibleHost(h)))
+        {
+            return "its Host holds a space or '=' (not repeated here: is a ';' missing between two Keyword=Value pairs?)";
+        }
+
+        return builder.Port is < 1 or > 65535 ? "the value of 'port' is out of range (1-65535)" : null;
+    }
+
+    /// <summary>A host name, an address or a Unix socket's directory (which may hold spaces), never a '='.</summary>
+    private static bool PlausibleHost(string host)
+    {
+        var trimmed = host.Trim();
+        return !trimmed.Contains('=', StringComparison.Ordinal) && (trimmed.StartsWith('/') || !trimmed.Any(char.IsWhiteSpace));
     }
 
     /// <summary>Returns what is wrong with the connection string for holding locks, or <see langword="null"/>.</summary>
@@ -67,6 +163,11 @@ internal static class ConnectionSettings
         if (string.IsNullOrWhiteSpace(builder.Host))
         {
             return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} names no Host.";
+        }
+
+        if (CheckHostAndPort(builder) is { } hostOrPort)
+        {
+            return $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)} cannot be used: {hostOrPort}.";
         }
 
         return ValidateTargetSession(builder, $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)}");
@@ -138,6 +239,11 @@ internal static class ConnectionSettings
     /// <summary>The server and database, for logs: never the password, nor the whole connection string.</summary>
     public static string Describe(NpgsqlConnectionStringBuilder builder)
     {
+        if (builder.Host is { } host && host.Split(',').Any(h => !PlausibleHost(h)))
+        {
+            return "(an invalid host)"; // it may hold the next pair, a password perhaps: never shown
+        }
+
         if (!IsMultiHost(builder))
         {
             return $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username}";
@@ -191,7 +297,7 @@ internal static class ConnectionSettings
         }
 
         var dataSource = new NpgsqlDataSourceBuilder(builder.ConnectionString);
-        dataSource.UseLoggerFactory(loggerFactory);
+        dataSource.UseLoggerFactory(new Diagnostics.MinimumLevelLoggerFactory(loggerFactory, LogLevel.Warning));
         options.ConfigureDataSource?.Invoke(dataSource);
         Enforce(dataSource.ConnectionStringBuilder, builder);
         dataSource.ConfigureTracing(ExcludeFromTraces);

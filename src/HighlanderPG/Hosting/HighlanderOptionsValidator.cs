@@ -34,6 +34,10 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         {
             Add($"{nameof(HighlanderOptions.Namespace)} must not be empty.", nameof(HighlanderOptions.Namespace));
         }
+        else if (options.Namespace.Length > MaxNameLength || options.Namespace.Any(char.IsControl))
+        {
+            Add($"{nameof(HighlanderOptions.Namespace)} must be 1 to {MaxNameLength} characters without control characters (like a singleton's name: the two make its lock key).", nameof(HighlanderOptions.Namespace));
+        }
 
         if (string.IsNullOrEmpty(options.NodeId) || options.NodeId.Length > MaxNodeIdLength || options.NodeId.Any(c => c is <= ' ' or >= (char)127))
         {
@@ -53,9 +57,15 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             Add($"{nameof(HighlanderOptions.ReconnectMaxDelay)} ({options.ReconnectMaxDelay}) must not be less than {nameof(HighlanderOptions.ReconnectMinDelay)} ({options.ReconnectMinDelay}).", nameof(HighlanderOptions.ReconnectMaxDelay), nameof(HighlanderOptions.ReconnectMinDelay));
         }
 
-        if (options.Fencing && !Fencing.FencingSql.IsValidSchema(options.FencingSchema))
+        // Checked with fencing off too: the schema also names the control channel every node listens on (step-downs, drains).
+        if (!Fencing.FencingSql.IsValidSchema(options.FencingSchema))
         {
             Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(HighlanderOptions.FencingSchema));
+        }
+
+        if (options.Endpoint is not null && !options.Fencing)
+        {
+            Add($"{nameof(HighlanderOptions.Endpoint)} needs {nameof(HighlanderOptions.Fencing)} = true: the endpoint is published in the fencing table, which exists only with fencing on. Turn fencing on, or remove the endpoint.", nameof(HighlanderOptions.Endpoint), nameof(HighlanderOptions.Fencing));
         }
 
         if (!Enum.IsDefined(options.Placement))
@@ -71,7 +81,8 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             var singletonName = registration.Name;
             if (string.IsNullOrWhiteSpace(singletonName) || singletonName.Length > MaxNameLength || singletonName.Any(char.IsControl))
             {
-                Add($"Cluster singleton name '{singletonName}' ({registration.ServiceType.Name}) must be 1 to {MaxNameLength} characters, not blank, without control characters.");
+                var registered = registration.ServiceType == typeof(DelegateSingleton) ? "" : $" ({registration.ServiceType.Name})";
+                Add($"Cluster singleton name '{Printable(singletonName)}'{registered} must be 1 to {MaxNameLength} characters, not blank, without control characters (it has {singletonName?.Length ?? 0}).", "Name");
                 continue;
             }
 
@@ -98,6 +109,13 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         return problems;
 
         void Add(string message, params string[] involved) => problems.Add(new OptionProblem(involved, message));
+
+        // A refused name as it can be shown: control characters escaped, and cut short (it may be very long).
+        static string Printable(string? value)
+        {
+            var escaped = string.Concat((value ?? "").Take(60).Select(c => char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString()));
+            return (value?.Length ?? 0) > 60 ? escaped + "…" : escaped;
+        }
 
         void Positive(TimeSpan value, string option)
         {

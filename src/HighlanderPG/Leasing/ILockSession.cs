@@ -35,4 +35,10 @@ internal interface ILockSession
 
     /// <summary>The holder of <paramref name="key"/> last seen by this node (for a key it wants but does not hold).</summary>
     LeaderInfo? GetHolder(long key);
+
+    /// <summary>
+    /// Keeps <paramref name="key"/> from being tried for <paramref name="duration"/> (this node stepped down from it),
+    /// while it stays wanted: its runner follows, and sees who leads meanwhile.
+    /// </summary>
+    void HoldOff(long key, TimeSpan duration);
 }

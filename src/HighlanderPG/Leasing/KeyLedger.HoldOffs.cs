@@ -10,6 +10,7 @@ namespace HighlanderPG.Leasing;
 internal sealed partial class KeyLedger
 {
     private readonly Dictionary<long, long> _holdOffs = []; // key -> until (a TimeProvider timestamp)
+    private readonly Dictionary<long, long> _ownHoldOffs = []; // the same, from this node's own step-downs: kept across reads of the operators'
     private long _holdAllUntil = long.MinValue; // a drain: every key, until then
     private TimeProvider _holdOffClock = TimeProvider.System;
 
@@ -43,19 +44,33 @@ internal sealed partial class KeyLedger
             _holdAllUntil = set.All is { } all ? now + LeaseTimings.ToTimestampDelta(all, _holdOffClock) : long.MinValue;
             // Stepped down from even when the hold-off is already over (a step-down with a zero hold-off).
             List<long> covered = [.. _held.Keys.Where(k => set.All is not null || set.Keys.ContainsKey(k))];
-            TimeSpan? next = null;
-            foreach (var remaining in set.Keys.Values.Append(set.All ?? TimeSpan.MaxValue))
-            {
-                if (remaining != TimeSpan.MaxValue && (next is null || remaining < next))
-                {
-                    next = remaining;
-                }
-            }
 
             // Whatever was held off before may be free now (an undrain): try at the next turn.
             _poke = true;
-            return (covered, next);
+            return (covered, NextHoldOffEnd(now));
         }
+    }
+
+    /// <summary>
+    /// Holds <paramref name="key"/> off for <paramref name="duration"/>: this node stepped down from it
+    /// (<c>IClusterSingletons.StepDownAsync</c>). Like an operator's hold-off, the key stays wanted (its runner follows
+    /// and shows who leads) and is not tried until then. Returns when the next hold-off ends.
+    /// </summary>
+    public TimeSpan? HoldOffOwn(long key, TimeSpan duration)
+    {
+        lock (_gate)
+        {
+            var now = _holdOffClock.GetTimestamp();
+            _ownHoldOffs[key] = now + LeaseTimings.ToTimestampDelta(duration, _holdOffClock);
+            return NextHoldOffEnd(now);
+        }
+    }
+
+    /// <summary>How long until the earliest hold-off ends (under the ledger's lock); <see langword="null"/>: none.</summary>
+    private TimeSpan? NextHoldOffEnd(long now)
+    {
+        var next = _holdOffs.Values.Concat(_ownHoldOffs.Values).Append(_holdAllUntil).Where(u => u != long.MinValue).DefaultIfEmpty(long.MinValue).Min();
+        return next == long.MinValue ? null : next <= now ? TimeSpan.Zero : _holdOffClock.GetElapsedTime(now, next);
     }
 
     /// <summary>Some hold-off ended: forget the ended ones and try at the next turn; returns when the next one ends (<see langword="null"/>: none).</summary>
@@ -64,9 +79,12 @@ internal sealed partial class KeyLedger
         lock (_gate)
         {
             var now = _holdOffClock.GetTimestamp();
-            foreach (var ended in _holdOffs.Where(h => h.Value <= now).Select(h => h.Key).ToList())
+            foreach (var holdOffs in (Dictionary<long, long>[])[_holdOffs, _ownHoldOffs])
             {
-                _holdOffs.Remove(ended);
+                foreach (var ended in holdOffs.Where(h => h.Value <= now).Select(h => h.Key).ToList())
+                {
+                    holdOffs.Remove(ended);
+                }
             }
 
             if (_holdAllUntil <= now)
@@ -75,8 +93,7 @@ internal sealed partial class KeyLedger
             }
 
             _poke = true;
-            var next = _holdOffs.Values.Append(_holdAllUntil).Where(u => u != long.MinValue).DefaultIfEmpty(long.MinValue).Min();
-            return next == long.MinValue ? null : _holdOffClock.GetElapsedTime(now, next);
+            return NextHoldOffEnd(now);
         }
     }
 
@@ -87,7 +104,7 @@ internal sealed partial class KeyLedger
         {
             lock (_gate)
             {
-                return _holdOffs.Count > 0 || _holdAllUntil != long.MinValue;
+                return _holdOffs.Count > 0 || _ownHoldOffs.Count > 0 || _holdAllUntil != long.MinValue;
             }
         }
     }
@@ -108,7 +125,7 @@ internal sealed partial class KeyLedger
     /// </summary>
     private long[] WithoutHeldOff(long[] keys)
     {
-        if (keys.Length == 0 || (_holdOffs.Count == 0 && _holdAllUntil == long.MinValue))
+        if (keys.Length == 0 || (_holdOffs.Count == 0 && _ownHoldOffs.Count == 0 && _holdAllUntil == long.MinValue))
         {
             return keys;
         }
@@ -137,5 +154,5 @@ internal sealed partial class KeyLedger
     }
 
     private bool IsHeldOff(long key, long now) =>
-        _holdAllUntil > now || (_holdOffs.TryGetValue(key, out var until) && until > now);
+        _holdAllUntil > now || (_holdOffs.TryGetValue(key, out var until) && until > now) || (_ownHoldOffs.TryGetValue(key, out var own) && own > now);
 }

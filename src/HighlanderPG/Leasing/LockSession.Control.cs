@@ -24,6 +24,17 @@ internal sealed partial class LockSession
     /// <summary>Whether this node has any hold-off (a cheap check before <see cref="IsHeldOff"/>).</summary>
     public bool AnyHoldOffs => _ledger.AnyHoldOffs;
 
+    /// <inheritdoc/>
+    public void HoldOff(long key, TimeSpan duration)
+    {
+        lock (_holdOffTimerGate)
+        {
+            ScheduleHoldOffEnd(_ledger.HoldOffOwn(key, duration));
+        }
+
+        WantsChanged?.Invoke();
+    }
+
     private void OnControl(string payload)
     {
         if (payload == _options.NodeId)

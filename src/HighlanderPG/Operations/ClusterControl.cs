@@ -109,7 +109,7 @@ public sealed class ClusterControl : IAsyncDisposable
 
             var snapshot = await ClusterSnapshot.ReadAsync(connection, Namespace, Schema, [name], cancellationToken).ConfigureAwait(false);
             return new StepDownResult(name, key, leader, until, OtherNodes(snapshot, leader));
-        }, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken, (name, key)).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -268,7 +268,7 @@ public sealed class ClusterControl : IAsyncDisposable
     /// Runs one request on a connection of its own; a missing control schema is created when this role may (else the
     /// error says who must), a missing privilege is reported with the GRANT to run.
     /// </summary>
-    private async Task<T> RunAsync<T>(string signature, string what, Func<NpgsqlConnection, Task<T>> request, CancellationToken cancellationToken)
+    private async Task<T> RunAsync<T>(string signature, string what, Func<NpgsqlConnection, Task<T>> request, CancellationToken cancellationToken, (string Name, long Key)? singleton = null)
     {
         var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
@@ -311,7 +311,11 @@ public sealed class ClusterControl : IAsyncDisposable
             }
             catch (PostgresException ex) when (ex.SqlState is ControlSql.NobodyLeadsSqlState or ControlSql.NotLeaderSqlState or ControlSql.UnknownNodeSqlState or ControlSql.BadArgumentSqlState)
             {
-                throw new ClusterControlException(ex.MessageText + (ex.Hint is { } hint ? ". " + hint : ""), ex.SqlState, ex);
+                // The server knows the key only: name the singleton as the caller did.
+                var message = singleton is { } named
+                    ? ex.MessageText.Replace($"singleton key {named.Key}", $"singleton '{named.Name}' (key {named.Key})", StringComparison.Ordinal)
+                    : ex.MessageText;
+                throw new ClusterControlException(message + (ex.Hint is { } hint ? ". " + hint : ""), ex.SqlState, ex);
             }
         }
     }

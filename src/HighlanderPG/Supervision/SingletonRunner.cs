@@ -29,6 +29,7 @@ internal sealed class SingletonRunner : ISessionObserver
     private DateTimeOffset _since;
     private int _restarts;
     private string? _lastError;
+    private bool _lastEndFailed; // whether the child's last end that called for a restart was a failure (only the supervising loop uses it)
     private Lease? _lease;
     private TaskCompletionSource? _stepDownRequested;
     private TimeSpan? _stepDownHoldOff; // the hold-off asked for with the current step-down (null: the node's StepDownHoldOff)
@@ -127,7 +128,13 @@ internal sealed class SingletonRunner : ISessionObserver
                                     HighlanderMetrics.Escalations.Add(1, HighlanderMetrics.Tags(Name));
                                 }
 
-                                SetState(SingletonState.Faulted, $"restarted more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow}");
+                                if (!_lastEndFailed)
+                                {
+                                    // Not a crash: a child that keeps returning by itself, restarted each time under RestartPolicy.Always.
+                                    SetError($"the child returned by itself more than {_singleton.MaxRestarts} times within {_singleton.RestartWindow} under {nameof(RestartPolicy)}.{_singleton.RestartPolicy}: a child that returns is restarted, so a long-running service must return only when its stopping token fires (or use {nameof(RestartPolicy)}.{nameof(RestartPolicy.OnFailure)} or {nameof(RestartPolicy.Never)})");
+                                }
+
+                                SetState(SingletonState.Faulted, $"needed more than {_singleton.MaxRestarts} restarts within {_singleton.RestartWindow}");
                                 if (_singleton.CrashLoopBehavior == CrashLoopBehavior.StopHost)
                                 {
                                     _stopHost();
@@ -153,6 +160,15 @@ internal sealed class SingletonRunner : ISessionObserver
                             {
                                 holdOff = _stepDownHoldOff ?? _options.StepDownHoldOff;
                                 _stepDownHoldOff = null;
+                            }
+
+                            if (holdOff > TimeSpan.Zero)
+                            {
+                                // The session keeps the key from being tried meanwhile, while this runner follows at once:
+                                // it sees (and reports) who took over, instead of waiting blind.
+                                _session.HoldOff(Key, holdOff);
+                                SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, $"stepped down: not contending for {holdOff}");
+                                holdOff = TimeSpan.Zero;
                             }
 
                             break;
@@ -317,6 +333,7 @@ internal sealed class SingletonRunner : ISessionObserver
             if (first == completion)
             {
                 var failed = child.Error is not null;
+                _lastEndFailed = failed;
                 if (failed)
                 {
                     Log.ChildFailed(_logger, child.Error!, Name);

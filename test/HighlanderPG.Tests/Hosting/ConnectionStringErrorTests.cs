@@ -6,9 +6,11 @@ namespace HighlanderPG.Tests.Hosting;
 public sealed class ConnectionStringErrorTests
 {
     [Theory]
-    [InlineData("Host=db;Password=pw-secret-1;Bogus=1", "cannot be parsed: unknown keyword 'bogus'")]
-    [InlineData("Host=db;Password=pw-secret-1;Passwrod=pw-secret-1", "cannot be parsed: unknown keyword 'passwrod'")]
+    [InlineData("Host=db;Password=pw-secret-1;Bogus=1", "cannot be parsed: it has a keyword Npgsql does not know")]
+    [InlineData("Host=db;Password=pw-secret-1;Passwrod=pw-secret-1", "cannot be parsed: unknown keyword 'passwrod' (did you mean Password?)")]
+    [InlineData("Host=db;Usrname=app;Password=pw-secret-1", "cannot be parsed: unknown keyword 'usrname' (did you mean Username?)")]
     [InlineData("Host=db;Password=pw-secret-1;Timeout=soon", "cannot be parsed: the value of 'timeout' is not valid")]
+    [InlineData("Host=db;Password=pw-secret-1;Port=abc-pw-secret-1", "cannot be parsed: the value of 'port' is not valid")]
     [InlineData("Host=db;Password=pw-secret-1;Port=99999999999", "cannot be parsed: the value of 'port' is out of range")]
     [InlineData("Host=db;Password=pw-secret-1;Pooling=maybe", "cannot be parsed: the value of 'pooling' is not valid")]
     [InlineData("Host=db;Password=pw-secret-1;SSL Mode=weird", "cannot be parsed: the value of 'ssl mode' is not valid")]
@@ -22,4 +24,35 @@ public sealed class ConnectionStringErrorTests
         Assert.Contains(expected, problem, StringComparison.Ordinal);
         Assert.DoesNotContain("pw-secret-1", problem, StringComparison.Ordinal);
     }
+
+    /// <summary>
+    /// A password holding an unquoted ';' splits into a "keyword" the builder does not know, and a missing ';' makes the
+    /// next pair part of the host: neither fragment is repeated, each is refused at start with what to fix.
+    /// </summary>
+    [Theory]
+    [InlineData("Host=db;Password=pw;secret-1=x", "it has a keyword Npgsql does not know (not repeated here")]
+    [InlineData("Host=db Password=pw-secret-1;Username=app", "cannot be used: its Host holds a space or '='")]
+    [InlineData("Host=db,db2 Password=pw-secret-1;Username=app", "cannot be used: its Host holds a space or '='")]
+    [InlineData("Host=db;Port=70000;Password=pw-secret-1", "cannot be used: the value of 'port' is out of range (1-65535)")]
+    [InlineData("Host=db;Port=0;Password=pw-secret-1", "the value of 'port' is out of range")]
+    public void A_password_fragment_in_a_keyword_or_a_host_is_never_repeated(string connectionString, string expected)
+    {
+        var problem = ConnectionSettings.Validate(connectionString);
+
+        Assert.NotNull(problem);
+        Assert.Contains(expected, problem, StringComparison.Ordinal);
+        Assert.DoesNotContain("secret-1", problem, StringComparison.Ordinal);
+        if (problem.Contains("cannot be used", StringComparison.Ordinal))
+        {
+            // It parses (the builder takes such a host or port): what a node would log of it shows no part of it either.
+            Assert.DoesNotContain("secret-1", ConnectionSettings.Describe(new Npgsql.NpgsqlConnectionStringBuilder(connectionString)), StringComparison.Ordinal);
+        }
+    }
+
+    [Theory]
+    [InlineData("Host=/var/run/postgresql;Username=app")]
+    [InlineData("Host=/tmp/a dir with spaces;Username=app")]
+    [InlineData("Host=db1:5433,db2,[::1]:5432;Username=app")]
+    public void Hosts_that_are_addresses_names_or_socket_directories_are_accepted(string connectionString) =>
+        Assert.Null(ConnectionSettings.Validate(connectionString));
 }

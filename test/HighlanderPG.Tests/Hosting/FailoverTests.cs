@@ -63,6 +63,51 @@ public sealed class FailoverTests(PostgresFixture pg)
     }
 
     [Fact]
+    public async Task A_node_that_stepped_down_follows_during_its_hold_off_and_shows_who_took_over()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var a = await cluster.StartNodeAsync("a", configure: o => o.StepDownHoldOff = TimeSpan.FromMinutes(5));
+        await cluster.Recorder.WaitStartedAsync("job", node: "a");
+        var b = await cluster.StartNodeAsync("b");
+        await b.WaitForLeaderAsync("job", "a");
+
+        var mark = cluster.Recorder.Mark();
+        await a.Singletons.StepDownAsync("job");
+        await cluster.Recorder.WaitStartedAsync("job", mark, node: "b");
+
+        // Within its five-minute hold-off, a follows b and says so (it used to show no leader until the hold-off ended).
+        var status = await a.WaitForLeaderAsync("job", "b");
+
+        // And it does not take the singleton back while held off: b stops, nobody else runs it, a does not start it.
+        var stopMark = cluster.Recorder.Mark();
+        await b.DisposeAsync();
+        await cluster.Recorder.WaitStoppedAsync("job", "b", stopMark);
+        await a.WaitForAsync("job", s => s.State == SingletonState.Following && s.Leader is null, "see the singleton free");
+        Assert.DoesNotContain(cluster.Recorder.Events, e => e.Seq > stopMark && e.Kind == LifeKind.Started);
+        Assert.Equal("b", status.Leader!.NodeId);
+        cluster.Recorder.AssertNoOverlap();
+    }
+
+    [Fact]
+    public async Task A_child_that_keeps_returning_by_itself_ends_in_a_crash_loop_whose_error_says_why()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var node = await cluster.StartNodeAsync("quick", singletons: [], configure: o =>
+        {
+            o.SingletonDefaults.MaxRestarts = 2;
+            o.SingletonDefaults.RestartDelay = TimeSpan.Zero;
+            o.SingletonDefaults.CrashLoopBehavior = CrashLoopBehavior.GiveUp;
+        }, services: s => s.AddClusterSingleton("returns", (_, _, _) => Task.CompletedTask));
+
+        var status = await node.WaitForStateAsync("returns", SingletonState.Faulted);
+
+        Assert.Equal(2, status.Restarts);
+        Assert.Contains("returned by itself more than 2 times", status.LastError, StringComparison.Ordinal);
+        Assert.Contains("must return only when its stopping token fires", status.LastError, StringComparison.Ordinal);
+        Assert.Contains(cluster.Logs.Entries, e => e.EventId.Id == HighlanderEventIds.CrashLoop && e.Message.Contains("needed more than 2 restarts", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task A_failed_child_is_restarted_with_a_fresh_instance_and_the_failure_is_reported()
     {
         await using var cluster = new TestCluster(pg.ConnectionString);

@@ -26,6 +26,12 @@ public sealed class OptionsValidationTests
         { "negative max restarts", "MaxRestarts must not be negative" },
         { "wait slice not shorter than the lease", "WaitSlice" },
         { "bad fencing schema", "FencingSchema" },
+        { "bad fencing schema with fencing off", "FencingSchema" },
+        { "namespace with a control character", "Namespace must be 1 to 200 characters without control characters" },
+        { "namespace too long", "Namespace must be 1 to 200 characters" },
+        { "endpoint without fencing", "Endpoint needs Fencing = true" },
+        { "port out of range", "the value of 'port' is out of range (1-65535)" },
+        { "a missing ';' before the password", "its Host holds a space or '='" },
     };
 
     private static void Apply(string @case, HighlanderOptions o)
@@ -47,6 +53,12 @@ public sealed class OptionsValidationTests
             case "negative max restarts": o.SingletonDefaults.MaxRestarts = -1; break;
             case "wait slice not shorter than the lease": o.WaitSlice = TimeSpan.FromSeconds(15); break;
             case "bad fencing schema": o.Fencing = true; o.FencingSchema = "Bad-Schema; DROP"; break;
+            case "bad fencing schema with fencing off": o.FencingSchema = "Bad-Schema"; break; // it also names the control channel
+            case "namespace with a control character": o.Namespace = "team\u0001a"; break;
+            case "namespace too long": o.Namespace = new string('n', 201); break;
+            case "endpoint without fencing": o.Endpoint = "http://10.0.0.7:8080"; break;
+            case "port out of range": o.ConnectionString = "Host=127.0.0.1;Port=70000;Username=u;Password=s3cret-pw"; break;
+            case "a missing ';' before the password": o.ConnectionString = "Host=127.0.0.1 Password=s3cret-pw;Username=u"; break;
             default: throw new ArgumentOutOfRangeException(nameof(@case));
         }
     }

@@ -44,6 +44,17 @@ internal sealed class FakeLockSession(FakeTimeProvider time, Journal journal) : 
 
     public LeaderInfo? GetHolder(long key) => null;
 
+    /// <summary>The hold-offs the runner asked for (after a step-down), in order.</summary>
+    public List<TimeSpan> HoldOffs { get; } = [];
+
+    public void HoldOff(long key, TimeSpan duration)
+    {
+        lock (HoldOffs)
+        {
+            HoldOffs.Add(duration);
+        }
+    }
+
     /// <summary>Waits for the runner's next AcquireAsync and grants it a fresh lease.</summary>
     public async Task<Lease> GrantNextAsync()
     {
