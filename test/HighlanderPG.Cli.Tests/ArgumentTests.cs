@@ -22,6 +22,14 @@ public sealed class ArgumentTests
     [InlineData(new[] { "run", "--name", "x", "--once", "--restart", "never", "--", "true" }, "--restart does not apply with --once")]
     [InlineData(new[] { "run", "--name", "x", "--restart", "sometimes", "--", "true" }, "sometimes")]
     [InlineData(new[] { "demo", "--duration", "5s" }, "too short")]
+    [InlineData(new[] { "run", "--name", "a", "--name", "b", "--", "true" }, "Option '--name' expects a single argument but 2 were provided")]
+    [InlineData(new[] { "run", "--once", "--name", "v", "--procfile" }, "Required argument missing for option: '--procfile'")]
+    [InlineData(new[] { "run", "--once", "--name", "x", "--endpoint", "http://x", "--", "true" }, "Endpoint needs Fencing = true")]
+    [InlineData(new[] { "run", "--name", "x", "--max-restarts", "abc", "--", "true" }, "--max-restarts: 'abc' is not a whole number")]
+    [InlineData(new[] { "run", "--name", "x", "--lease", "1S", "--", "true" }, "units are lowercase")]
+    [InlineData(new[] { "run", "--once", "--name", "a\u0001b", "--", "true" }, "Cluster singleton name 'a\\u0001b' must be 1 to 200 characters, not blank, without control characters (it has 3). (Name is --name)")]
+    [InlineData(new[] { "status", "--namespace", " " }, "--namespace must not be blank")]
+    [InlineData(new[] { "status", "--name", "" }, "--name must not be blank")]
     [InlineData(new string[0], "Required command was not provided")]
     public async Task Bad_arguments_exit_2_with_a_message(string[] args, string message)
     {
@@ -33,10 +41,10 @@ public sealed class ArgumentTests
     [Fact]
     public async Task A_bad_connection_string_exits_2_without_showing_it()
     {
-        var (code, cli) = await CliProcess.RunAsync(["run", "--once", "--name", "x", "--connection", "Host=h;Password=pw-not-shown;Bogus=1", "--", "true"]);
+        var (code, cli) = await CliProcess.RunAsync(["run", "--once", "--name", "x", "--connection", "Host=h;Password=pw-not-shown;Usernme=app", "--", "true"]);
         Assert.True(code == ExitCodes.Usage, cli.Output);
         Assert.True(cli.Stderr.Contains("the connection string cannot be parsed", StringComparison.Ordinal), cli.Output);
-        Assert.True(cli.Stderr.Contains("unknown keyword 'bogus'", StringComparison.Ordinal), cli.Output);
+        Assert.True(cli.Stderr.Contains("unknown keyword 'usernme' (did you mean Username?)", StringComparison.Ordinal), cli.Output);
         Assert.False(cli.Output.Contains("pw-not-shown", StringComparison.Ordinal), cli.Output);
     }
 

@@ -66,6 +66,29 @@ public sealed class OnceTests(PostgresFixture pg) : IDisposable
     }
 
     [Fact]
+    public async Task Once_that_loses_the_name_while_the_command_runs_exits_5_and_says_it_lost_it()
+    {
+        var once = CliProcess.Start(["run", "--once", "--name", _name, "--node-id", "losing", .. RunTests.Timings[..8], "--", .. _life.ScriptCommand], JournalEnvironment.For(_life, pg.ConnectionString));
+        await using (once)
+        {
+            await _life.Journal.WaitStartedAsync(_name, node: "losing");
+
+            // Its lock session ends (killed on the server): the lock goes with it, and the command is stopped.
+            await using (var connection = new Npgsql.NpgsqlConnection(pg.ConnectionString))
+            {
+                await connection.OpenAsync();
+                await using var kill = new Npgsql.NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", connection);
+                kill.Parameters.Add(new Npgsql.NpgsqlParameter<string> { TypedValue = "highlander/losing" });
+                Assert.Equal(1L, (long)(await kill.ExecuteScalarAsync())!);
+            }
+
+            Assert.True(await once.WaitForExitAsync(TimeSpan.FromSeconds(60)) == ExitCodes.Interrupted, once.Output);
+            Assert.True(once.Stderr.Contains($"interrupted: this node lost '{_name}'", StringComparison.Ordinal), once.Output);
+            Assert.False(once.Stderr.Contains("was told to stop", StringComparison.Ordinal), once.Output);
+        }
+    }
+
+    [Fact]
     public async Task Once_with_an_unreachable_server_exits_4_and_never_prints_the_password()
     {
         var watch = Stopwatch.StartNew();

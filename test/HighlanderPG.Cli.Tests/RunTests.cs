@@ -63,6 +63,17 @@ public sealed class RunTests(PostgresFixture pg) : IDisposable
     }
 
     [Fact]
+    public async Task A_command_that_keeps_exiting_0_under_restart_always_ends_in_a_crash_loop_that_says_so()
+    {
+        var (code, cli) = await CliProcess.RunAsync(
+            ["run", "--name", _name, "--node-id", "quits", .. Timings[..8], "--max-restarts", "1", "--restart-window", "1m", "--restart-delay", "100ms", "--", "true"],
+            JournalEnvironment.For(_life, pg.ConnectionString));
+
+        Assert.True(code == ExitCodes.Failure, cli.Output);
+        Assert.True(cli.Stderr.Contains("crash-looped (it kept exiting by itself with code 0, and --restart always restarts it each time", StringComparison.Ordinal), cli.Output);
+    }
+
+    [Fact]
     public async Task The_command_gets_its_name_node_and_fencing_token_and_inherits_stdout()
     {
         await using var a = CliProcess.Start(

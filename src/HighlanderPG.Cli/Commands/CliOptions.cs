@@ -21,10 +21,39 @@ internal static class CliOptions
         HelpName = "CS",
     };
 
-    public static Option<string?> Namespace() => new("--namespace")
+    public static Option<string?> Namespace()
     {
-        Description = "Namespace the names are hashed in (default: highlander).",
-        HelpName = "NS",
+        var option = new Option<string?>("--namespace")
+        {
+            Description = "Namespace the names are hashed in (default: highlander).",
+            HelpName = "NS",
+        };
+        option.Validators.Add(result =>
+        {
+            if (result.Tokens.Count == 1 && string.IsNullOrWhiteSpace(result.Tokens[0].Value))
+            {
+                result.AddError("--namespace must not be blank: it is hashed with each name into the lock key (leave it out for the default, highlander).");
+            }
+        });
+        return option;
+    }
+
+    /// <summary>An option that takes a whole number, refused in plain words (not as a .NET type name) when it is not one.</summary>
+    public static Option<int?> WholeNumber(string name, string description, string example) => new(name)
+    {
+        Description = description,
+        HelpName = "N",
+        CustomParser = result =>
+        {
+            var token = result.Tokens.Count == 1 ? result.Tokens[0].Value : null;
+            if (int.TryParse(token, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var value))
+            {
+                return value;
+            }
+
+            result.AddError($"{name}: '{token}' is not a whole number (e.g. {name} {example}).");
+            return null;
+        },
     };
 
     private static TimeSpan? ParseDuration(ArgumentResult result, string name)

@@ -119,7 +119,8 @@ internal static class ControlCommands
             }
             catch (ArgumentException ex)
             {
-                Say.Error(commandName, ex.Message);
+                // The message without .NET's "(Parameter 'name')": the flags are the user's words here.
+                Say.Error(commandName, ex.ParamName is { } parameter ? ex.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : ex.Message);
                 return ExitCodes.Usage;
             }
             catch (ClusterControlException ex) when (ex.SqlState is not "42501")

@@ -30,7 +30,7 @@ internal static class RunCommand
         var waitSlice = CliOptions.Duration("--wait-slice", "Bound of a follower's blocking wait for the lock, shorter than the lease (default: the library's, 5s or a third of the lease if that is shorter).");
         var restart = new Option<string?>("--restart") { Description = "When the command exits: always (default), on-failure (exit 0 is final), never. With --procfile: every member's restart policy (restarts keep the lock).", HelpName = "POLICY" };
         restart.AcceptOnlyFromAmong(RestartValues);
-        var maxRestarts = new Option<int?>("--max-restarts") { Description = "Restart intensity: at most this many restarts within --restart-window (default 5); more ends highlander with exit code 1. With --procfile: the group's restarts.", HelpName = "N" };
+        var maxRestarts = CliOptions.WholeNumber("--max-restarts", "Restart intensity: at most this many restarts within --restart-window (default 5); more ends highlander with exit code 1. With --procfile: the group's restarts.", "5");
         var restartWindow = CliOptions.Duration("--restart-window", "The window of --max-restarts (default 1m).");
         var restartDelay = CliOptions.Duration("--restart-delay", "How long this node waits after the command exited before contending again (default 1s). With --procfile: how long before members restart, holding the lock.");
         var fencing = new Option<bool>("--fencing") { Description = "Fencing tokens: the command gets HIGHLANDER_FENCING_TOKEN, strictly increasing per acquisition (creates the highlander.leases table)." };
@@ -67,12 +67,12 @@ internal static class RunCommand
                 result.AddError("missing COMMAND: give the command to run after --, e.g. highlander run --name nightly-report -- ./report.sh --full (or a group: --procfile FILE)");
             }
 
-            if (isGroup && string.IsNullOrWhiteSpace(result.GetValue(procfile)))
+            if (isGroup && string.IsNullOrWhiteSpace(SafeValue(result, procfile)))
             {
                 result.AddError("--procfile needs a file name, e.g. --procfile ./Procfile");
             }
 
-            if (isGroup && result.GetValue(once))
+            if (isGroup && SafeValue(result, once))
             {
                 result.AddError("--once does not apply with --procfile: a group runs as a service (its members are supervised and restarted); run a one-off job as highlander run --once --name NAME -- COMMAND");
             }
@@ -88,17 +88,17 @@ internal static class RunCommand
                 }
             }
 
-            if (result.GetResult(name) is not null && string.IsNullOrWhiteSpace(result.GetValue(name)))
+            if (result.GetResult(name) is not null && string.IsNullOrWhiteSpace(SafeValue(result, name)) && result.GetResult(name)!.Tokens.Count == 1)
             {
                 result.AddError("--name must not be blank: the lock key derives from it, so every node must give the same, stable name.");
             }
 
-            if (result.GetResult(wait) is not null && !result.GetValue(once))
+            if (result.GetResult(wait) is not null && !SafeValue(result, once))
             {
                 result.AddError("--wait only applies with --once.");
             }
 
-            if (result.GetValue(once))
+            if (SafeValue(result, once))
             {
                 foreach (var restartOption in new Option[] { restart, maxRestarts, restartWindow, restartDelay })
                 {
@@ -170,6 +170,22 @@ internal static class RunCommand
     }
 
     /// <summary>Reads the procfile and the group's options, printing what is wrong (and returning null) when they cannot be used.</summary>
+    /// <summary>
+    /// The option's value for a validator, or the default when the parser could make none (the option given twice, or
+    /// without its argument): the parser reports that itself, and a validator must not throw instead of it.
+    /// </summary>
+    private static T? SafeValue<T>(CommandResult result, Option<T> option)
+    {
+        try
+        {
+            return result.GetValue(option);
+        }
+        catch (InvalidOperationException)
+        {
+            return default;
+        }
+    }
+
     internal static GroupSettings? ReadGroup(string path, string? strategy, IReadOnlyList<string> memberRestarts, bool prefixOutput)
     {
         IReadOnlyList<GroupMember> members;

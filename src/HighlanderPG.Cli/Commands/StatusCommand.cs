@@ -24,6 +24,13 @@ internal static class StatusCommand
             HelpName = "NAME",
             AllowMultipleArgumentsPerToken = false,
         };
+        names.Validators.Add(result =>
+        {
+            if (result.Tokens.Any(t => string.IsNullOrWhiteSpace(t.Value)))
+            {
+                result.AddError("--name must not be blank.");
+            }
+        });
         var fencingSchema = new Option<string?>("--fencing-schema") { Description = "Schema of the fencing table, read if it exists (default highlander).", HelpName = "SCHEMA" };
         var watch = new Option<bool>("--watch")
         {
@@ -178,7 +185,8 @@ internal static class StatusCommand
                 leader.Leader.NodeId ?? leader.Leader.ApplicationName ?? "?",
                 since is null ? "-" : FormatTime(since.Value) + (leader.Since is null ? " (session)" : ""),
                 leader.Leader.BackendPid.ToString(CultureInfo.InvariantCulture),
-                leader.Leader.ClientAddress ?? "local",
+                // No address: a Unix socket, or a session whose details this role may not see (then no start time either).
+                leader.Leader.ClientAddress ?? (leader.Leader.SessionStarted is null ? "-" : "local"),
                 leader.FencingEpoch?.ToString(CultureInfo.InvariantCulture) ?? "-",
                 leader.Endpoint ?? "-",
                 leader.Followers.Count == 0 ? "-" : string.Join(",", leader.Followers.Select(f => f.NodeId ?? f.ApplicationName ?? "?")),

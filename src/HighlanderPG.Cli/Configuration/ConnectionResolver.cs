@@ -81,7 +81,9 @@ internal static class ConnectionResolver
         try
         {
             var builder = new NpgsqlConnectionStringBuilder(connectionString);
-            return string.IsNullOrWhiteSpace(builder.Host) ? "the connection string names no Host" : null;
+            return string.IsNullOrWhiteSpace(builder.Host) ? "the connection string names no Host"
+                : ConnectionSettings.CheckHostAndPort(builder) is { } problem ? $"the connection string cannot be used: {problem}"
+                : null;
         }
         catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
         {
@@ -95,7 +97,9 @@ internal static class ConnectionResolver
         try
         {
             var builder = new NpgsqlConnectionStringBuilder(connectionString);
-            return $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username ?? "(default database)"}";
+            return ConnectionSettings.CheckHostAndPort(builder) is null
+                ? $"{builder.Host}:{builder.Port}/{builder.Database ?? builder.Username ?? "(default database)"}"
+                : "(an invalid host or port)";
         }
         catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
         {

@@ -56,9 +56,15 @@ internal static class Durations
             var unit = text[unitStart..position];
             if (unit.Length == 0)
             {
-                error = position < text.Length
-                    ? $"'{text}' is not a duration: unexpected '{text[position]}' (whole numbers only; write 1500ms, not 1.5s)"
-                    : $"'{text}' is not a duration: '{digits}' has no unit (add ms, s, m or h, e.g. {digits}s)";
+                error = position >= text.Length
+                    ? $"'{text}' is not a duration: '{digits}' has no unit (add ms, s, m or h, e.g. {digits}s)"
+                    : $"'{text}' is not a duration: unexpected '{text[position]}' ({text[position] switch
+                    {
+                        '.' or ',' => "whole numbers only; write 1500ms, not 1.5s",
+                        var c when char.IsWhiteSpace(c) => $"no spaces; write {digits}s",
+                        var c when char.IsAsciiLetterUpper(c) => "units are lowercase: ms, s, m, h",
+                        _ => "use e.g. 500ms, 4s, 2m, 1h or 1m30s",
+                    }})";
                 return false;
             }
 

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using HighlanderPG.Diagnostics;
 using HighlanderPG.Leasing;
@@ -31,6 +32,9 @@ internal static partial class RunHost
         (nameof(HighlanderOptions.Namespace), "--namespace"),
         (nameof(HighlanderOptions.ConnectionString), "--connection"),
         (nameof(HighlanderOptions.FencingSchema), "--fencing-schema"),
+        (nameof(HighlanderOptions.Fencing), "--fencing"),
+        ("Name", "--name"),
+        (nameof(HighlanderOptions.Endpoint), "--endpoint"),
         (nameof(ClusterSingletonOptions.MaxRestarts), "--max-restarts"),
         (nameof(ClusterSingletonOptions.RestartWindow), "--restart-window"),
         (nameof(ClusterSingletonOptions.RestartDelay), "--restart-delay"),
@@ -84,11 +88,12 @@ internal static partial class RunHost
         builder.Services.AddSingleton<IHostLifetime, SignalsHandledElsewhere>();
 
         var once = settings.Once ? new OnceGate() : null;
+        var lastExit = new StrongBox<CommandOutcome?>(); // service mode: how the command's last run ended
         var child = settings.Group is null
             ? new CommandChild(settings.Command, program!, ProcessLauncher.Shared)
             {
                 BeforeStart = once is null ? null : once.TryStart,
-                AfterExit = once is null ? null : once.Finish,
+                AfterExit = once is null ? outcome => Volatile.Write(ref lastExit.Value, outcome) : once.Finish,
             }
             : null;
         var group = settings.Group is { } groupSettings ? new GroupChild(groupSettings, settings, shell!, ProcessLauncher.Shared) : null;
@@ -173,7 +178,7 @@ internal static partial class RunHost
             try
             {
                 return once is null
-                    ? await ServeAsync(host, singletons, settings, group, logger).ConfigureAwait(false)
+                    ? await ServeAsync(host, singletons, settings, group, lastExit, logger).ConfigureAwait(false)
                     : await RunOnceAsync(host, singletons, options, settings, once, changes, watching, connection, logger).ConfigureAwait(false);
             }
             finally
@@ -443,7 +448,7 @@ internal static partial class RunHost
     private static readonly TimeSpan RehearsalTimeout = TimeSpan.FromSeconds(10);
 
     /// <summary>Service mode: until SIGTERM/SIGINT (graceful step-down, exit 0) or a crash loop (exit 1).</summary>
-    private static async Task<int> ServeAsync(IHost host, IClusterSingletons singletons, RunSettings settings, GroupChild? group, ILogger logger)
+    private static async Task<int> ServeAsync(IHost host, IClusterSingletons singletons, RunSettings settings, GroupChild? group, StrongBox<CommandOutcome?> lastExit, ILogger logger)
     {
         await host.WaitForShutdownAsync(CancellationToken.None).ConfigureAwait(false);
         if (group?.Failure is { } failure)
@@ -455,7 +460,11 @@ internal static partial class RunHost
         var status = singletons.Get(settings.Name);
         if (status?.State == SingletonState.Faulted)
         {
-            Say.Error("run", $"'{settings.Name}': the command crash-looped ({status.LastError}); giving up");
+            // A command that exits 0 again and again is no crash, but under --restart always it is restarted each time.
+            var why = Volatile.Read(ref lastExit.Value) is { StoppedByUs: false, ExitCode: 0 }
+                ? "it kept exiting by itself with code 0, and --restart always restarts it each time: a command run as a service should keep running, or use --restart on-failure or never"
+                : status.LastError ?? "its runs kept failing";
+            Say.Error("run", $"'{settings.Name}': the command crash-looped ({why}); giving up");
             return ExitCodes.Failure;
         }
 
@@ -568,6 +577,7 @@ internal static partial class RunHost
             }
 
             var lastError = singletons.Get(settings.Name)?.LastError;
+            var toldToStop = stopping.IsCancellationRequested; // read before the host's stop, which sets it too
             await host.StopAsync(CancellationToken.None).ConfigureAwait(false);
             if (result is not null)
             {
@@ -578,7 +588,7 @@ internal static partial class RunHost
             var outcome = gate.Finished.Task.IsCompletedSuccessfully ? gate.Finished.Task.Result : new CommandOutcome(ExitCodes.Interrupted, StoppedByUs: true);
             if (outcome.StoppedByUs)
             {
-                var why = stopping.IsCancellationRequested ? "highlander was told to stop" : $"this node lost '{settings.Name}' ({lastError ?? "lease lost"})";
+                var why = toldToStop ? "highlander was told to stop" : $"this node lost '{settings.Name}' ({lastError ?? "lease lost"})";
                 Say.Error("run", $"interrupted: {why}; the command was stopped before it finished (its exit code was {outcome.ExitCode})");
                 return ExitCodes.Interrupted;
             }
