@@ -51,6 +51,32 @@ public sealed class ControlCommandTests(PostgresFixture pg) : IDisposable
     }
 
     [Fact]
+    public async Task A_drain_that_leaves_only_held_off_nodes_warns_that_the_singleton_runs_nowhere_until_then()
+    {
+        var env = JournalEnvironment.For(_life, pg.ConnectionString);
+        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", _a, .. RunTests.Timings, "--", .. _life.ScriptCommand], env);
+        await _life.Journal.WaitStartedAsync(_name, node: _a);
+        await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", _b, .. RunTests.Timings, "--", .. _life.ScriptCommand], env);
+        await b.WaitLoggedAsync(HighlanderEventIds.Following);
+        var mark = _life.Journal.Mark();
+        var (code, cli) = await CliProcess.RunAsync(["stepdown", _name, "--hold-off", "5m", "--timeout", "60s"], env);
+        Assert.True(code == 0, cli.Output);
+        await _life.Journal.WaitStartedAsync(_name, mark, node: _b);
+
+        // a is held off from it for 5 minutes, and b is drained: the one other node cannot take it.
+        (code, cli) = await CliProcess.RunAsync(["drain", "--node", _b, "--hold-off", "1m", "--no-wait"], env);
+        Assert.True(code == 0, cli.Output);
+        Assert.Contains("warning: every other node is held off from ", cli.Stderr);
+        Assert.Contains($"({_a} until ", cli.Stderr);
+
+        (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _a], env);
+        Assert.True(code == 0, cli.Output);
+        (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _b], env);
+        Assert.True(code == 0, cli.Output);
+        _life.Journal.AssertNoOverlap();
+    }
+
+    [Fact]
     public async Task Bad_requests_exit_2_with_what_to_fix_and_do_nothing()
     {
         var env = JournalEnvironment.For(_life, pg.ConnectionString);

@@ -170,6 +170,7 @@ internal static class ControlCommands
             return ExitCodes.Ok;
         }
 
+        await WarnWhenEveryOtherNodeIsHeldOffAsync(commandName, control, keys, names, otherNodes, cancellationToken).ConfigureAwait(false);
         if (noWait)
         {
             return ExitCodes.Ok;
@@ -198,6 +199,39 @@ internal static class ControlCommands
         }
 
         return ExitCodes.Ok;
+    }
+
+    /// <summary>
+    /// Warns when every other live node is held off from a singleton too (drained, or stepped down from it earlier): it then
+    /// runs nowhere until the first of those hold-offs ends, which a wait would otherwise only show as a silent wait.
+    /// </summary>
+    private static async Task WarnWhenEveryOtherNodeIsHeldOffAsync(string commandName, ClusterControl control, IReadOnlyCollection<long> keys, IReadOnlyCollection<string> names, IReadOnlyList<string> otherNodes, CancellationToken cancellationToken)
+    {
+        IReadOnlyList<HoldOff> holdOffs;
+        try
+        {
+            holdOffs = await control.GetHoldOffsAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (NpgsqlException)
+        {
+            return; // only a warning: the request itself stands
+        }
+
+        // Names line up with keys when every singleton's name is known (a drain may include some only known by key).
+        var keyNames = keys.Count == names.Count ? keys.Zip(names).ToDictionary(p => p.First, p => p.Second) : [];
+        foreach (var key in keys)
+        {
+            var blocking = otherNodes
+                .Select(node => holdOffs.Where(h => h.NodeId == node && (h.Key is null || h.Key == key)).MaxBy(h => h.Until))
+                .ToList();
+            if (blocking.All(h => h is not null))
+            {
+                var first = blocking.Min(h => h!.Until);
+                var who = string.Join(", ", blocking.Select(h => $"{h!.NodeId} until {h.Until.UtcDateTime.ToString("HH:mm:ss", CultureInfo.InvariantCulture)} UTC"));
+                var name = keyNames.TryGetValue(key, out var n) ? n : $"key {key.ToString(CultureInfo.InvariantCulture)}";
+                Console.Error.WriteLine($"highlander {commandName}: warning: every other node is held off from {name} ({who}): it runs nowhere until {first.UtcDateTime.ToString("HH:mm:ss", CultureInfo.InvariantCulture)} UTC (or highlander undrain --node NODE).");
+            }
+        }
     }
 
     private static void WriteMoves(string from, IReadOnlyList<ClusterSingleton> singletons)
