@@ -147,7 +147,9 @@ internal static class Checker
 
                     var round = RoundOf(b.Start);
                     var blamed = Blame(round, a.Host, b.Host);
-                    var fencing = blamed.Where(c => FaultKinds.IsFencingCase(c.Fault.Plan.Kind) && (c.Fault.HostName == a.Host || c.Fault.HostName == b.Host)).ToList();
+                    // Excused only by a fencing case that took this very singleton away (not by one that hit the host but
+                    // took nothing, e.g. a follower's session ended).
+                    var fencing = blamed.Where(c => FaultKinds.IsFencingCase(c.Fault.Plan.Kind) && c.Fault.Injected && (c.Fault.HostName == a.Host || c.Fault.HostName == b.Host) && c.Fault.Affected.Contains(group.Key)).ToList();
                     var overlap = new Overlap(group.Key, a, b, b.Start, Math.Min(a.End ?? end, b.End ?? end), round, fencing.Count > 0, b.FlockTaken);
                     result.Overlaps.Add(overlap);
                     var targets = fencing.Count > 0 ? fencing : blamed;

@@ -52,7 +52,8 @@ internal sealed record FaultPlan(int Id, int Round, FaultKind Kind, int Host, in
 /// <summary>One fault as it happened.</summary>
 internal sealed class FaultRecord(FaultPlan plan)
 {
-    public FaultPlan Plan { get; } = plan;
+    /// <summary>The plan; a pause meant for a guarded transaction that found none is recorded as the plain pause it was.</summary>
+    public FaultPlan Plan { get; set; } = plan;
     public long Start { get; set; }
     public long End { get; set; }
     public string Note { get; set; } = "";
@@ -176,11 +177,59 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
 {
     private readonly System.Collections.Concurrent.ConcurrentDictionary<(int Round, string Host), int> _pausedInTx = new();
 
+    private readonly Lock _retargetGate = new();
+    private readonly Dictionary<int, HashSet<int>> _retargeted = []; // round -> hosts faults of it were moved to
+
+    /// <summary>
+    /// The planned host, or, when it runs no child at the moment of the fault, another host that does: a fault that takes
+    /// nothing away checks nothing (an audit saw a CI smoke's only SIGKILL and only pause "pass" having taken away no
+    /// singleton, on a `highlander run` host that led none). The other host is one no other fault of the round targets,
+    /// a library host only for the kinds that need one, and never the round's last untouched library host (as planned:
+    /// the singletons must have somewhere to go). The schedule stays seeded; where a fault lands then depends on who
+    /// leads, as it would for an operator.
+    /// </summary>
+    private Host Retarget(FaultPlan plan, Host planned, IReadOnlyCollection<int> otherHosts)
+    {
+        var running = book().Open.Select(l => l.Host).ToHashSet(StringComparer.Ordinal);
+        if (running.Contains(planned.Name))
+        {
+            return planned;
+        }
+
+        lock (_retargetGate)
+        {
+            if (!_retargeted.TryGetValue(plan.Round, out var moved))
+            {
+                _retargeted[plan.Round] = moved = [];
+            }
+
+            var libraryHosts = cluster.Hosts.Count(h => h.Kind == HostKind.Library);
+            var libraryTaken = otherHosts.Concat(moved).Distinct().Count(i => cluster.Hosts[i].Kind == HostKind.Library);
+            var chosen = cluster.Hosts
+                .Where(h => h.Index != planned.Index && !otherHosts.Contains(h.Index) && !moved.Contains(h.Index) && running.Contains(h.Name))
+                .Where(h => h.Kind == HostKind.Library ? libraryTaken + 1 < libraryHosts : !FaultKinds.LibraryOnly(plan.Kind))
+                .OrderBy(h => h.Index)
+                .FirstOrDefault();
+            if (chosen is null)
+            {
+                return planned;
+            }
+
+            moved.Add(chosen.Index);
+            return chosen;
+        }
+    }
+
     public async Task<FaultRecord> InjectAsync(FaultPlan plan, IReadOnlyCollection<int> otherHosts, CancellationToken cancel)
     {
         var record = new FaultRecord(plan);
         await Task.Delay(plan.OffsetMs, cancel);
         var host = plan.Host >= 0 ? cluster.Hosts[plan.Host] : null;
+        if (host is not null && plan.Kind is not (FaultKind.PauseInTx or FaultKind.ClockJump))
+        {
+            host = Retarget(plan, host, otherHosts);
+        }
+
         if (plan.Kind == FaultKind.PauseInTx)
         {
             // Land the pause inside a guarded transaction: wait (up to 6 s) for one to be announced, on the planned host
@@ -202,6 +251,12 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
 
             host = inTx ?? host;
             record.Note = inTx is null ? "no-tx-seen" : "in-tx";
+            if (inTx is null)
+            {
+                // Without an open guarded transaction it is a plain pause: recorded as one, not as this kind's case.
+                plan = plan with { Kind = FaultKind.Pause };
+                record.Plan = plan;
+            }
         }
 
         record.HostName = host?.Name ?? "server";
@@ -299,7 +354,10 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
                 break;
             case FaultKind.Terminate:
             {
-                var victim = host!.Processes[Math.Abs(plan.Id) % host.Processes.Count];
+                // A node that leads something (a follower's session ended takes nothing away, and checks nothing).
+                var leading = book().Open.Select(l => l.Node).ToHashSet(StringComparer.Ordinal);
+                var victims = host!.Processes.Where(p => leading.Contains(p.Node)).ToList() is { Count: > 0 } leaders ? leaders : host.Processes;
+                var victim = victims[Math.Abs(plan.Id) % victims.Count];
                 // Before the fault's start is taken: a node still reconnecting after the round before has no session to end
                 // yet (seen in CI: terminated=0 right after a partition of the same host had healed).
                 await cluster.WaitForLockSessionAsync(victim.Node, TimeSpan.FromSeconds(10), cancel);
