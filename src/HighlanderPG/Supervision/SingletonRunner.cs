@@ -319,8 +319,9 @@ internal sealed class SingletonRunner : ISessionObserver
                     _ = exited.ContinueWith(static (_, w) => ((LeaseGuard.Watch)w!).Dispose(), watch, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
                 }
             }
-            else
+            else if (first != completion)
             {
+                // Told to stop: how long it took (a child that ended by itself had nothing to stop, and is logged below).
                 var elapsed = _time.GetElapsedTime(stopStarted);
                 Log.ChildStopped(_logger, Name, elapsed);
                 if (_observed)
