@@ -30,6 +30,35 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
     });
 
     /// <summary>
+    /// With actions on, what they need is checked when the dashboard is mapped, not at the first request (where a missing
+    /// piece answered 500, and broke the read-only view too): the authorization services, the policy itself, and an
+    /// authentication scheme to challenge with (else a refused POST is a 500, not a 401).
+    /// </summary>
+    private static void CheckAuthorizationSetUp(IServiceProvider services, string policy)
+    {
+        if (string.IsNullOrWhiteSpace(policy))
+        {
+            throw new InvalidOperationException("HighlanderPG dashboard: ActionsPolicy is blank: name an authorization policy, or leave it null for a read-only dashboard.");
+        }
+
+        if (services.GetService<IAuthorizationPolicyProvider>() is not { } policies || services.GetService<IAuthorizationService>() is null)
+        {
+            throw new InvalidOperationException($"HighlanderPG dashboard: ActionsPolicy is set ('{policy}') but authorization is not: add builder.Services.AddAuthorization(o => o.AddPolicy(\"{policy}\", ...)).");
+        }
+
+        if (policies.GetPolicyAsync(policy).GetAwaiter().GetResult() is null)
+        {
+            throw new InvalidOperationException($"HighlanderPG dashboard: no authorization policy is named '{policy}' (ActionsPolicy): add it with builder.Services.AddAuthorization(o => o.AddPolicy(\"{policy}\", ...)).");
+        }
+
+        if (services.GetService<Microsoft.AspNetCore.Authentication.IAuthenticationSchemeProvider>() is not { } schemes
+            || schemes.GetDefaultChallengeSchemeAsync().GetAwaiter().GetResult() is null)
+        {
+            throw new InvalidOperationException($"HighlanderPG dashboard: ActionsPolicy is set ('{policy}') but no authentication scheme is: add builder.Services.AddAuthentication(...) with a default scheme, so that who acts is known (and a refused request is a 401, not an error).");
+        }
+    }
+
+    /// <summary>
     /// Maps the dashboard under <paramref name="pattern"/>: the page (<c>GET pattern</c>), its JSON
     /// (<c>GET pattern/api/snapshot</c>) and, only when <see cref="HighlanderDashboardOptions.ActionsPolicy"/> is set, the
     /// actions, behind that policy and an antiforgery token: step down (<c>POST pattern/api/singletons/{name}/step-down</c>,
@@ -54,6 +83,11 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         {
             throw new InvalidOperationException(
                 $"HighlanderPG dashboard: ActionsPolicy is set ('{options.ActionsPolicy}'), so its POST needs an antiforgery token: add builder.Services.AddAntiforgery() (and the policy, with builder.Services.AddAuthorization(...)).");
+        }
+
+        if (actionsEnabled)
+        {
+            CheckAuthorizationSetUp(services, options.ActionsPolicy!);
         }
 
         var monitor = CreateMonitor(services, options);

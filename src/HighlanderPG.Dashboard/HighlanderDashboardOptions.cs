@@ -4,7 +4,9 @@ namespace HighlanderPG.Dashboard;
 public sealed class HighlanderDashboardOptions
 {
     /// <summary>
-    /// The authorization policy a user must satisfy to act (step this node down from a singleton it leads).
+    /// The authorization policy a user must satisfy to act (step a singleton's leader down, drain or undrain a node, on any
+    /// node of the cluster). Checked when the dashboard is mapped: the policy must exist, with authorization and a default
+    /// authentication scheme set up.
     /// <see langword="null"/> (the default): the dashboard is read-only and no action endpoint exists.
     /// </summary>
     public string? ActionsPolicy { get; set; }

@@ -232,7 +232,14 @@ public sealed class DashboardApiTests(PostgresFixture pg)
         var noAntiforgery = Assert.Throws<InvalidOperationException>(() => app.MapHighlanderDashboard("/highlander", o => o.ActionsPolicy = "ops"));
         Assert.Contains("AddAntiforgery()", noAntiforgery.Message, StringComparison.Ordinal);
         var tooFast = Assert.Throws<ArgumentException>(() => app.MapHighlanderDashboard("/fast", o => o.PollInterval = TimeSpan.FromMilliseconds(10)));
-        Assert.Contains("at least 100 ms", tooFast.Message, StringComparison.Ordinal);
+
+        // Actions on, and what they need missing: said when mapped, not as a 500 at the first request.
+        var noAuthorization = await ActionsMapErrorAsync(_ => { });
+        Assert.Contains("AddAuthorization(o => o.AddPolicy(\"ops\"", noAuthorization.Message, StringComparison.Ordinal);
+        var noPolicy = await ActionsMapErrorAsync(s => s.AddAuthorization(o => o.AddPolicy("admins", p => p.RequireAuthenticatedUser())));
+        Assert.Contains("no authorization policy is named 'ops'", noPolicy.Message, StringComparison.Ordinal);
+        var noScheme = await ActionsMapErrorAsync(s => s.AddAuthorization(o => o.AddPolicy("ops", p => p.RequireAuthenticatedUser())));
+        Assert.Contains("no authentication scheme is", noScheme.Message, StringComparison.Ordinal);
 
         var bare = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
         await using var noNode = bare.Build();
@@ -242,5 +249,16 @@ public sealed class DashboardApiTests(PostgresFixture pg)
         var unparsable = Assert.Throws<InvalidOperationException>(() => noNode.MapHighlanderDashboard("/typo", o => o.ConnectionString = "Host=db;Password=pw-not-shown;Usrname=ops"));
         Assert.Contains("unknown keyword 'usrname'", unparsable.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("pw-not-shown", unparsable.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>What mapping a dashboard with <c>ActionsPolicy = "ops"</c> throws, with antiforgery and <paramref name="configure"/>'s services.</summary>
+    private async Task<InvalidOperationException> ActionsMapErrorAsync(Action<IServiceCollection> configure)
+    {
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        builder.Services.AddHighlander(o => o.ConnectionString = pg.ConnectionString);
+        builder.Services.AddAntiforgery();
+        configure(builder.Services);
+        await using var app = builder.Build();
+        return Assert.Throws<InvalidOperationException>(() => app.MapHighlanderDashboard("/highlander", o => o.ActionsPolicy = "ops"));
     }
 }

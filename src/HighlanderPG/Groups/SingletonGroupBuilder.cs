@@ -133,6 +133,12 @@ public sealed class SingletonGroupBuilder
             throw new ArgumentException($"Every member of group '{Name}' needs a name (e.g. \"mailer\"): it names the member in status, events and logs.", nameof(name));
         }
 
+        if (name.Length > Hosting.HighlanderOptionsValidator.MaxNameLength || name.Any(char.IsControl))
+        {
+            // The names' rules, as for singletons and groups (it is shown in status, health checks and logs).
+            throw new ArgumentException($"A member name of group '{Name}' must be 1 to {Hosting.HighlanderOptionsValidator.MaxNameLength} characters without control characters (it has {name.Length}).", nameof(name));
+        }
+
         if (!Enum.IsDefined(restart))
         {
             throw new ArgumentOutOfRangeException(nameof(restart), restart, $"Unknown restart type for member '{name}' of group '{Name}'; use Permanent, Transient or Temporary.");

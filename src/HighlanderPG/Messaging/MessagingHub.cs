@@ -46,7 +46,7 @@ internal sealed class MessagingHub : IHostedService, IAsyncDisposable
         {
             var builder = new NpgsqlDataSourceBuilder(_options.ConnectionString);
             builder.ConnectionStringBuilder.ApplicationName = "highlander-msg/" + _options.NodeId;
-            builder.UseLoggerFactory(loggerFactory);
+            builder.UseLoggerFactory(new Diagnostics.MinimumLevelLoggerFactory(loggerFactory, LogLevel.Warning)); // as the lock sessions': no line per take and wait
             _options.ConfigureDataSource?.Invoke(builder);
             builder.ConnectionStringBuilder.Multiplexing = false;
             _ownedDataSource = builder.Build();

@@ -28,10 +28,15 @@ public sealed class SingletonClient : IAsyncDisposable
     private readonly MessagingHub? _hub;
     private readonly ConcurrentDictionary<long, TaskCompletionSource<string>> _calls = new();
     private readonly ConcurrentDictionary<long, (string Reply, long At)> _early = new();
+    private readonly Lock _arrivals = new(); // a call's registration and its reply's arrival, one at a time
     private readonly CancellationTokenSource _disposed = new();
     private readonly Lock _gate = new();
     private Task? _listener;
     private TaskCompletionSource _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // Faulted with the listener's error when its latest attempt to listen failed (reset when it listens again): a call
+    // then fails at once with the connection's own error, as a send does, instead of waiting out its timeout.
+    private TaskCompletionSource _listenFailed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>A client on your data source (not disposed with the client).</summary>
     /// <param name="dataSource">A data source of the database the nodes use.</param>
@@ -154,13 +159,28 @@ public sealed class SingletonClient : IAsyncDisposable
         var json = Prepare(name, request, timeout);
         using var deadline = new CancellationTokenSource(timeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(deadline.Token, cancellationToken, _disposed.Token);
-        await EnsureListeningAsync(linked.Token).ConfigureAwait(false);
+        try
+        {
+            await EnsureListeningAsync(linked.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested && !_disposed.IsCancellationRequested)
+        {
+            throw new TimeoutException($"The call to singleton '{name}' timed out after {timeout} before it was sent: its reply channel was not listened on yet (the database is slow to answer). Nothing was sent.");
+        }
 
         var id = await InsertOwnAsync(name, json, typeof(TRequest), timeout, _replyChannel, linked.Token).ConfigureAwait(false);
 
         var waiter = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _calls[id] = waiter;
-        if (_early.TryRemove(id, out var early))
+        (string Reply, long At) early;
+        bool arrivedEarly;
+        lock (_arrivals)
+        {
+            // Under the same lock as Arrived: a reply is either found here or finds the waiter there, never neither.
+            _calls[id] = waiter;
+            arrivedEarly = _early.TryRemove(id, out early);
+        }
+
+        if (arrivedEarly)
         {
             waiter.TrySetResult(early.Reply);
         }
@@ -179,11 +199,16 @@ public sealed class SingletonClient : IAsyncDisposable
                 return Serialization.FromJson<TResponse>(_serializer, stored ?? "null");
             }
 
-            cancellationToken.ThrowIfCancellationRequested();
             ObjectDisposedException.ThrowIf(_disposed.IsCancellationRequested, this);
-            throw new TimeoutException(state == "expired"
-                ? $"The call {id} to singleton '{name}' timed out after {timeout} before any leader took it: it was marked expired and will not be processed."
-                : $"The call {id} to singleton '{name}' timed out after {timeout}: a leader took it but did not reply in time (it is not delivered again).");
+            var what = state == "expired"
+                ? "before any leader took it: it was marked expired and will not be processed"
+                : "after a leader took it, without its reply (it is not delivered again, and its work may be done)";
+            if (cancellationToken.IsCancellationRequested)
+            {
+                throw new OperationCanceledException($"The call {id} to singleton '{name}' was cancelled by its token {what}.", cancellationToken);
+            }
+
+            throw new TimeoutException($"The call {id} to singleton '{name}' timed out after {timeout} {what}.");
         }
         finally
         {
@@ -283,10 +308,23 @@ public sealed class SingletonClient : IAsyncDisposable
             return _hub.EnsureListeningAsync(cancellationToken);
         }
 
+        Task listening;
+        Task failed;
         lock (_gate)
         {
             _listener ??= Task.Run(ListenAsync);
-            return _listening.Task.WaitAsync(cancellationToken);
+            listening = _listening.Task;
+            failed = _listenFailed.Task;
+        }
+
+        return WaitListeningAsync(listening, failed, cancellationToken);
+    }
+
+    private static async Task WaitListeningAsync(Task listening, Task failed, CancellationToken cancellationToken)
+    {
+        if (await Task.WhenAny(listening, failed).WaitAsync(cancellationToken).ConfigureAwait(false) == failed)
+        {
+            await failed.ConfigureAwait(false); // the connection's error
         }
     }
 
@@ -311,6 +349,10 @@ public sealed class SingletonClient : IAsyncDisposable
                 lock (_gate)
                 {
                     _listening.TrySetResult();
+                    if (_listenFailed.Task.IsCompleted)
+                    {
+                        _listenFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    }
                 }
 
                 delay = TimeSpan.FromMilliseconds(100);
@@ -331,6 +373,14 @@ public sealed class SingletonClient : IAsyncDisposable
                     {
                         _listening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                     }
+
+                    if (_listenFailed.Task.IsCompleted)
+                    {
+                        _listenFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    }
+
+                    _listenFailed.TrySetException(ex);
+                    _ = _listenFailed.Task.Exception; // observed: with no call waiting, nobody else would look at it
                 }
 
                 try
@@ -375,14 +425,22 @@ public sealed class SingletonClient : IAsyncDisposable
         }
 
         var rest = payload[(space + 1)..];
-        if (_calls.TryGetValue(id, out var waiter))
+        TaskCompletionSource<string>? waiter;
+        var now = _time.GetTimestamp();
+        lock (_arrivals)
+        {
+            if (!_calls.TryGetValue(id, out waiter))
+            {
+                _early[id] = (rest, now);
+            }
+        }
+
+        if (waiter is not null)
         {
             waiter.TrySetResult(rest);
             return;
         }
 
-        var now = _time.GetTimestamp();
-        _early[id] = (rest, now);
         foreach (var (key, value) in _early)
         {
             if (_time.GetElapsedTime(value.At, now) > TimeSpan.FromMinutes(1))

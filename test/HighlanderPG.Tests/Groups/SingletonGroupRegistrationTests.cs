@@ -52,6 +52,18 @@ public sealed class SingletonGroupRegistrationTests(PostgresFixture pg)
         Assert.Contains("Every member of group 'billing' needs a name", error.Message);
     }
 
+    [Theory]
+    [InlineData("mail\u0001er")]
+    [InlineData("line\nbreak")]
+    public void A_member_name_with_a_control_character_or_too_long_is_refused(string member)
+    {
+        var services = new ServiceCollection();
+        var error = Assert.ThrowsAny<ArgumentException>(() => services.AddClusterSingletonGroup("billing", g => g.Add<Probe<A>>(member)));
+        Assert.Contains("must be 1 to 200 characters without control characters", error.Message);
+        var tooLong = Assert.ThrowsAny<ArgumentException>(() => new ServiceCollection().AddClusterSingletonGroup("billing", g => g.Add<Probe<A>>(new string('m', 201))));
+        Assert.Contains("(it has 201)", tooLong.Message);
+    }
+
     [Fact]
     public void An_invalid_intensity_is_refused()
     {

@@ -183,7 +183,9 @@ public sealed class MessagingTests(PostgresFixture pg)
         var call = rig.Client.CallAsync<Question, Answer>(MessagingRig.Singleton, new Question(1), TimeSpan.FromMinutes(5), cts.Token);
         await MessagingRig.EventuallyAsync(async () => await rig.ScalarAsync<long>($"SELECT count(*) FROM {rig.Schema}.messages") == 1, "the call was stored");
         await cts.CancelAsync();
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call);
+        var cancelled = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call);
+        Assert.Contains("cancelled by its token before any leader took it", cancelled.Message);
+        Assert.Equal(cts.Token, cancelled.CancellationToken);
         Assert.Equal("expired", await rig.ScalarAsync<string>($"SELECT state FROM {rig.Schema}.messages"));
 
         // A call whose handler outlives its deadline: the handler's token fires; the caller gets a timeout.
@@ -203,6 +205,16 @@ public sealed class MessagingTests(PostgresFixture pg)
         var slow = await Assert.ThrowsAsync<TimeoutException>(() => rig.Client.CallAsync<Question, Answer>(MessagingRig.Singleton, new Question(2), TimeSpan.FromSeconds(2)));
         Assert.Contains("took it", slow.Message);
         await handlerCancelled.Task.WaitAsync(TimeSpan.FromSeconds(60));
+    }
+
+    [Fact]
+    public async Task A_call_to_an_unreachable_database_fails_with_the_connections_error_not_a_timeout()
+    {
+        // As a send does: at once, with Npgsql's own error, not a TaskCanceledException at the end of the call's timeout.
+        await using var client = new SingletonClient(new SingletonClientOptions { ConnectionString = "Host=127.0.0.1;Port=1;Username=u;Timeout=2" });
+        var sent = await Assert.ThrowsAnyAsync<NpgsqlException>(() => client.SendAsync(MessagingRig.Singleton, new Question(1)));
+        var called = await Assert.ThrowsAnyAsync<NpgsqlException>(() => client.CallAsync<Question, Answer>(MessagingRig.Singleton, new Question(1), TimeSpan.FromMinutes(5)));
+        Assert.Equal(sent.GetType(), called.GetType());
     }
 
     [Fact]
