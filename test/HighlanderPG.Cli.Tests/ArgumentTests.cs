@@ -39,6 +39,15 @@ public sealed class ArgumentTests
     }
 
     [Fact]
+    public async Task A_demo_connection_it_cannot_use_exits_2_without_an_empty_results_table()
+    {
+        var (code, cli) = await CliProcess.RunAsync(["demo", "--connection", "Host=a,b;Username=u"]);
+        Assert.True(code == ExitCodes.Usage, cli.Output);
+        Assert.True(cli.Stderr.Contains("the demo needs a single TCP host", StringComparison.Ordinal), cli.Output);
+        Assert.False(cli.Output.Contains("What happened after each fault", StringComparison.Ordinal), cli.Output);
+    }
+
+    [Fact]
     public async Task A_bad_connection_string_exits_2_without_showing_it()
     {
         var (code, cli) = await CliProcess.RunAsync(["run", "--once", "--name", "x", "--connection", "Host=h;Password=pw-not-shown;Usernme=app", "--", "true"]);

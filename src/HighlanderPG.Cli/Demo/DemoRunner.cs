@@ -84,7 +84,12 @@ internal sealed class DemoRunner
             await _cluster.CleanUpAsync(keepFiles: failed).ConfigureAwait(false);
         }
 
-        DemoSummary.Print(exitCode, _results, _findings, _view.Elapsed, _cluster.WorkDir);
+        if (exitCode != ExitCodes.Usage)
+        {
+            // A usage error (a connection the demo cannot use) was said already, before anything ran: no empty table.
+            DemoSummary.Print(exitCode, _results, _findings, _view.Elapsed, _cluster.WorkDir);
+        }
+
         return exitCode;
     }
 

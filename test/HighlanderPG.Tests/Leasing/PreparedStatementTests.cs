@@ -40,7 +40,7 @@ public sealed class PreparedStatementTests
         // is again a first.
         var heartbeatsA = lockA.Where(l => l.Contains("pg_backend_pid(), clock_timestamp()", StringComparison.Ordinal))
             .GroupBy(Pid).ToList();
-        Assert.Contains(heartbeatsA, session => session.Count() >= 4);
+        Assert.Contains(heartbeatsA, session => session.Count() >= 2); // at least one heartbeat that must be prepared
         Assert.All(heartbeatsA, session => Assert.All(session.Skip(1), l => Assert.Contains("execute _auto", l, StringComparison.Ordinal)));
         Assert.Contains(lockA, l => l.Contains("execute _auto", StringComparison.Ordinal) && l.Contains(TryStatement, StringComparison.Ordinal));
         Assert.Contains(lockA, l => l.Contains("execute _auto", StringComparison.Ordinal) && l.Contains(ReleaseStatement, StringComparison.Ordinal));
