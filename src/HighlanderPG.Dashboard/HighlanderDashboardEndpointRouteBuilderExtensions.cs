@@ -46,13 +46,15 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
             throw new InvalidOperationException($"HighlanderPG dashboard: ActionsPolicy is set ('{policy}') but authorization is not: add builder.Services.AddAuthorization(o => o.AddPolicy(\"{policy}\", ...)).");
         }
 
-        if (policies.GetPolicyAsync(policy).GetAwaiter().GetResult() is null)
+        if (policies.GetPolicyAsync(policy).GetAwaiter().GetResult() is not { } found)
         {
             throw new InvalidOperationException($"HighlanderPG dashboard: no authorization policy is named '{policy}' (ActionsPolicy): add it with builder.Services.AddAuthorization(o => o.AddPolicy(\"{policy}\", ...)).");
         }
 
-        if (services.GetService<Microsoft.AspNetCore.Authentication.IAuthenticationSchemeProvider>() is not { } schemes
-            || schemes.GetDefaultChallengeSchemeAsync().GetAwaiter().GetResult() is null)
+        // A policy that names its own schemes challenges with those; else the default challenge scheme must exist.
+        if (found.AuthenticationSchemes.Count == 0
+            && (services.GetService<Microsoft.AspNetCore.Authentication.IAuthenticationSchemeProvider>() is not { } schemes
+                || schemes.GetDefaultChallengeSchemeAsync().GetAwaiter().GetResult() is null))
         {
             throw new InvalidOperationException($"HighlanderPG dashboard: ActionsPolicy is set ('{policy}') but no authentication scheme is: add builder.Services.AddAuthentication(...) with a default scheme, so that who acts is known (and a refused request is a 401, not an error).");
         }

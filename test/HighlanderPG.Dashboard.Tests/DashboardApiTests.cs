@@ -241,6 +241,16 @@ public sealed class DashboardApiTests(PostgresFixture pg)
         var noScheme = await ActionsMapErrorAsync(s => s.AddAuthorization(o => o.AddPolicy("ops", p => p.RequireAuthenticatedUser())));
         Assert.Contains("no authentication scheme is", noScheme.Message, StringComparison.Ordinal);
 
+        // A policy that names its own scheme needs no default one: it challenges with its own.
+        var ownScheme = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        ownScheme.Services.AddHighlander(o => o.ConnectionString = pg.ConnectionString);
+        ownScheme.Services.AddAntiforgery();
+        ownScheme.Services.AddAuthorization(o => o.AddPolicy("ops", p => p.AddAuthenticationSchemes("Bearer").RequireAuthenticatedUser()));
+        await using (var withOwnScheme = ownScheme.Build())
+        {
+            Assert.NotNull(withOwnScheme.MapHighlanderDashboard("/highlander", o => o.ActionsPolicy = "ops"));
+        }
+
         var bare = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
         await using var noNode = bare.Build();
         var noDatabase = Assert.Throws<InvalidOperationException>(() => noNode.MapHighlanderDashboard());

@@ -206,7 +206,8 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
             var libraryHosts = cluster.Hosts.Count(h => h.Kind == HostKind.Library);
             var libraryTaken = otherHosts.Concat(moved).Distinct().Count(i => cluster.Hosts[i].Kind == HostKind.Library);
             var chosen = cluster.Hosts
-                .Where(h => h.Index != planned.Index && !otherHosts.Contains(h.Index) && !moved.Contains(h.Index) && running.Contains(h.Name))
+                .Where(h => h.Index != planned.Index && !otherHosts.Contains(h.Index) && !moved.Contains(h.Index) && running.Contains(h.Name)
+                    && !_pausedInTx.ContainsKey((plan.Round, h.Name)))
                 .Where(h => h.Kind == HostKind.Library ? libraryTaken + 1 < libraryHosts : !FaultKinds.LibraryOnly(plan.Kind))
                 .OrderBy(h => h.Index)
                 .FirstOrDefault();
@@ -234,7 +235,14 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
         {
             // Land the pause inside a guarded transaction: wait (up to 6 s) for one to be announced, on the planned host
             // or, if it leads nothing, another library host that no other fault of the round targets.
-            var candidates = cluster.Hosts.Where(h => h.Kind == HostKind.Library && (h.Index == plan.Host || !otherHosts.Contains(h.Index))).ToList();
+            HashSet<int> movedHere;
+            lock (_retargetGate)
+            {
+                movedHere = _retargeted.TryGetValue(plan.Round, out var moved) ? [.. moved] : [];
+            }
+
+            // Not a host another fault of the round was planned on or moved to.
+            var candidates = cluster.Hosts.Where(h => h.Kind == HostKind.Library && (h.Index == plan.Host || !otherHosts.Contains(h.Index)) && !movedHere.Contains(h.Index)).ToList();
             foreach (var c in candidates)
             {
                 book().ClearTransactions(c.Name);

@@ -61,7 +61,9 @@ internal sealed partial class KeyLedger
         lock (_gate)
         {
             var now = _holdOffClock.GetTimestamp();
-            _ownHoldOffs[key] = now + LeaseTimings.ToTimestampDelta(duration, _holdOffClock);
+            // At most ten years (TimeSpan.MaxValue would overflow the timestamp, and end the hold-off at once).
+            var capped = duration > TimeSpan.FromDays(3650) ? TimeSpan.FromDays(3650) : duration;
+            _ownHoldOffs[key] = now + LeaseTimings.ToTimestampDelta(capped, _holdOffClock);
             return NextHoldOffEnd(now);
         }
     }

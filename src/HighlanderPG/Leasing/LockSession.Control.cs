@@ -111,8 +111,13 @@ internal sealed partial class LockSession
                 return;
             }
 
-            // A little after the end, so that the ledger sees it ended (its clock is the same TimeProvider).
+            // A little after the end, so that the ledger sees it ended (its clock is the same TimeProvider). A timer takes at
+            // most about 49 days: a longer hold-off is looked at again after a day, and the timer set anew from there.
             due += TimeSpan.FromMilliseconds(1);
+            if (due > TimeSpan.FromDays(1))
+            {
+                due = TimeSpan.FromDays(1);
+            }
             if (_holdOffTimer is null)
             {
                 _holdOffTimer = _time.CreateTimer(static state => ((LockSession)state!).OnHoldOffEnded(), this, due, Timeout.InfiniteTimeSpan);

@@ -34,9 +34,11 @@ public sealed class SingletonClient : IAsyncDisposable
     private Task? _listener;
     private TaskCompletionSource _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    // Faulted with the listener's error when its latest attempt to listen failed (reset when it listens again): a call
-    // then fails at once with the connection's own error, as a send does, instead of waiting out its timeout.
+    // Faulted with the listener's error when it could not listen yet at all (its first attempts failed): a call then fails
+    // at once with the connection's own error, as a send does, instead of waiting out its timeout. Once it has listened,
+    // a dropped connection is reconnected while calls wait, as before.
     private TaskCompletionSource _listenFailed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private bool _everListened; // under _gate
 
     /// <summary>A client on your data source (not disposed with the client).</summary>
     /// <param name="dataSource">A data source of the database the nodes use.</param>
@@ -349,6 +351,7 @@ public sealed class SingletonClient : IAsyncDisposable
                 lock (_gate)
                 {
                     _listening.TrySetResult();
+                    _everListened = true;
                     if (_listenFailed.Task.IsCompleted)
                     {
                         _listenFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -374,13 +377,16 @@ public sealed class SingletonClient : IAsyncDisposable
                         _listening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                     }
 
-                    if (_listenFailed.Task.IsCompleted)
+                    if (!_everListened)
                     {
-                        _listenFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    }
+                        if (_listenFailed.Task.IsCompleted)
+                        {
+                            _listenFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        }
 
-                    _listenFailed.TrySetException(ex);
-                    _ = _listenFailed.Task.Exception; // observed: with no call waiting, nobody else would look at it
+                        _listenFailed.TrySetException(ex);
+                        _ = _listenFailed.Task.Exception; // observed: with no call waiting, nobody else would look at it
+                    }
                 }
 
                 try
