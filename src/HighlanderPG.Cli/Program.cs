@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using System.CommandLine.Invocation;
 using HighlanderPG.Cli.Commands;
 
@@ -34,8 +35,29 @@ internal static class Program
             return ExitCodes.Usage;
         }
 
+        if (parse.Action is HelpAction && parse.CommandResult.Command.Name == "run")
+        {
+            await Console.Out.WriteAsync(RunHelp(parse)).ConfigureAwait(false);
+            return 0;
+        }
+
         // Signals are handled by each command (the run host steps down gracefully; the demo cleans up), not by the parser.
         return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// <c>run --help</c> with its real usage lines: the parser's own shows <c>highlander run [options]</c>, which leaves out
+    /// <c>--name</c> and the command after <c>--</c> (kept out of the parser on purpose, see <see cref="Main"/>).
+    /// </summary>
+    internal static string RunHelp(ParseResult parse)
+    {
+        using var help = new StringWriter();
+        parse.Invoke(new InvocationConfiguration { Output = help });
+        var newLine = Environment.NewLine;
+        return help.ToString().Replace(
+            $"{newLine}  highlander run [options]{newLine}",
+            $"{newLine}  highlander run --name NAME [options] -- COMMAND [ARGS...]{newLine}  highlander run --name NAME --procfile FILE [options]{newLine}",
+            StringComparison.Ordinal);
     }
 
     internal static RootCommand CreateRootCommand(IReadOnlyList<string> command, bool hasSeparator)

@@ -98,4 +98,15 @@ public sealed class ArgumentTests
         Assert.True(cli.Stdout.Contains("status", StringComparison.Ordinal), cli.Output);
         Assert.True(cli.Stdout.Contains("demo", StringComparison.Ordinal), cli.Output);
     }
+
+    [Fact]
+    public async Task Run_help_shows_the_name_and_the_command_after_the_separator_in_its_usage()
+    {
+        var (code, cli) = await CliProcess.RunAsync(["run", "--help"]);
+        Assert.Equal(0, code);
+        Assert.True(cli.Stdout.Contains("highlander run --name NAME [options] -- COMMAND [ARGS...]", StringComparison.Ordinal), cli.Output);
+        Assert.True(cli.Stdout.Contains("highlander run --name NAME --procfile FILE [options]", StringComparison.Ordinal), cli.Output);
+        Assert.False(cli.Stdout.Contains("highlander run [options]", StringComparison.Ordinal), cli.Output);
+        Assert.True(cli.Stdout.Contains("--procfile", StringComparison.Ordinal), cli.Output);
+    }
 }

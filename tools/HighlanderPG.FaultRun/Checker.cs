@@ -102,6 +102,13 @@ internal static class Checker
         }
 
         result.Lives = book.All.Count;
+        // What each fault took away, from the whole history: the run's live view at the fault's start may not have read
+        // a child's start yet (its history is read every few hundred milliseconds).
+        foreach (var f in rounds.SelectMany(r => r.Faults).Where(f => !FaultKinds.IsGlobal(f.Plan.Kind) && f.HostName is not null))
+        {
+            f.Affected = book.LedAt(f.Start, f.HostName!, f.Node);
+        }
+
         var checks = rounds.SelectMany(r => r.Faults.Select(f => new FaultCheck(f, r))).ToList();
         result.Checks.AddRange(checks);
         int RoundOf(long mono)
@@ -493,9 +500,8 @@ internal static class OfflineCheck
                 Note = note,
                 Detail = offset,
                 Injected = !(note == "clock_settime refused" || note == "terminated=0" || note.StartsWith("failed:", StringComparison.Ordinal)),
-                Affected = FaultKinds.IsGlobal(kind)
-                    ? [.. singletons]
-                    : [.. book.All.Where(l => l.Start < begin.Mono && (l.End is not { } end || end > begin.Mono) && (node is null ? l.Host == hostName : l.Node == node)).Select(l => l.Singleton).Distinct()],
+                Node = node,
+                Affected = FaultKinds.IsGlobal(kind) ? [.. singletons] : book.LedAt(begin.Mono, hostName, node),
             };
             if (record.Affected.Count != r.GetProperty("affected").GetInt32())
             {

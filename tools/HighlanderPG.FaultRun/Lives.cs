@@ -191,6 +191,18 @@ internal sealed class LifeBook
         }
     }
 
+    /// <summary>
+    /// The singletons whose child ran at <paramref name="at"/> on <paramref name="host"/> (or, given, on that one node):
+    /// what a fault there at that moment took away.
+    /// </summary>
+    public List<string> LedAt(long at, string host, string? node)
+    {
+        lock (_gate)
+        {
+            return [.. All.Where(l => l.Start < at && (l.End is not { } end || end > at) && (node is null ? l.Host == host : l.Node == node)).Select(l => l.Singleton).Distinct()];
+        }
+    }
+
     public List<int> OpenPids
     {
         get

@@ -63,6 +63,9 @@ internal sealed class FaultRecord(FaultPlan plan)
     public int Detail { get; set; }
     public List<string> Affected { get; set; } = [];
     public string? HostName { get; set; }
+
+    /// <summary>The one node the fault was aimed at (pg_terminate_backend of a `highlander run` session), else null.</summary>
+    public string? Node { get; set; }
 }
 
 /// <summary>One round: its faults start together (a few ms apart), then the run waits until the cluster has recovered.</summary>
@@ -274,9 +277,9 @@ internal sealed class Nemesis(Cluster cluster, Func<LifeBook> book, Settings set
             record.Start = Mono.Now();
             // What the fault takes away: everything for a server fault; one node's singletons for pg_terminate_backend of
             // its session (the host's other `highlander run` processes keep theirs); else the host's.
-            record.Affected = host is null
-                ? [.. cluster.Singletons]
-                : [.. book().Open.Where(l => node is null ? l.Host == host.Name : l.Node == node).Select(l => l.Singleton).Distinct()];
+            // (The checker asks again from the whole history: a start not read yet here is found there.)
+            record.Node = node;
+            record.Affected = host is null ? [.. cluster.Singletons] : book().LedAt(record.Start, host.Name, node);
             history.Write("fault-start", detail: string.Create(CultureInfo.InvariantCulture, $"id={plan.Id};kind={plan.Kind};host={record.HostName};{detail}"), mono: record.Start);
         }
 

@@ -50,7 +50,7 @@ internal static class RunCommand
         var memberRestart = new Option<string[]>("--member-restart") { Description = "With --procfile: a member's own restart policy, MEMBER=always|on-failure|never (repeatable, or comma-separated); the others follow --restart.", HelpName = "MEMBER=POLICY", AllowMultipleArgumentsPerToken = false };
         var noPrefix = new Option<bool>("--no-prefix") { Description = "With --procfile: pass the members' output through as is, instead of prefixing each line with 'member | '." };
 
-        var command = new Command("run", "Run COMMAND (or the group of a Procfile) while this node holds NAME, so on one node at a time. Usage: highlander run --name NAME [options] -- COMMAND [ARGS...], or highlander run --name NAME --procfile FILE [options]")
+        var command = new Command("run", "Run COMMAND (or the group of a Procfile) while this node holds NAME, so on one node at a time.")
         {
             name, connection, ns, nodeId, lease, heartbeat, stopTimeout, safetyMargin, lockDelay, waitSlice, restart, maxRestarts, restartWindow, restartDelay,
             fencing, fencingSchema, endpoint, allowWeak, allowPooler, once, wait, logLevel, logFormat, procfile, strategy, memberRestart, noPrefix,
