@@ -1,3 +1,4 @@
+using HighlanderPG.Cli.Processes;
 using HighlanderPG.Cli.Tests.Infrastructure;
 using HighlanderPG.Diagnostics;
 
@@ -16,10 +17,7 @@ public sealed class ControlCommandTests(PostgresFixture pg) : IDisposable
     public async Task Stepdown_drain_and_undrain_move_the_command_and_say_where()
     {
         var env = JournalEnvironment.For(_life, pg.ConnectionString);
-        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", _a, .. RunTests.Timings, "--", .. _life.ScriptCommand], env);
-        await _life.Journal.WaitStartedAsync(_name, node: _a);
-        await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", _b, .. RunTests.Timings, "--", .. _life.ScriptCommand], env);
-        await b.WaitLoggedAsync(HighlanderEventIds.Following);
+        await using var nodes = await StartLeaderAndFollowerAsync(env);
 
         // stepdown: a stops its command before b starts it; the output says where it went.
         var mark = _life.Journal.Mark();
@@ -54,10 +52,7 @@ public sealed class ControlCommandTests(PostgresFixture pg) : IDisposable
     public async Task A_drain_that_leaves_only_held_off_nodes_warns_that_the_singleton_runs_nowhere_until_then()
     {
         var env = JournalEnvironment.For(_life, pg.ConnectionString);
-        await using var a = CliProcess.Start(["run", "--name", _name, "--node-id", _a, .. RunTests.Timings, "--", .. _life.ScriptCommand], env);
-        await _life.Journal.WaitStartedAsync(_name, node: _a);
-        await using var b = CliProcess.Start(["run", "--name", _name, "--node-id", _b, .. RunTests.Timings, "--", .. _life.ScriptCommand], env);
-        await b.WaitLoggedAsync(HighlanderEventIds.Following);
+        await using var nodes = await StartLeaderAndFollowerAsync(env);
         var mark = _life.Journal.Mark();
         var (code, cli) = await CliProcess.RunAsync(["stepdown", _name, "--hold-off", "5m", "--timeout", "60s"], env);
         Assert.True(code == 0, cli.Output);
@@ -71,6 +66,35 @@ public sealed class ControlCommandTests(PostgresFixture pg) : IDisposable
 
         (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _a], env);
         Assert.True(code == 0, cli.Output);
+        (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _b], env);
+        Assert.True(code == 0, cli.Output);
+        _life.Journal.AssertNoOverlap();
+    }
+
+    [Fact]
+    public async Task A_stepdown_interrupted_while_it_waits_exits_5_and_its_request_stands()
+    {
+        var env = JournalEnvironment.For(_life, pg.ConnectionString);
+        await using var nodes = await StartLeaderAndFollowerAsync(env);
+        var (code, cli) = await CliProcess.RunAsync(["drain", "--node", _b, "--hold-off", "5m", "--no-wait"], env);
+        Assert.True(code == 0, cli.Output);
+
+        // b is drained: the stepdown warns that nothing can take it, and waits (up to --timeout) until Ctrl+C.
+        var mark = _life.Journal.Mark();
+        await using var stepdown = CliProcess.Start(["stepdown", _name, "--hold-off", "5m", "--timeout", "5m"], env);
+        await stepdown.WaitForStderrAsync("warning: every other node is held off from ");
+        await _life.Journal.WaitStoppedAsync(_name, _a, mark);
+        Assert.False(stepdown.HasExited, stepdown.Output);
+        stepdown.Signal(Native.SigInt);
+        code = await stepdown.WaitForExitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(code == ExitCodes.Interrupted, stepdown.Output);
+        Assert.Contains("highlander stepdown: interrupted.", stepdown.Stderr);
+
+        // The request stands: a is still held off, so undrain ends two hold-offs (b's drain, a's step-down) and a takes it back.
+        (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _a], env);
+        Assert.True(code == 0, cli.Output);
+        Assert.Contains($"{_a}: 1 hold-off(s) ended", cli.Stdout);
+        await _life.Journal.WaitStartedAsync(_name, mark, node: _a);
         (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _b], env);
         Assert.True(code == 0, cli.Output);
         _life.Journal.AssertNoOverlap();
@@ -112,6 +136,44 @@ public sealed class ControlCommandTests(PostgresFixture pg) : IDisposable
         (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _a], env);
         Assert.True(code == 0, cli.Output);
         await _life.Journal.WaitStartedAsync(_name, mark, node: _a);
+    }
+
+    /// <summary>Node a runs the command, node b follows it; both are stopped when the result is disposed.</summary>
+    private async Task<Processes> StartLeaderAndFollowerAsync(IReadOnlyDictionary<string, string> env)
+    {
+        var nodes = new Processes();
+        try
+        {
+            nodes.Add(CliProcess.Start(["run", "--name", _name, "--node-id", _a, .. RunTests.Timings, "--", .. _life.ScriptCommand], env));
+            await _life.Journal.WaitStartedAsync(_name, node: _a);
+            var b = nodes.Add(CliProcess.Start(["run", "--name", _name, "--node-id", _b, .. RunTests.Timings, "--", .. _life.ScriptCommand], env));
+            await b.WaitLoggedAsync(HighlanderEventIds.Following);
+            return nodes;
+        }
+        catch
+        {
+            await nodes.DisposeAsync();
+            throw;
+        }
+    }
+
+    private sealed class Processes : IAsyncDisposable
+    {
+        private readonly List<CliProcess> _all = [];
+
+        public CliProcess Add(CliProcess process)
+        {
+            _all.Add(process);
+            return process;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            foreach (var process in Enumerable.Reverse(_all))
+            {
+                await process.DisposeAsync();
+            }
+        }
     }
 
     public void Dispose() => _life.Dispose();

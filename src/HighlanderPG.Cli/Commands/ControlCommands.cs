@@ -27,13 +27,13 @@ internal static class ControlCommands
         {
             name, node, holdOff, noWait, timeout, connection, ns, schema,
         };
-        command.SetAction((parse, cancellationToken) => RunAsync("stepdown", parse, connection, ns, schema, async control =>
+        command.SetAction(parse => RunAsync("stepdown", parse, connection, ns, schema, async (control, cancellationToken) =>
         {
             var hold = parse.GetValue(holdOff) ?? ClusterControl.DefaultStepDownHoldOff;
             var result = await control.StepDownAsync(parse.GetRequiredValue(name), parse.GetValue(node), hold, cancellationToken).ConfigureAwait(false);
             Console.Out.WriteLine($"{result.Name}: {result.NodeId} steps down; it does not take it again until {FormatTime(result.HoldOffUntil)} (hold-off {Durations.Format(hold)}).");
             return await WaitAsync("stepdown", control, result.NodeId, [result.Key], [result.Name], result.OtherNodes, parse.GetValue(noWait), parse.GetValue(timeout), cancellationToken).ConfigureAwait(false);
-        }, cancellationToken));
+        }));
         return command;
     }
 
@@ -46,13 +46,13 @@ internal static class ControlCommands
         {
             node, holdOff, noWait, timeout, connection, ns, schema,
         };
-        command.SetAction((parse, cancellationToken) => RunAsync("drain", parse, connection, ns, schema, async control =>
+        command.SetAction(parse => RunAsync("drain", parse, connection, ns, schema, async (control, cancellationToken) =>
         {
             var hold = parse.GetValue(holdOff) ?? ClusterControl.DefaultDrainHoldOff;
             var result = await control.DrainAsync(parse.GetRequiredValue(node), hold, cancellationToken).ConfigureAwait(false);
             Console.Out.WriteLine($"{result.NodeId} is drained until {FormatTime(result.HoldOffUntil)} (hold-off {Durations.Format(hold)}): it steps down from {result.Singletons.Count} singleton(s).");
             return await WaitAsync("drain", control, result.NodeId, [.. result.Singletons.Select(s => s.Key)], [.. result.Singletons.Select(s => s.Name).OfType<string>()], result.OtherNodes, parse.GetValue(noWait), parse.GetValue(timeout), cancellationToken).ConfigureAwait(false);
-        }, cancellationToken));
+        }));
         return command;
     }
 
@@ -64,7 +64,7 @@ internal static class ControlCommands
         {
             node, connection, ns, schema,
         };
-        command.SetAction((parse, cancellationToken) => RunAsync("undrain", parse, connection, ns, schema, async control =>
+        command.SetAction(parse => RunAsync("undrain", parse, connection, ns, schema, async (control, cancellationToken) =>
         {
             var id = parse.GetRequiredValue(node);
             var ended = await control.UndrainAsync(id, cancellationToken).ConfigureAwait(false);
@@ -72,7 +72,7 @@ internal static class ControlCommands
                 ? $"{id} had no hold-off running: nothing to end."
                 : $"{id}: {ended} hold-off(s) ended; it may take singletons again.");
             return ExitCodes.Ok;
-        }, cancellationToken));
+        }));
         return command;
     }
 
@@ -91,9 +91,11 @@ internal static class ControlCommands
         Option<string?> connection,
         Option<string?> ns,
         Option<string?> schema,
-        Func<ClusterControl, Task<int>> action,
-        CancellationToken cancellationToken)
+        Func<ClusterControl, CancellationToken, Task<int>> action)
     {
+        // Ctrl+C or SIGTERM ends the wait with exit 5 (the request, once made, stands).
+        using var signals = new StopSignals();
+        var cancellationToken = signals.Token;
         var resolved = RunCommand.ResolveConnection(parse.GetValue(connection), commandName);
         if (resolved is null)
         {
@@ -115,7 +117,7 @@ internal static class ControlCommands
         {
             try
             {
-                return await action(control).ConfigureAwait(false);
+                return await action(control, cancellationToken).ConfigureAwait(false);
             }
             catch (ArgumentException ex)
             {

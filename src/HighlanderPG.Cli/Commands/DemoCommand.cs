@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Runtime.InteropServices;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Demo;
 
@@ -40,17 +39,9 @@ internal static class DemoCommand
                 }
             }
 
-            using var interrupted = new CancellationTokenSource();
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Cancel);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Cancel);
+            using var interrupted = new StopSignals(); // clean up first: the nodes, the proxies, the server
             var live = !parse.GetValue(plain) && !Console.IsOutputRedirected && Spectre.Console.AnsiConsole.Profile.Capabilities.Interactive;
             return await new DemoRunner(limit, external, live).RunAsync(interrupted.Token).ConfigureAwait(false);
-
-            void Cancel(PosixSignalContext context)
-            {
-                context.Cancel = true; // clean up first: the nodes, the proxies, the server
-                interrupted.Cancel();
-            }
         });
         return command;
     }

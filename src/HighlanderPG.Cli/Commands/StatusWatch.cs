@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 using HighlanderPG.Cli.Configuration;
@@ -24,15 +23,7 @@ internal static class StatusWatch
 
     public static async Task<int> RunAsync(ResolvedConnection resolved, string @namespace, string fencingSchema, IReadOnlyList<string> names, bool json, TimeSpan interval)
     {
-        using var stop = new CancellationTokenSource();
-        void Cancel(PosixSignalContext context)
-        {
-            context.Cancel = true;
-            stop.Cancel();
-        }
-
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Cancel);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Cancel);
+        using var stop = new StopSignals();
 
         var builder = new NpgsqlConnectionStringBuilder(resolved.ConnectionString) { Pooling = false, ApplicationName = "highlander-status" };
         var watcher = new Watcher(builder.ConnectionString, @namespace, fencingSchema, names);
@@ -41,7 +32,7 @@ internal static class StatusWatch
             // The first read decides whether the database can be reached at all (exit 4, like `status`).
             await watcher.ReadAsync(stop.Token).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (OperationCanceledException) when (stop.Token.IsCancellationRequested)
         {
             return ExitCodes.Ok;
         }

@@ -9,6 +9,7 @@ internal static partial class Native
     public const int SigKill = 9;
     public const int SigTerm = 15;
     public const int SigQuit = 3;
+    public const int SigInt = 2;
     private const int Esrch = 3;
     private const int PrSetChildSubreaper = 36;
     private const int WNoHang = 1;

@@ -209,7 +209,11 @@ internal static class ControlSql
                 continue;
             }
 
-            var remaining = TimeSpan.FromMilliseconds(Math.Max(0, reader.GetDouble(2)));
+            // At most the ledger's longest hold-off: an interval of centuries (or 'infinity', PostgreSQL 17) overflows a TimeSpan.
+            var milliseconds = reader.GetDouble(2);
+            var remaining = milliseconds <= 0 ? TimeSpan.Zero
+                : !double.IsFinite(milliseconds) || milliseconds >= Leasing.KeyLedger.MaxHoldOff.TotalMilliseconds ? Leasing.KeyLedger.MaxHoldOff
+                : TimeSpan.FromMilliseconds(milliseconds);
             if (reader.IsDBNull(1))
             {
                 all = remaining;

@@ -273,7 +273,7 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
         PrepareMeasurements();
         Precompile.Methods(typeof(LockWaiter), "TargetsWithinAsync");
         Precompile.Methods(typeof(LockSession), "get_" + nameof(LockSession.AnyHoldOffs));
-        Precompile.Methods(typeof(KeyLedger), "get_" + nameof(KeyLedger.AnyHoldOffs));
+        Precompile.Methods(typeof(KeyLedger), "get_" + nameof(KeyLedger.AnyHoldOffs), "get_" + nameof(KeyLedger.AnyCovered));
     }
 
     /// <summary>The start of a stop: counted out of the placement, and, unless a rehearsal is under way, every runner told to stop.</summary>
@@ -397,7 +397,8 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     private void StepDownIfHeldOff(LockSession session, string name)
     {
-        if (_runners.FirstOrDefault(r => r.Name == name) is { } runner && session.IsHeldOff(runner.Key))
+        if (_runners.FirstOrDefault(r => r.Name == name) is { } runner
+            && (session.IsHeldOff(runner.Key) || (runner.CurrentLease is { } lease && session.TakeCovered(lease))))
         {
             Log.HoldOffStepDown(_logger, runner.Name);
             _ = Task.Run(() => runner.StepDownAsync(TimeSpan.Zero));

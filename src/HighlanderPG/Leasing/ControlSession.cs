@@ -37,7 +37,20 @@ internal static class ControlSession
         return await ReadAsync(connection, options, long.MaxValue, logger, stopping).ConfigureAwait(false);
     }
 
-    /// <summary>Reads this node's hold-offs; none when the control objects do not exist, or cannot be read (logged).</summary>
+    /// <summary>
+    /// Whether an error says that this role cannot use the control objects at all (no privilege, an object missing or of
+    /// another shape: SQLSTATE classes 42 and 3F), so that the node runs without step-down and drain requests. Any other
+    /// error (a cancelled statement, a timeout, a lock or resource error) may pass: the read fails like any statement of the
+    /// session (the node gives the session up and reads again on the next one), rather than forget a drain it cannot
+    /// read now.
+    /// </summary>
+    private static bool CannotRead(string sqlState) =>
+        sqlState.StartsWith("42", StringComparison.Ordinal) || sqlState.StartsWith("3F", StringComparison.Ordinal);
+
+    /// <summary>
+    /// Reads this node's hold-offs; none when the control objects do not exist, or this role cannot use them (logged).
+    /// Other errors are thrown: a hold-off that cannot be read now is not taken for none.
+    /// </summary>
     public static async Task<HoldOffSet> ReadAsync(NpgsqlConnection connection, HighlanderOptions options, long seenId, ILogger logger, CancellationToken cancellationToken)
     {
         try
@@ -49,7 +62,7 @@ internal static class ControlSession
 
             return await ControlSql.ReadAsync(connection, options.FencingSchema, options.NodeId, seenId, cancellationToken).ConfigureAwait(false);
         }
-        catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open)
+        catch (PostgresException ex) when (ex.InvariantSeverity is "ERROR" && connection.State == System.Data.ConnectionState.Open && CannotRead(ex.SqlState))
         {
             Log.ControlUnavailable(logger, options.FencingSchema, $"{ex.SqlState}: {ex.MessageText}");
             return HoldOffSet.None;

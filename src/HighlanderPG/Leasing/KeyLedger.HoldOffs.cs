@@ -12,6 +12,7 @@ internal sealed partial class KeyLedger
     private readonly Dictionary<long, long> _holdOffs = []; // key -> until (a TimeProvider timestamp)
     private readonly Dictionary<long, long> _ownHoldOffs = []; // the same, from this node's own step-downs: kept across reads of the operators'
     private long _holdAllUntil = long.MinValue; // a drain: every key, until then
+    private readonly HashSet<Lease> _covered = []; // held leases an operator's request covered, until released or stepped down from
     private TimeProvider _holdOffClock = TimeProvider.System;
 
     /// <summary>The clock hold-offs are measured on (the node's).</summary>
@@ -38,12 +39,16 @@ internal sealed partial class KeyLedger
             _holdOffs.Clear();
             foreach (var (key, remaining) in set.Keys)
             {
-                _holdOffs[key] = now + LeaseTimings.ToTimestampDelta(remaining, _holdOffClock);
+                _holdOffs[key] = Until(now, remaining);
             }
 
-            _holdAllUntil = set.All is { } all ? now + LeaseTimings.ToTimestampDelta(all, _holdOffClock) : long.MinValue;
+            _holdAllUntil = set.All is { } all ? Until(now, all) : long.MinValue;
             // Stepped down from even when the hold-off is already over (a step-down with a zero hold-off).
             List<long> covered = [.. _held.Keys.Where(k => set.All is not null || set.Keys.ContainsKey(k))];
+            foreach (var key in covered)
+            {
+                _covered.Add(_held[key]);
+            }
 
             // Whatever was held off before may be free now (an undrain): try at the next turn.
             _poke = true;
@@ -61,12 +66,45 @@ internal sealed partial class KeyLedger
         lock (_gate)
         {
             var now = _holdOffClock.GetTimestamp();
-            // At most ten years (TimeSpan.MaxValue would overflow the timestamp, and end the hold-off at once).
-            var capped = duration > TimeSpan.FromDays(3650) ? TimeSpan.FromDays(3650) : duration;
-            _ownHoldOffs[key] = now + LeaseTimings.ToTimestampDelta(capped, _holdOffClock);
+            _ownHoldOffs[key] = Until(now, duration);
             return NextHoldOffEnd(now);
         }
     }
+
+    /// <summary>
+    /// Whether an operator's request covered <paramref name="lease"/> (and forgets it): its runner steps down as soon as it
+    /// has the lease. A lease granted in the instant a request arrived (its runner not yet told, or its epoch still being
+    /// bumped) could not step down then, and with a zero hold-off nothing else would make it.
+    /// </summary>
+    public bool TakeCovered(Lease lease)
+    {
+        lock (_gate)
+        {
+            return _covered.Remove(lease);
+        }
+    }
+
+    /// <summary>Whether any held lease is covered by a request its runner has not acted on yet (<see cref="TakeCovered"/>).</summary>
+    public bool AnyCovered
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _covered.Count > 0;
+            }
+        }
+    }
+
+    /// <summary>The longest hold-off kept: longer ones (an operator's "drain for ever", TimeSpan.MaxValue) end after it.</summary>
+    internal static readonly TimeSpan MaxHoldOff = TimeSpan.FromDays(3650);
+
+    /// <summary>
+    /// The timestamp <paramref name="duration"/> after <paramref name="now"/>, the duration capped at <see cref="MaxHoldOff"/>:
+    /// a timestamp is a long of the clock's ticks, and a longer hold-off would overflow it and so end at once.
+    /// </summary>
+    private long Until(long now, TimeSpan duration) =>
+        now + LeaseTimings.ToTimestampDelta(duration > MaxHoldOff ? MaxHoldOff : duration, _holdOffClock);
 
     /// <summary>How long until the earliest hold-off ends (under the ledger's lock); <see langword="null"/>: none.</summary>
     private TimeSpan? NextHoldOffEnd(long now)

@@ -542,6 +542,8 @@ internal sealed partial class KeyLedger
                 {
                     _held.Remove(lease.Key);
                 }
+
+                _covered.Remove(lease);
             }
 
             _inflightReleases.Clear();
@@ -755,6 +757,7 @@ internal sealed partial class KeyLedger
         {
             List<Lease> lost = [.. _held.Values];
             _held.Clear();
+            _covered.Clear();
             _unfenced.Clear();
             _holders.Clear();
             _staleHolders.Clear();

@@ -21,8 +21,11 @@ internal sealed partial class LockSession
     /// <summary>Whether <paramref name="key"/> is held off now (an operator's step-down or drain).</summary>
     public bool IsHeldOff(long key) => _ledger.IsHeldOff(key);
 
-    /// <summary>Whether this node has any hold-off (a cheap check before <see cref="IsHeldOff"/>).</summary>
-    public bool AnyHoldOffs => _ledger.AnyHoldOffs;
+    /// <summary>Whether this node has any hold-off, or a lease a request covered (a cheap check before <see cref="IsHeldOff"/>).</summary>
+    public bool AnyHoldOffs => _ledger.AnyHoldOffs || _ledger.AnyCovered;
+
+    /// <summary>Whether an operator's request covered <paramref name="lease"/> before its runner could step down (once).</summary>
+    public bool TakeCovered(Lease lease) => _ledger.TakeCovered(lease);
 
     /// <inheritdoc/>
     public void HoldOff(long key, TimeSpan duration)

@@ -69,6 +69,18 @@ internal sealed class SingletonRunner : ISessionObserver
 
     public long Key { get; }
 
+    /// <summary>The lease this runner leads under (or is starting under), if any.</summary>
+    internal Lease? CurrentLease
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lease;
+            }
+        }
+    }
+
     /// <summary>The node-id patterns this singleton prefers under the spread placement.</summary>
     public IList<string> PreferredNodes => _singleton.PreferredNodes;
 
@@ -253,6 +265,19 @@ internal sealed class SingletonRunner : ISessionObserver
             // From here until the child is known to be gone, the lease guard (on its own thread) escalates the child if it
             // still runs at its lease's escalation point, whatever happens to this runner or the thread pool.
             watch = _session.Guard.Start(lease, () => child.IsRunning, w => _ = EscalateAsync(w, $"its child did not stop by the end of its lease ({lease.LossReason}): {child.DescribeRunning()}"));
+            if (lease.IsLost)
+            {
+                // Lost between the grant and here (the session given up or broken while this runner waited for a thread, or
+                // built its child): a session given up retires once no watch is left, and it found none, so the lock may be
+                // another node's already. The child must not start at all, not even for a moment. Checked after the watch
+                // is registered: a loss after this check finds the watch, and the session then waits for the child.
+                reason = $"lease lost before the child started: {lease.LossReason}";
+                Log.LeadershipLost(_logger, Name, reason);
+                SetError(reason);
+                SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, reason);
+                return Outcome.Contend;
+            }
+
             childGone = false;
             child.Begin(startCts.Token);
             using var lostSignal = new CancellationSignal(lease.LostToken);

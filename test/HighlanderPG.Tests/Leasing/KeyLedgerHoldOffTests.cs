@@ -43,6 +43,31 @@ public sealed class KeyLedgerHoldOffTests
     }
 
     [Fact]
+    public void A_hold_off_of_centuries_or_TimeSpan_MaxValue_lasts_the_longest_kept_instead_of_overflowing_and_ending_at_once()
+    {
+        var time = new FakeTimeProvider(Now);
+        var ledger = new KeyLedger { HoldOffClock = time };
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+
+        // An operator's "drain for ever" (ClusterControl.DrainAsync(node, TimeSpan.MaxValue), or --hold-off 3000000h) and
+        // a step-down of three centuries: in clock ticks both overflowed a long, and the hold-off ended at once.
+        var (_, next) = ledger.SetHoldOffs(new HoldOffSet(TimeSpan.MaxValue, new Dictionary<long, TimeSpan> { [2] = TimeSpan.FromDays(365 * 300) }));
+        Assert.Equal(KeyLedger.MaxHoldOff, next);
+        time.Advance(TimeSpan.FromDays(1000));
+        Assert.Equal(KeyLedger.MaxHoldOff - TimeSpan.FromDays(1000), ledger.HoldOffsElapsed());
+        Assert.True(ledger.IsHeldOff(1));
+        Assert.True(ledger.IsHeldOff(2));
+        Assert.Empty(ledger.TakeWork(heartbeatDue: true, lockDelayPassed: true, now: 0).ToTry);
+
+        // A node's own step-down is capped the same way.
+        ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan>()));
+        Assert.Equal(KeyLedger.MaxHoldOff, ledger.HoldOffOwn(1, TimeSpan.MaxValue));
+        Assert.True(ledger.IsHeldOff(1));
+        Assert.Equal([2L], ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0).ToTry);
+    }
+
+    [Fact]
     public void A_drain_holds_off_every_key_and_a_zero_hold_off_steps_down_without_holding_off()
     {
         var time = new FakeTimeProvider(Now);
@@ -67,5 +92,35 @@ public sealed class KeyLedgerHoldOffTests
         (covered, _) = ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [1] = TimeSpan.Zero }));
         Assert.Equal([1L], covered);
         Assert.False(ledger.IsHeldOff(1));
+    }
+
+    [Fact]
+    public void A_lease_a_request_covered_before_its_runner_had_it_is_remembered_once_until_released()
+    {
+        var time = new FakeTimeProvider(Now);
+        var ledger = new KeyLedger { HoldOffClock = time };
+        ledger.AddWant(1, "a");
+        ledger.AddWant(2, "b");
+        ledger.Taken([1L, 2L], fencing: false, Now);
+        var leases = ledger.HeldLeases().ToDictionary(l => l.Key);
+
+        // A zero hold-off (step down, take again at once): IsHeldOff is false by the time a runner that was not told yet
+        // starts leading, so the ledger remembers which lease the request covered.
+        var (covered, _) = ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [1] = TimeSpan.Zero }));
+        Assert.Equal([1L], covered);
+        Assert.True(ledger.AnyCovered);
+        Assert.False(ledger.TakeCovered(leases[2]));
+        Assert.True(ledger.TakeCovered(leases[1]));
+        Assert.False(ledger.TakeCovered(leases[1])); // once
+        Assert.False(ledger.AnyCovered);
+
+        // A covered lease released (its runner stepped down at once) is forgotten: its next lease is not stepped down from.
+        ledger.SetHoldOffs(new HoldOffSet(null, new Dictionary<long, TimeSpan> { [2] = TimeSpan.Zero }));
+        var done = new TaskCompletionSource();
+        Assert.True(ledger.QueueRelease(leases[2], done));
+        var (releases, _) = ledger.TakeWork(heartbeatDue: false, lockDelayPassed: true, now: 0);
+        ledger.Released(releases);
+        Assert.False(ledger.AnyCovered);
+        Assert.False(ledger.TakeCovered(leases[2]));
     }
 }

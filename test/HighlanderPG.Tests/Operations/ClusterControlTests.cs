@@ -1,7 +1,9 @@
 using HighlanderPG.Diagnostics;
+using HighlanderPG.Leasing;
 using HighlanderPG.Fencing;
 using HighlanderPG.Operations;
 using HighlanderPG.Tests.Infrastructure;
+using Microsoft.Extensions.Logging.Abstractions;
 using Npgsql;
 
 namespace HighlanderPG.Tests.Operations;
@@ -147,6 +149,44 @@ public sealed class ClusterControlTests(PostgresFixture pg)
         }
 
         cluster.Recorder.AssertNoOverlap();
+    }
+
+    [Fact]
+    public async Task A_hold_off_read_that_fails_for_a_while_is_an_error_not_an_empty_answer_that_would_end_a_drain()
+    {
+        await using var cluster = new TestCluster(pg.ConnectionString);
+        var idA = Id("a");
+        await cluster.StartNodeAsync(idA);
+        await cluster.Recorder.WaitStartedAsync("job", node: idA);
+        await using var control = new ClusterControl(pg.ConnectionString, cluster.Namespace);
+        await control.DrainAsync(idA, TimeSpan.FromMinutes(10));
+        var options = new HighlanderOptions { NodeId = idA };
+
+        await using var reader = new NpgsqlConnection(pg.ConnectionString);
+        await reader.OpenAsync();
+        await using (var set = new NpgsqlCommand("SET statement_timeout = '200ms'", reader))
+        {
+            await set.ExecuteNonQueryAsync();
+        }
+
+        await using (var ddl = new NpgsqlConnection(pg.ConnectionString))
+        {
+            // The table locked (a DBA's DDL, say): the read times out. Read as "no hold-off", that ended the node's drain.
+            await ddl.OpenAsync();
+            await using var tx = await ddl.BeginTransactionAsync();
+            await using (var lockTable = new NpgsqlCommand($"LOCK TABLE {options.FencingSchema}.hold_offs IN ACCESS EXCLUSIVE MODE", ddl))
+            {
+                await lockTable.ExecuteNonQueryAsync();
+            }
+
+            var failed = await Assert.ThrowsAsync<PostgresException>(() => ControlSession.ReadAsync(reader, options, long.MaxValue, NullLogger.Instance, CancellationToken.None));
+            Assert.Equal(PostgresErrorCodes.QueryCanceled, failed.SqlState);
+        }
+
+        var read = await ControlSession.ReadAsync(reader, options, long.MaxValue, NullLogger.Instance, CancellationToken.None);
+        Assert.NotNull(read.All);
+        Assert.InRange(read.All!.Value, TimeSpan.FromMinutes(9), TimeSpan.FromMinutes(10));
+        Assert.Equal(1, await control.UndrainAsync(idA));
     }
 
     [Fact]

@@ -116,6 +116,31 @@ public sealed class SingletonRunnerTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task A_lease_lost_before_the_child_begins_never_starts_it_and_is_never_released()
+    {
+        // The child is built (its scope, its constructor) after the grant and before it is watched: the lease is lost there,
+        // as when the session is given up while the runner waits for a thread (the session then finds no watch and closes).
+        using var built = new ManualResetEventSlim();
+        using var proceed = new ManualResetEventSlim();
+        var runner = CreateRunner(sp =>
+        {
+            built.Set();
+            proceed.Wait(Journal.Limit);
+            return new JournalChild(_journal, _control);
+        });
+        var lease = await LeadAsync(runner);
+        Assert.True(built.Wait(Journal.Limit));
+        lease.Lose("statement failed", In(TimeSpan.FromSeconds(4)));
+        proceed.Set();
+
+        await _session.WaitForAcquireAsync(); // contending again
+        Assert.Empty(_journal.Entries); // never started, nothing released
+        Assert.Equal(0, Volatile.Read(ref _session.Releases));
+        Assert.Empty(_escalations);
+        Assert.Contains(Changes, c => c.Reason?.Contains("lease lost before the child started: statement failed", StringComparison.Ordinal) == true);
+    }
+
+    [Fact]
     public async Task A_child_that_ignores_cancellation_at_step_down_is_escalated_and_its_lock_released_only_once_it_ended()
     {
         _control.IgnoreCancellation = true;
