@@ -90,7 +90,7 @@ public sealed class ControlCommandTests(PostgresFixture pg) : IDisposable
         Assert.True(code == ExitCodes.Interrupted, stepdown.Output);
         Assert.Contains("highlander stepdown: interrupted.", stepdown.Stderr);
 
-        // The request stands: a is still held off, so undrain ends two hold-offs (b's drain, a's step-down) and a takes it back.
+        // The request stands: a is still held off from it, so undrain ends that hold-off and a takes it back.
         (code, cli) = await CliProcess.RunAsync(["undrain", "--node", _a], env);
         Assert.True(code == 0, cli.Output);
         Assert.Contains($"{_a}: 1 hold-off(s) ended", cli.Stdout);

@@ -174,7 +174,9 @@ internal static class ControlSql
         SELECT s.top, h.key, h.remaining
           FROM (SELECT coalesce(max(id), 0) AS top FROM {Messaging.MessagingSql.Valid(schema)}.hold_offs) s
           LEFT JOIN LATERAL (
-                SELECT h.key, max(extract(epoch from h.until - clock_timestamp()) * 1000)::float8 AS remaining
+                SELECT h.key, max(CASE WHEN isfinite(h.until) THEN extract(epoch from h.until - clock_timestamp())::float8 * 1000
+                                       WHEN h.until > clock_timestamp() THEN 'Infinity'::float8
+                                       ELSE '-Infinity'::float8 END) AS remaining
                   FROM {Messaging.MessagingSql.Valid(schema)}.hold_offs h
                  WHERE h.node_id = $1 AND (h.until > clock_timestamp() OR h.id > $2)
                  GROUP BY h.key) h ON true

@@ -397,11 +397,12 @@ internal sealed class HighlanderNode : IHostedService, IClusterSingletons, IAsyn
 
     private void StepDownIfHeldOff(LockSession session, string name)
     {
-        if (_runners.FirstOrDefault(r => r.Name == name) is { } runner
-            && (session.IsHeldOff(runner.Key) || (runner.CurrentLease is { } lease && session.TakeCovered(lease))))
+        if (_runners.FirstOrDefault(r => r.Name == name) is { } runner && runner.CurrentLease is { } lease
+            && (session.IsHeldOff(runner.Key) || session.TakeCovered(lease)))
         {
             Log.HoldOffStepDown(_logger, runner.Name);
-            _ = Task.Run(() => runner.StepDownAsync(TimeSpan.Zero));
+            // This lease only: by the time the task runs, the runner may lead under a later one that nothing covers.
+            _ = Task.Run(() => runner.StepDownAsync(TimeSpan.Zero, lease));
         }
     }
 

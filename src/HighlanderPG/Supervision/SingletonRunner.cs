@@ -99,11 +99,13 @@ internal sealed class SingletonRunner : ISessionObserver
     /// Asks this runner to step down and not contend again for <paramref name="holdOff"/> (default: the node's
     /// <see cref="HighlanderOptions.StepDownHoldOff"/>); completes when the lock is released, or at once when not leading.
     /// </summary>
-    public Task StepDownAsync(TimeSpan? holdOff = null)
+    /// <param name="holdOff">How long not to contend again.</param>
+    /// <param name="only">Step down only while leading under this lease (null: whatever lease it leads under).</param>
+    public Task StepDownAsync(TimeSpan? holdOff = null, Lease? only = null)
     {
         lock (_gate)
         {
-            if (_lease is null || _lease.IsLost || _stepDownRequested is null || _released is null)
+            if (_lease is null || _lease.IsLost || _stepDownRequested is null || _released is null || (only is not null && _lease != only))
             {
                 return Task.CompletedTask;
             }
@@ -273,6 +275,12 @@ internal sealed class SingletonRunner : ISessionObserver
                 // is registered: a loss after this check finds the watch, and the session then waits for the child.
                 reason = $"lease lost before the child started: {lease.LossReason}";
                 Log.LeadershipLost(_logger, Name, reason);
+                if (_observed)
+                {
+                    HighlanderActivities.OnLeadershipLost(_options.NodeId, Name, Key, lease.Epoch, reason);
+                    HighlanderMetrics.LeadershipLosses.Add(1, HighlanderMetrics.Tags(Name));
+                }
+
                 SetError(reason);
                 SetState(_session.IsConnected ? SingletonState.Following : SingletonState.Disconnected, reason);
                 return Outcome.Contend;

@@ -186,7 +186,12 @@ public sealed class ClusterControlTests(PostgresFixture pg)
         var read = await ControlSession.ReadAsync(reader, options, long.MaxValue, NullLogger.Instance, CancellationToken.None);
         Assert.NotNull(read.All);
         Assert.InRange(read.All!.Value, TimeSpan.FromMinutes(9), TimeSpan.FromMinutes(10));
-        Assert.Equal(1, await control.UndrainAsync(idA));
+
+        // A row written by hand with an endless hold-off reads as the longest the node keeps (it failed the read before).
+        await Db.ScalarAsync<object>(pg.ConnectionString, $"INSERT INTO {options.FencingSchema}.hold_offs (node_id, key, until) VALUES ($1, 42, 'infinity')", idA);
+        read = await ControlSession.ReadAsync(reader, options, long.MaxValue, NullLogger.Instance, CancellationToken.None);
+        Assert.Equal(KeyLedger.MaxHoldOff, read.Keys[42]);
+        Assert.Equal(2, await control.UndrainAsync(idA));
     }
 
     [Fact]

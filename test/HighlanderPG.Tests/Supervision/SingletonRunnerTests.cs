@@ -126,7 +126,7 @@ public sealed class SingletonRunnerTests : IAsyncDisposable
         {
             built.Set();
             proceed.Wait(Journal.Limit);
-            return new JournalChild(_journal, _control);
+            return new LifecycleChild(_journal); // records its StartingAsync whatever its token says
         });
         var lease = await LeadAsync(runner);
         Assert.True(built.Wait(Journal.Limit));
