@@ -252,9 +252,9 @@ internal static class Checker
             };
 
             // The steps in the fault's window [start - lease, start + bound], and in its round's [round start - lease,
-            // last fault end + lease + lock-delay + 3 s].
-            var lateSteps = bound is { } lb ? StepsIn(steps, f.Start - Mono.FromSeconds(lease), f.Start + Mono.FromSeconds(lb)) : [];
-            var roundSteps = StepsIn(steps, c.Round.Start - Mono.FromSeconds(lease), c.Round.LastFaultEnd + Mono.FromSeconds(settleBound));
+            // last fault end + lease + lock-delay + 3 s]; a backward step counts from further back (BackwardStepLinger).
+            var lateSteps = bound is { } lb ? StepsIn(steps, f.Start, f.Start + Mono.FromSeconds(lb), lease) : [];
+            var roundSteps = StepsIn(steps, c.Round.Start, c.Round.LastFaultEnd + Mono.FromSeconds(settleBound), lease);
             // A backward step delays only what waits for the server's idle timeouts (a holder cut off, frozen or starved);
             // a crash, a graceful stop or a killed backend frees the locks at once whatever the server's clock says.
             var (lateExtra, lateWhy) = Extension(lateSteps, lease, WaitsForServerTimeout(kind));
@@ -376,7 +376,21 @@ internal static class Checker
     private static bool WaitsForServerTimeout(FaultKind kind) =>
         kind is FaultKind.Pause or FaultKind.PauseInTx or FaultKind.Partition or FaultKind.Starve;
 
-    private static List<ClockStep> StepsIn(List<ClockStep> steps, long from, long to) => [.. steps.Where(s => s.At >= from && s.At <= to)];
+    /// <summary>
+    /// How long before a fault a backward step of the server's clock can still make its timeouts late, beyond the lease:
+    /// PostgreSQL keeps one interval timer per backend and does not re-arm it for a new timeout due after the one it
+    /// already waits for; a wait re-armed while the clock was behind comes X late, and every timeout set before that
+    /// one's due time waits for it. The longest timer these sessions keep running across statements is the 10 s
+    /// idle-statistics flush (PGSTAT_IDLE_INTERVAL): a timeout armed up to 10 s after a backward step began can come up to
+    /// X late. Measured: docs/lease-protocol.md, "Steps of the server's wall clock".
+    /// </summary>
+    internal const double BackwardStepLinger = 10;
+
+    /// <summary>
+    /// The steps in [from - lease, to], and the backward ones in [from - lease - <see cref="BackwardStepLinger"/>, to].
+    /// </summary>
+    private static List<ClockStep> StepsIn(List<ClockStep> steps, long from, long to, double lease) =>
+        [.. steps.Where(s => s.At <= to && s.At >= from - Mono.FromSeconds(lease + (s.Forward ? 0 : BackwardStepLinger)))];
 
     /// <summary>
     /// + lease for each forward step (lock-delay: nodes that see it take no lock for the lease), + X for each backward
