@@ -154,6 +154,22 @@ internal sealed partial class DashboardMonitor : IAsyncDisposable
                     LogReadFailed(_logger, ex.Message);
                 }
             }
+            catch (Exception ex) when (!stopping.IsCancellationRequested)
+            {
+                // Anything else (a bug, or something the options did not rule out): shown and logged, and the loop goes on,
+                // so that no request waits for a first read that never comes.
+                bool first;
+                lock (_gate)
+                {
+                    first = _error is null;
+                    _error = "The cluster cannot be read: " + ex.Message;
+                }
+
+                if (first)
+                {
+                    LogReadFailed(_logger, ex.ToString());
+                }
+            }
 
             _firstRead.TrySetResult();
             try

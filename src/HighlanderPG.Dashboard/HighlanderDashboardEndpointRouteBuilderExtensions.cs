@@ -189,9 +189,29 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
             throw new ArgumentException($"HighlanderPG dashboard: PollInterval ({options.PollInterval}) must be at least 100 ms.", nameof(options));
         }
 
+        if (options.PollInterval > TimeSpan.FromDays(1))
+        {
+            throw new ArgumentException($"HighlanderPG dashboard: PollInterval ({options.PollInterval}) must be at most 1 day.", nameof(options));
+        }
+
         if (options.HandOverHistory < 0)
         {
             throw new ArgumentException($"HighlanderPG dashboard: HandOverHistory ({options.HandOverHistory}) must not be negative.", nameof(options));
+        }
+
+        if (options.Namespace is { } ns && string.IsNullOrWhiteSpace(ns))
+        {
+            throw new ArgumentException("HighlanderPG dashboard: Namespace is blank: give the nodes' namespace, or leave it unset to use this app's HighlanderOptions.Namespace (or \"highlander\").", nameof(options));
+        }
+
+        if (options.FencingSchema is { } schema && !Fencing.FencingSql.IsValidSchema(schema))
+        {
+            throw new ArgumentException($"HighlanderPG dashboard: FencingSchema '{schema}' must be {Fencing.FencingSql.SchemaRule}: give the nodes' FencingSchema, or leave it unset.", nameof(options));
+        }
+
+        if (options.Names.Any(string.IsNullOrWhiteSpace))
+        {
+            throw new ArgumentException("HighlanderPG dashboard: Names holds a null or blank name: list the singletons' names.", nameof(options));
         }
 
         var node = services.GetService<IOptions<HighlanderOptions>>()?.Value;
@@ -205,17 +225,12 @@ public static partial class HighlanderDashboardEndpointRouteBuilderExtensions
         NpgsqlDataSourceBuilder builder;
         try
         {
-            builder = new NpgsqlDataSourceBuilder(connectionString);
+            // Aimed at the primary when it lists several hosts. Not repeated, nor Npgsql's exception carried: it may hold a password.
+            builder = new NpgsqlDataSourceBuilder(ConnectionSettings.ForClient(connectionString, "ConnectionString").ConnectionString);
         }
-        catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
+        catch (ArgumentException ex)
         {
-            // The connection string is not repeated: it may hold a password.
-            throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be parsed: {ConnectionSettings.DescribeParseError(ex)}; fix ConnectionString.", ex);
-        }
-
-        if (ConnectionSettings.CheckHostAndPort(builder.ConnectionStringBuilder) is { } hostOrPort)
-        {
-            throw new InvalidOperationException($"HighlanderPG dashboard: the connection string cannot be used: {hostOrPort}; fix ConnectionString.");
+            throw new InvalidOperationException($"HighlanderPG dashboard: {ex.Message.Replace(" (Parameter 'ConnectionString')", "", StringComparison.Ordinal)} Fix ConnectionString.");
         }
 
         builder.ConnectionStringBuilder.ApplicationName = "highlander-dashboard";

@@ -31,6 +31,16 @@ public sealed class ArgumentTests
     [InlineData(new[] { "status", "--namespace", " " }, "--namespace must not be blank")]
     [InlineData(new[] { "status", "--name", "" }, "--name must not be blank")]
     [InlineData(new string[0], "Required command was not provided")]
+    [InlineData(new[] { "run", "--name", "x", "--connection", "", "--", "true" }, "--connection must not be blank")]
+    [InlineData(new[] { "status", "--connection", " " }, "--connection must not be blank")]
+    [InlineData(new[] { "stepdown", "x", "--connection", "" }, "--connection must not be blank")]
+    [InlineData(new[] { "stepdown", "x", "--timeout", "0s" }, "--timeout must be positive")]
+    [InlineData(new[] { "drain", "--node", "n", "--timeout", "1200h" }, "--timeout: '1200h' is too long: at most 1176h")]
+    [InlineData(new[] { "run", "--name", "x", "--restart-delay", "1200h", "--", "true" }, "--restart-delay: '1200h' is too long")]
+    [InlineData(new[] { "status", "--watch", "--interval", "1200h" }, "--interval: '1200h' is too long")]
+    [InlineData(new[] { "run", "--name", "x", "--stop-timeout", "256204778h", "--", "true" }, "--stop-timeout: '256204778h' is too long")]
+    [InlineData(new[] { "run", "--name", "x", "--heartbeat", "100h", "--", "true" }, "HeartbeatInterval is 4.04:00:00; it must be at most 1 day")]
+    [InlineData(new[] { "status", "--connection", "Host=db;Username=u;Target Session Attributes=primary" }, "a single Host")]
     public async Task Bad_arguments_exit_2_with_a_message(string[] args, string message)
     {
         var (code, cli) = await CliProcess.RunAsync(args, new Dictionary<string, string> { ["HIGHLANDER_CONNECTION"] = Unreachable });

@@ -9,9 +9,11 @@ internal sealed record StaleRow(string Table, DbRow Row, long HigherEpoch, int R
 
 /// <summary>
 /// A step of the server's wall clock (a real clock jump steps the whole machine's): at a jump's start by its offset, at its
-/// end back. <paramref name="Seconds"/> is the step's size.
+/// end back. <paramref name="Seconds"/> is the step's size. <paramref name="Lingers"/>: a backward step that starts a
+/// jump (the clock behind until the jump's end), whose effect on the server's timeouts outlasts the jump
+/// (<see cref="Checker.BackwardStepLinger"/>).
 /// </summary>
-internal sealed record ClockStep(long At, bool Forward, double Seconds, int FaultId);
+internal sealed record ClockStep(long At, bool Forward, double Seconds, int FaultId, bool Lingers = false);
 
 internal sealed class FaultCheck(FaultRecord fault, RoundRecord round)
 {
@@ -362,7 +364,7 @@ internal static class Checker
                 continue;
             }
 
-            steps.Add(new ClockStep(at, x > 0, Math.Abs(x), id));
+            steps.Add(new ClockStep(at, x > 0, Math.Abs(x), id, Lingers: x < 0));
             if (ends.TryGetValue(id, out var end) || (f is not null && (end = f.End) > 0))
             {
                 steps.Add(new ClockStep(end, x < 0, Math.Abs(x), id));
@@ -377,20 +379,24 @@ internal static class Checker
         kind is FaultKind.Pause or FaultKind.PauseInTx or FaultKind.Partition or FaultKind.Starve;
 
     /// <summary>
-    /// How long before a fault a backward step of the server's clock can still make its timeouts late, beyond the lease:
-    /// PostgreSQL keeps one interval timer per backend and does not re-arm it for a new timeout due after the one it
-    /// already waits for; a wait re-armed while the clock was behind comes X late, and every timeout set before that
-    /// one's due time waits for it. The longest timer these sessions keep running across statements is the 10 s
-    /// idle-statistics flush (PGSTAT_IDLE_INTERVAL): a timeout armed up to 10 s after a backward step began can come up to
-    /// X late. Measured: docs/lease-protocol.md, "Steps of the server's wall clock".
+    /// How long after a backward step of the server's clock that puts it behind (a jump by -X, put right at its end) the
+    /// server's timeouts can still come X late, at least: PostgreSQL keeps one interval timer per backend, and a disabled
+    /// timeout neither cancels it nor clears what it is due for. A timer signal that comes while the clock is behind finds
+    /// nothing due and re-arms the timer for the nearest active timeout, X too far; a timeout set later (even after the
+    /// clock is right again), due after that one, does not re-arm it and fires with it. That nearest timeout can be any
+    /// the backend had running: its 10 s idle-statistics flush (PostgreSQL 15 on), or the lease
+    /// (<c>idle_session_timeout</c>, <c>idle_in_transaction_session_timeout</c>); so the longer of 10 s and the lease.
+    /// The backward step that ends a +X jump does not linger: what is re-armed after it is re-armed on a right clock.
+    /// Measured: docs/lease-protocol.md, "Steps of the server's wall clock".
     /// </summary>
     internal const double BackwardStepLinger = 10;
 
     /// <summary>
-    /// The steps in [from - lease, to], and the backward ones in [from - lease - <see cref="BackwardStepLinger"/>, to].
+    /// The steps in [from - lease, to], and a lingering backward step (<see cref="ClockStep.Lingers"/>) in
+    /// [from - lease - max(<see cref="BackwardStepLinger"/>, lease), to].
     /// </summary>
     private static List<ClockStep> StepsIn(List<ClockStep> steps, long from, long to, double lease) =>
-        [.. steps.Where(s => s.At <= to && s.At >= from - Mono.FromSeconds(lease + (s.Forward ? 0 : BackwardStepLinger)))];
+        [.. steps.Where(s => s.At <= to && s.At >= from - Mono.FromSeconds(lease + (s.Lingers ? Math.Max(BackwardStepLinger, lease) : 0)))];
 
     /// <summary>
     /// + lease for each forward step (lock-delay: nodes that see it take no lock for the lease), + X for each backward

@@ -21,7 +21,7 @@ internal static class ControlCommands
     {
         var name = new Argument<string>("NAME") { Description = "The singleton to move (hashed in --namespace)." };
         var node = new Option<string?>("--node") { Description = "The node expected to lead it (refused if another node does). Default: whoever leads it.", HelpName = "NODE" };
-        var holdOff = CliOptions.Duration("--hold-off", "How long the node that steps down does not take it again (default 1m; 0s: it may contend at once).");
+        var holdOff = CliOptions.Duration("--hold-off", "How long the node that steps down does not take it again (default 1m; 0s: it may contend at once).", max: TimeSpan.FromDays(3650));
         var (noWait, timeout, connection, ns, schema) = Common();
         var command = new Command("stepdown", "Make the node leading NAME stop its child, release the lock and tell the others; it does not take NAME again during the hold-off. Waits until NAME runs on another node.")
         {
@@ -40,7 +40,7 @@ internal static class ControlCommands
     public static Command Drain()
     {
         var node = new Option<string>("--node") { Description = "The node to drain (its id, as highlander status shows it).", HelpName = "NODE", Required = true };
-        var holdOff = CliOptions.Duration("--hold-off", "How long the node takes no singleton (default 10m; highlander undrain ends it sooner). A restart of the node does not end it.");
+        var holdOff = CliOptions.Duration("--hold-off", "How long the node takes no singleton (default 10m; highlander undrain ends it sooner). A restart of the node does not end it.", max: TimeSpan.FromDays(3650));
         var (noWait, timeout, connection, ns, schema) = Common();
         var command = new Command("drain", "Make a node step down from every singleton it leads (e.g. before a deploy) and take none during the hold-off; it keeps following. Waits until each runs on another node.")
         {
@@ -76,14 +76,19 @@ internal static class ControlCommands
         return command;
     }
 
-    private static (Option<bool> NoWait, Option<TimeSpan?> Timeout, Option<string?> Connection, Option<string?> Namespace, Option<string?> Schema) Common() =>
-    (
-        new Option<bool>("--no-wait") { Description = "Return once the request is recorded, without waiting for the singletons to run elsewhere." },
-        CliOptions.Duration("--timeout", "How long to wait for the singletons to run elsewhere (default 60s); then exit 1."),
-        CliOptions.Connection(),
-        CliOptions.Namespace(),
-        new Option<string?>("--fencing-schema") { Description = "Schema of the control functions: the nodes' fencing schema (default highlander).", HelpName = "SCHEMA" }
-    );
+    private static (Option<bool> NoWait, Option<TimeSpan?> Timeout, Option<string?> Connection, Option<string?> Namespace, Option<string?> Schema) Common()
+    {
+        var timeout = CliOptions.Duration(
+            "--timeout",
+            "How long to wait for the singletons to run elsewhere (default 60s); then exit 1.",
+            notPositive: "--timeout must be positive (e.g. --timeout 2m); to return without waiting, use --no-wait.");
+        return (
+            new Option<bool>("--no-wait") { Description = "Return once the request is recorded, without waiting for the singletons to run elsewhere." },
+            timeout,
+            CliOptions.Connection(),
+            CliOptions.Namespace(),
+            new Option<string?>("--fencing-schema") { Description = "Schema of the control functions: the nodes' fencing schema (default highlander).", HelpName = "SCHEMA" });
+    }
 
     private static async Task<int> RunAsync(
         string commandName,
@@ -109,7 +114,7 @@ internal static class ControlCommands
         }
         catch (ArgumentException ex)
         {
-            Say.Error(commandName, ex.Message);
+            Say.Error(commandName, WithoutParameter(ex));
             return ExitCodes.Usage;
         }
 
@@ -121,8 +126,7 @@ internal static class ControlCommands
             }
             catch (ArgumentException ex)
             {
-                // The message without .NET's "(Parameter 'name')": the flags are the user's words here.
-                Say.Error(commandName, ex.ParamName is { } parameter ? ex.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : ex.Message);
+                Say.Error(commandName, WithoutParameter(ex));
                 return ExitCodes.Usage;
             }
             catch (ClusterControlException ex) when (ex.SqlState is not "42501")
@@ -269,4 +273,8 @@ internal static class ControlCommands
     }
 
     private static string FormatTime(DateTimeOffset time) => time.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
+
+    /// <summary>The message without .NET's "(Parameter 'name')": the flags are the user's words here.</summary>
+    private static string WithoutParameter(ArgumentException ex) =>
+        ex.ParamName is { } parameter ? ex.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : ex.Message;
 }

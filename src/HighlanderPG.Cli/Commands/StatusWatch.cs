@@ -4,6 +4,7 @@ using System.Text.Json;
 using HighlanderPG.Cli.Configuration;
 using HighlanderPG.Cli.Diagnostics;
 using HighlanderPG.Discovery;
+using HighlanderPG.Hosting;
 using HighlanderPG.Operations;
 using Npgsql;
 using Spectre.Console;
@@ -25,7 +26,8 @@ internal static class StatusWatch
     {
         using var stop = new StopSignals();
 
-        var builder = new NpgsqlConnectionStringBuilder(resolved.ConnectionString) { Pooling = false, ApplicationName = "highlander-status" };
+        // With several hosts, the primary (the locks are there only), as one-shot status reads it.
+        var builder = ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(resolved.ConnectionString) { Pooling = false, ApplicationName = "highlander-status" }, overrideStandbyTargets: true);
         var watcher = new Watcher(builder.ConnectionString, @namespace, fencingSchema, names);
         try
         {

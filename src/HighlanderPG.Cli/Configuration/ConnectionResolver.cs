@@ -81,9 +81,11 @@ internal static class ConnectionResolver
         try
         {
             var builder = new NpgsqlConnectionStringBuilder(connectionString);
+            // A Target Session Attributes with a single host: Npgsql refuses it at the first connection (run's node refuses
+            // it at start too); with several hosts the reads and requests aim at the primary, where the locks are.
             return string.IsNullOrWhiteSpace(builder.Host) ? "the connection string names no Host"
                 : ConnectionSettings.CheckHostAndPort(builder) is { } problem ? $"the connection string cannot be used: {problem}"
-                : null;
+                : ConnectionSettings.ValidateTargetSession(ConnectionSettings.TargetPrimary(builder, overrideStandbyTargets: true), "the connection string");
         }
         catch (Exception ex) when (ConnectionSettings.IsParseError(ex))
         {

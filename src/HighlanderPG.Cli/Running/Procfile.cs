@@ -79,7 +79,9 @@ internal static class Procfile
             var name = colon < 0 ? line : line[..colon];
             if (colon <= 0 || !name.All(IsNameChar))
             {
-                throw new ProcfileException(At(source, number, $"expected 'name: command' (the name made of letters, digits, '_' and '-'), got: {Shorten(line)}"));
+                // The line itself is not repeated: it may be a command line with a secret in it (a missing "name:").
+                var why = colon < 0 ? "it has no ':'" : colon == 0 ? "it starts with ':'" : "the text before its first ':' is not such a name";
+                throw new ProcfileException(At(source, number, $"expected 'name: command' (the name made of letters, digits, '_' and '-'): {why} (the line is not repeated here: it may hold a secret)"));
             }
 
             if (name.Length > MaxNameLength)

@@ -71,7 +71,7 @@ public sealed class ClusterSnapshot
         ArgumentNullException.ThrowIfNull(connection);
         if (!FencingSql.IsValidSchema(fencingSchema))
         {
-            throw new ArgumentException($"Fencing schema '{fencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(fencingSchema));
+            throw new ArgumentException($"Fencing schema '{fencingSchema}' must be {FencingSql.SchemaRule}.", nameof(fencingSchema));
         }
 
         var given = (names ?? []).Distinct(StringComparer.Ordinal).ToList();

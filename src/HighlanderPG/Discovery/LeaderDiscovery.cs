@@ -90,7 +90,9 @@ public static class LeaderDiscovery
     {
         ArgumentNullException.ThrowIfNull(connectionString);
         // With several hosts, the primary whatever Target Session Attributes says: the locks live there only.
-        var builder = Hosting.ConnectionSettings.TargetPrimary(new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "highlander-discovery" }, overrideStandbyTargets: true);
+        var builder = Hosting.ConnectionSettings.ForClient(connectionString, nameof(connectionString));
+        builder.Pooling = false;
+        builder.ApplicationName = "highlander-discovery";
         // A data source of its own: a NpgsqlConnection shares one per connection string, whose memory of which host was a
         // standby (kept for Host Recheck Seconds) would skip a standby promoted meanwhile.
         await using var dataSource = NpgsqlDataSource.Create(builder);
@@ -187,7 +189,7 @@ public static class LeaderDiscovery
         ArgumentNullException.ThrowIfNull(connection);
         if (!FencingSql.IsValidSchema(fencingSchema))
         {
-            throw new ArgumentException($"Fencing schema '{fencingSchema}' must be a lowercase SQL identifier.", nameof(fencingSchema));
+            throw new ArgumentException($"Fencing schema '{fencingSchema}' must be {FencingSql.SchemaRule}.", nameof(fencingSchema));
         }
 
         var known = (names ?? []).Distinct().ToDictionary(n => SingletonKey.Derive(@namespace, n), n => n);

@@ -31,7 +31,7 @@ public static class FencingGuard
         ArgumentNullException.ThrowIfNull(name);
         if (!FencingSql.IsValidSchema(schema))
         {
-            throw new ArgumentException($"Fencing schema '{schema}' must be a lowercase SQL identifier.", nameof(schema));
+            throw new ArgumentException($"Fencing schema '{schema}' must be {FencingSql.SchemaRule}.", nameof(schema));
         }
 
         var connection = transaction.Connection ?? throw new InvalidOperationException("The transaction is already completed.");

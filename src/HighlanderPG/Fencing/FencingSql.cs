@@ -12,10 +12,36 @@ internal static partial class FencingSql
     /// <summary>The SQLSTATE raised by <c>assert_epoch</c> for a stale epoch.</summary>
     public const string StaleEpochSqlState = "HL001";
 
-    [GeneratedRegex("^[a-z_][a-z0-9_]{0,62}$")]
+    [GeneratedRegex("^[a-z_][a-z0-9_]{0,53}$")]
     private static partial Regex SchemaPattern();
 
-    public static bool IsValidSchema(string? schema) => schema is not null && SchemaPattern().IsMatch(schema);
+    /// <summary>What a schema name must be, for messages: "must be ..." followed by this.</summary>
+    public const string SchemaRule = "a lowercase SQL identifier: letters, digits and underscores, not starting with a digit, at most 54 characters (its step-down and messaging channels add up to 9 to PostgreSQL's 63), not starting with pg_ (reserved for the system) and not a reserved SQL word";
+
+    /// <summary>
+    /// Whether <paramref name="schema"/> can be put into SQL unquoted as a schema name, and into a channel name: see
+    /// <see cref="SchemaRule"/>.
+    /// </summary>
+    public static bool IsValidSchema(string? schema) =>
+        schema is not null && SchemaPattern().IsMatch(schema) && !schema.StartsWith("pg_", StringComparison.Ordinal) && !ReservedWords.Contains(schema);
+
+    /// <summary>
+    /// PostgreSQL's keywords that cannot name a schema unquoted: its reserved ones and those reserved but allowed as a
+    /// function or type name (https://www.postgresql.org/docs/current/sql-keywords-appendix.html).
+    /// </summary>
+    private static readonly HashSet<string> ReservedWords = new(StringComparer.Ordinal)
+    {
+        "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "authorization", "binary", "both",
+        "case", "cast", "check", "collate", "collation", "column", "concurrently", "constraint", "create", "cross",
+        "current_catalog", "current_date", "current_role", "current_schema", "current_time", "current_timestamp",
+        "current_user", "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "false", "fetch",
+        "for", "foreign", "freeze", "from", "full", "grant", "group", "having", "ilike", "in", "initially", "inner",
+        "intersect", "into", "is", "isnull", "join", "lateral", "leading", "left", "like", "limit", "localtime",
+        "localtimestamp", "natural", "not", "notnull", "null", "offset", "on", "only", "or", "order", "outer",
+        "overlaps", "placing", "primary", "references", "returning", "right", "select", "session_user", "similar",
+        "some", "symmetric", "system_user", "table", "tablesample", "then", "to", "trailing", "true", "union", "unique",
+        "user", "using", "variadic", "verbose", "when", "where", "window", "with",
+    };
 
     /// <summary>
     /// The version of the guard function, kept in its comment: a node upgrades objects of an older version (or without
@@ -105,18 +131,22 @@ internal static partial class FencingSql
             """;
     }
 
-    /// <summary>Of the given keys (bigint[]), those with a row.</summary>
+    /// <summary>
+    /// Of the given keys (bigint[]), those with a row. A semi-join with the unnested keys, not <c>key = ANY($1)</c>: the
+    /// lock session plans once for any parameter, and with stale statistics on the table (too few rows when last
+    /// analysed) that plan compared every row with every key (PostgreSQL hashes <c>= ANY</c> for a constant array only).
+    /// </summary>
     public static string ExistingKeys(string schema)
     {
         EnsureValid(schema);
-        return $"SELECT key FROM {schema}.leases WHERE key = ANY($1::bigint[])";
+        return $"SELECT key FROM {schema}.leases WHERE key IN (SELECT unnest($1::bigint[]))";
     }
 
-    /// <summary>Of the given keys (bigint[]), those whose row no guarded transaction holds: locked for the bump, the others skipped.</summary>
+    /// <summary>Of the given keys (bigint[]), those whose row no guarded transaction holds: locked for the bump, the others skipped (a semi-join, as <see cref="ExistingKeys"/>).</summary>
     public static string LockFreeKeys(string schema)
     {
         EnsureValid(schema);
-        return $"SELECT key FROM {schema}.leases WHERE key = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED";
+        return $"SELECT key FROM {schema}.leases WHERE key IN (SELECT unnest($1::bigint[])) FOR UPDATE SKIP LOCKED";
     }
 
     /// <summary>Of the given keys (bigint[]) and their names (text[], same order) in a namespace, those whose name is stored under another key.</summary>
@@ -242,7 +272,7 @@ internal static partial class FencingSql
     {
         if (!IsValidSchema(schema))
         {
-            throw new ArgumentException($"Fencing schema '{schema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(schema));
+            throw new ArgumentException($"Fencing schema '{schema}' must be {SchemaRule}.", nameof(schema));
         }
     }
 }

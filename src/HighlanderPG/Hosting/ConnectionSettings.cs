@@ -173,6 +173,50 @@ internal static class ConnectionSettings
         return ValidateTargetSession(builder, $"{nameof(HighlanderOptions)}.{nameof(HighlanderOptions.ConnectionString)}");
     }
 
+    /// <summary>
+    /// Parses a connection string given to a client of the cluster (cluster control, messaging, discovery, the dashboard,
+    /// the CLI's reads), and aims it at the primary when it lists several hosts (the locks and the control objects live
+    /// there only). A malformed one, one without a usable host, or a single host with a <c>Target Session Attributes</c>
+    /// Npgsql would refuse at the first connection, is refused with an <see cref="ArgumentException"/> that says why by
+    /// keyword: it never quotes the string, and does not carry Npgsql's exception (whose message may quote part of a
+    /// password that holds an unquoted <c>;</c>).
+    /// </summary>
+    /// <param name="connectionString">The connection string.</param>
+    /// <param name="what">How to name it in a message (the parameter or option).</param>
+    public static NpgsqlConnectionStringBuilder ForClient(string connectionString, string what)
+    {
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            throw new ArgumentException($"{what} is empty: give the connection string of the cluster's database.", what);
+        }
+
+        NpgsqlConnectionStringBuilder builder;
+        try
+        {
+            builder = Parse(connectionString);
+        }
+        catch (Exception ex) when (IsParseError(ex))
+        {
+            throw new ArgumentException($"{what} cannot be parsed: {DescribeParseError(ex)}.", what);
+        }
+
+        var problem = string.IsNullOrWhiteSpace(builder.Host) ? "it names no Host"
+            : CheckHostAndPort(builder) is { } hostOrPort ? hostOrPort
+            : null;
+        if (problem is not null)
+        {
+            throw new ArgumentException($"{what} cannot be used: {problem}.", what);
+        }
+
+        TargetPrimary(builder, overrideStandbyTargets: true);
+        if (ValidateTargetSession(builder, what) is { } target)
+        {
+            throw new ArgumentException(target, what);
+        }
+
+        return builder;
+    }
+
     /// <summary>Whether <c>Host</c> lists several servers (<c>Host=a,b:5433</c>): Npgsql's multi-host data source.</summary>
     public static bool IsMultiHost(NpgsqlConnectionStringBuilder builder) => builder.Host?.Contains(',', StringComparison.Ordinal) == true;
 

@@ -15,6 +15,40 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
     internal const int MaxNameLength = 200;
     internal const int MaxNodeIdLength = 40;
 
+    /// <summary>The longest delay an option may set (reconnect, restart): well inside what a timer can wait (49.7 days).</summary>
+    internal static readonly TimeSpan MaxDelay = TimeSpan.FromDays(1);
+
+    /// <summary>The longest restart window.</summary>
+    internal static readonly TimeSpan MaxRestartWindow = TimeSpan.FromDays(30);
+
+    /// <summary>
+    /// Why a name or namespace could be written differently on another node and still look the same, or <see langword="null"/>:
+    /// spaces at either end (a stray one in one node's configuration), a form other than Unicode's composed one (NFC: "é" as
+    /// one character or as "e" and an accent), or half of a surrogate pair (which UTF-8 cannot encode). The key is the
+    /// text's UTF-8 bytes, hashed: such a name would give another node a different lock, and the work would run twice.
+    /// </summary>
+    internal static string? AmbiguousText(string text)
+    {
+        if (text.Length > 0 && (char.IsWhiteSpace(text[0]) || char.IsWhiteSpace(text[^1])))
+        {
+            return "starts or ends with a space: remove it";
+        }
+
+        for (var i = 0; i < text.Length; i++)
+        {
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
+            {
+                i++;
+            }
+            else if (char.IsSurrogate(text[i]))
+            {
+                return "holds half of a surrogate pair (not valid Unicode text)";
+            }
+        }
+
+        return text.IsNormalized(System.Text.NormalizationForm.FormC) ? null : "is not in Unicode's composed form (NFC): write it composed, e.g. with string.Normalize()";
+    }
+
     public ValidateOptionsResult Validate(string? name, HighlanderOptions options)
     {
         var problems = Check(options, registrations);
@@ -38,6 +72,10 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         {
             Add($"{nameof(HighlanderOptions.Namespace)} must be 1 to {MaxNameLength} characters without control characters (like a singleton's name: the two make its lock key).", nameof(HighlanderOptions.Namespace));
         }
+        else if (AmbiguousText(options.Namespace) is { } why)
+        {
+            Add($"{nameof(HighlanderOptions.Namespace)} '{Printable(options.Namespace)}' {why} (like a singleton's name: the two make its lock key, and every node must write them alike).", nameof(HighlanderOptions.Namespace));
+        }
 
         if (string.IsNullOrEmpty(options.NodeId) || options.NodeId.Length > MaxNodeIdLength || options.NodeId.Any(c => c is <= ' ' or >= (char)127))
         {
@@ -47,10 +85,14 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         // The lease, its inequality and the bounds derived from it: one place (LeaseTimings), not re-derived here.
         problems.AddRange(LeaseTimings.Check(options));
         Positive(options.ReconnectMinDelay, nameof(HighlanderOptions.ReconnectMinDelay));
+        AtMost(options.ReconnectMinDelay, MaxDelay, "1 day", nameof(HighlanderOptions.ReconnectMinDelay));
+        AtMost(options.ReconnectMaxDelay, MaxDelay, "1 day", nameof(HighlanderOptions.ReconnectMaxDelay));
         if (options.StepDownHoldOff < TimeSpan.Zero)
         {
             Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.", nameof(HighlanderOptions.StepDownHoldOff));
         }
+
+        AtMost(options.StepDownHoldOff, KeyLedger.MaxHoldOff, "10 years", nameof(HighlanderOptions.StepDownHoldOff));
 
         if (options.ReconnectMaxDelay < options.ReconnectMinDelay)
         {
@@ -60,7 +102,7 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
         // Checked with fencing off too: the schema also names the control channel every node listens on (step-downs, drains).
         if (!Fencing.FencingSql.IsValidSchema(options.FencingSchema))
         {
-            Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(HighlanderOptions.FencingSchema));
+            Add($"{nameof(HighlanderOptions.FencingSchema)} '{options.FencingSchema}' must be {Fencing.FencingSql.SchemaRule}.", nameof(HighlanderOptions.FencingSchema));
         }
 
         if (options.Endpoint is not null && !options.Fencing)
@@ -83,6 +125,12 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             {
                 var registered = registration.ServiceType == typeof(DelegateSingleton) ? "" : $" ({registration.ServiceType.Name})";
                 Add($"Cluster singleton name '{Printable(singletonName)}'{registered} must be 1 to {MaxNameLength} characters, not blank, without control characters (it has {singletonName?.Length ?? 0}).", "Name");
+                continue;
+            }
+
+            if (AmbiguousText(singletonName) is { } ambiguous)
+            {
+                Add($"Cluster singleton name '{Printable(singletonName)}' {ambiguous} (the name makes the lock key, and every node must write it alike).", "Name");
                 continue;
             }
 
@@ -117,6 +165,14 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             return (value?.Length ?? 0) > 60 ? escaped + "…" : escaped;
         }
 
+        void AtMost(TimeSpan value, TimeSpan max, string spelled, string option)
+        {
+            if (value > max)
+            {
+                Add($"{option} is {value}; it must be at most {spelled}.", option);
+            }
+        }
+
         void Positive(TimeSpan value, string option)
         {
             if (value <= TimeSpan.Zero)
@@ -132,14 +188,24 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
                 Add($"{what}: {nameof(ClusterSingletonOptions.MaxRestarts)} must not be negative.", nameof(ClusterSingletonOptions.MaxRestarts));
             }
 
-            if (singleton.RestartWindow <= TimeSpan.Zero)
+            if (singleton.RestartWindow <= TimeSpan.Zero || singleton.RestartWindow > MaxRestartWindow)
             {
-                Add($"{what}: {nameof(ClusterSingletonOptions.RestartWindow)} must be positive.", nameof(ClusterSingletonOptions.RestartWindow));
+                Add($"{what}: {nameof(ClusterSingletonOptions.RestartWindow)} must be positive and at most 30 days (it is {singleton.RestartWindow}).", nameof(ClusterSingletonOptions.RestartWindow));
             }
 
-            if (singleton.RestartDelay < TimeSpan.Zero)
+            if (singleton.RestartDelay < TimeSpan.Zero || singleton.RestartDelay > MaxDelay)
             {
-                Add($"{what}: {nameof(ClusterSingletonOptions.RestartDelay)} must not be negative.", nameof(ClusterSingletonOptions.RestartDelay));
+                Add($"{what}: {nameof(ClusterSingletonOptions.RestartDelay)} must be between 0 and 1 day (it is {singleton.RestartDelay}).", nameof(ClusterSingletonOptions.RestartDelay));
+            }
+
+            if (!Enum.IsDefined(singleton.RestartPolicy))
+            {
+                Add($"{what}: {nameof(ClusterSingletonOptions.RestartPolicy)} {(int)singleton.RestartPolicy} is not a restart policy: use {nameof(RestartPolicy.Always)}, {nameof(RestartPolicy.OnFailure)} or {nameof(RestartPolicy.Never)}.", nameof(ClusterSingletonOptions.RestartPolicy));
+            }
+
+            if (!Enum.IsDefined(singleton.CrashLoopBehavior))
+            {
+                Add($"{what}: {nameof(ClusterSingletonOptions.CrashLoopBehavior)} {(int)singleton.CrashLoopBehavior} is not a crash-loop behaviour: use one of {string.Join(", ", Enum.GetNames<CrashLoopBehavior>())}.", nameof(ClusterSingletonOptions.CrashLoopBehavior));
             }
 
             foreach (var pattern in singleton.PreferredNodes)

@@ -140,16 +140,25 @@ internal sealed class LeaseTimings
         return third < DefaultWaitSlice ? third : DefaultWaitSlice;
     }
 
+    /// <summary>The longest lease (and the longest heartbeat, stop timeout or safety margin, which fit inside it).</summary>
+    internal static readonly TimeSpan MaxLease = TimeSpan.FromDays(1);
+
+    /// <summary>The longest lock-delay after a server start (a node takes no lock meanwhile).</summary>
+    internal static readonly TimeSpan MaxLockDelay = TimeSpan.FromDays(7);
+
     /// <summary>What is wrong with the lease-related options, each naming the options involved.</summary>
     public static IEnumerable<OptionProblem> Check(HighlanderOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         var lease = options.LeaseDuration;
-        if (lease < TimeSpan.FromSeconds(1) || lease.Ticks % TimeSpan.TicksPerMillisecond != 0 || lease > TimeSpan.FromDays(1))
+        if (lease < TimeSpan.FromSeconds(1) || lease.Ticks % TimeSpan.TicksPerMillisecond != 0 || lease > MaxLease)
         {
             yield return Problem($"{nameof(HighlanderOptions.LeaseDuration)} is {lease}; it must be between 1 second and 1 day, in whole milliseconds.", nameof(HighlanderOptions.LeaseDuration));
         }
 
+        // Each at most a day (the longest lease) before any sum or product of them: TimeSpan.MaxValue ("never") would
+        // overflow the arithmetic below instead of being refused with a message that names it.
+        var outOfRange = false;
         foreach (var (value, option) in new[]
         {
             (options.HeartbeatInterval, nameof(HighlanderOptions.HeartbeatInterval)),
@@ -160,6 +169,11 @@ internal sealed class LeaseTimings
             if (value <= TimeSpan.Zero)
             {
                 yield return Problem($"{option} must be positive (it is {value}).", option);
+            }
+            else if (value > MaxLease)
+            {
+                outOfRange = true;
+                yield return Problem($"{option} is {value}; it must be at most 1 day (it fits inside the lease, which is at most 1 day).", option);
             }
         }
 
@@ -176,9 +190,19 @@ internal sealed class LeaseTimings
             }
         }
 
+        if (options.LockDelayAfterServerStart is { } tooLong && tooLong > MaxLockDelay)
+        {
+            yield return Problem($"{nameof(HighlanderOptions.LockDelayAfterServerStart)} is {tooLong}; it must be at most 7 days (a node takes no lock for that long after the server starts).", nameof(HighlanderOptions.LockDelayAfterServerStart));
+        }
+
         if (options.LockDelayAfterServerStart is { } lockDelay && lockDelay < lease)
         {
             yield return Problem($"{nameof(HighlanderOptions.LockDelayAfterServerStart)} ({lockDelay}) must be at least {nameof(HighlanderOptions.LeaseDuration)} ({lease}): holders cut off by a restart may run their children that long.", nameof(HighlanderOptions.LockDelayAfterServerStart), nameof(HighlanderOptions.LeaseDuration));
+        }
+
+        if (outOfRange)
+        {
+            yield break;
         }
 
         if (options.HeartbeatInterval > TimeSpan.Zero && options.HeartbeatInterval * 3 > lease)
@@ -191,9 +215,9 @@ internal sealed class LeaseTimings
             yield return Problem($"{nameof(HighlanderOptions.SpreadGrace)} ({grace}) must be positive and at most {nameof(HighlanderOptions.LeaseDuration)} ({lease}): a free singleton waits up to that long for a node below its share before any node takes it.", nameof(HighlanderOptions.SpreadGrace), nameof(HighlanderOptions.LeaseDuration));
         }
 
-        if (options.SpreadSettleTime is { } settle && settle < TimeSpan.Zero)
+        if (options.SpreadSettleTime is { } settle && (settle < TimeSpan.Zero || settle > MaxLease))
         {
-            yield return Problem($"{nameof(HighlanderOptions.SpreadSettleTime)} must not be negative (it is {settle}).", nameof(HighlanderOptions.SpreadSettleTime));
+            yield return Problem($"{nameof(HighlanderOptions.SpreadSettleTime)} must be between 0 and 1 day (it is {settle}).", nameof(HighlanderOptions.SpreadSettleTime));
         }
 
         var budget = (options.HeartbeatInterval * 2) + options.StopTimeout + options.SafetyMargin;

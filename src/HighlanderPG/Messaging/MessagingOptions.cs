@@ -59,9 +59,9 @@ public sealed class HighlanderMessagingOptions
             problems.Add($"{nameof(DefaultTimeToLive)} must be positive or null (got {ttl}).");
         }
 
-        if (PollInterval <= TimeSpan.Zero)
+        if (PollInterval <= TimeSpan.Zero || PollInterval > TimeSpan.FromDays(1))
         {
-            problems.Add($"{nameof(PollInterval)} must be positive (got {PollInterval}).");
+            problems.Add($"{nameof(PollInterval)} must be positive and at most 1 day (got {PollInterval}).");
         }
 
         if (Retention < TimeSpan.Zero)

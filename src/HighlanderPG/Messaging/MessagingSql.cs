@@ -294,5 +294,5 @@ internal static class MessagingSql
 
     internal static string Valid(string schema) => FencingSql.IsValidSchema(schema)
         ? schema
-        : throw new ArgumentException($"Schema '{schema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63).", nameof(schema));
+        : throw new ArgumentException($"Schema '{schema}' must be {Fencing.FencingSql.SchemaRule}.", nameof(schema));
 }

@@ -60,7 +60,7 @@ public sealed class SingletonClient : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         if (!FencingSql.IsValidSchema(options.Schema))
         {
-            throw new ArgumentException($"{nameof(SingletonClientOptions)}.{nameof(SingletonClientOptions.Schema)} '{options.Schema}' must be a lowercase SQL identifier (the nodes' FencingSchema).", nameof(options));
+            throw new ArgumentException($"{nameof(SingletonClientOptions)}.{nameof(SingletonClientOptions.Schema)} '{options.Schema}' must be {FencingSql.SchemaRule} (the nodes' FencingSchema).", nameof(options));
         }
 
         if (string.IsNullOrEmpty(options.Namespace))
@@ -464,7 +464,7 @@ public sealed class SingletonClient : IAsyncDisposable
             throw new ArgumentException($"{nameof(SingletonClientOptions)}.{nameof(SingletonClientOptions.ConnectionString)} is required (or pass an NpgsqlDataSource).", nameof(options));
         }
 
-        return NpgsqlDataSource.Create(options.ConnectionString);
+        return NpgsqlDataSource.Create(Hosting.ConnectionSettings.ForClient(options.ConnectionString, $"{nameof(SingletonClientOptions)}.{nameof(SingletonClientOptions.ConnectionString)}"));
     }
 
     /// <summary>Abandons waiting calls, closes the reply connection, and disposes the data source if the client built it.</summary>

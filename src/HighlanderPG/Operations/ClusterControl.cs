@@ -43,7 +43,7 @@ public sealed class ClusterControl : IAsyncDisposable
 
         if (!FencingSql.IsValidSchema(schema))
         {
-            throw new ArgumentException($"Schema '{schema}' must be a lowercase SQL identifier (letters, digits, underscores; at most 63): give the nodes' FencingSchema.", nameof(schema));
+            throw new ArgumentException($"Schema '{schema}' must be {FencingSql.SchemaRule}: give the nodes' FencingSchema.", nameof(schema));
         }
 
         _dataSource = dataSource;
@@ -52,9 +52,13 @@ public sealed class ClusterControl : IAsyncDisposable
         _time = time ?? TimeProvider.System;
     }
 
-    /// <summary>Controls the cluster whose nodes use the database of <paramref name="connectionString"/> (a data source of its own, disposed with this object).</summary>
+    /// <summary>
+    /// Controls the cluster whose nodes use the database of <paramref name="connectionString"/> (a data source of its own,
+    /// disposed with this object; with several hosts, aimed at the primary). A malformed connection string is refused
+    /// with an <see cref="ArgumentException"/> that names what is wrong, never its values.
+    /// </summary>
     public ClusterControl(string connectionString, string @namespace = "highlander", string schema = "highlander")
-        : this(NpgsqlDataSource.Create(connectionString ?? throw new ArgumentNullException(nameof(connectionString))), @namespace, schema)
+        : this(NpgsqlDataSource.Create(Hosting.ConnectionSettings.ForClient(connectionString ?? throw new ArgumentNullException(nameof(connectionString)), nameof(connectionString))), @namespace, schema)
     {
         _ownsDataSource = true;
     }

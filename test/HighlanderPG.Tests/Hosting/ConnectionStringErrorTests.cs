@@ -49,6 +49,44 @@ public sealed class ConnectionStringErrorTests
         }
     }
 
+    /// <summary>
+    /// The client APIs that take a connection string (cluster control, messaging, discovery) refuse a bad one the same
+    /// way, and carry no inner exception (Npgsql's own message may quote a password fragment, e.g. the tail of an
+    /// unquoted ';' as a "keyword", and an exception's ToString, which applications log, shows inner exceptions).
+    /// </summary>
+    [Theory]
+    [InlineData("Host=db;Password=pw;secret-1=x", "cannot be parsed: it has a keyword Npgsql does not know")]
+    [InlineData("Host=db;Password=x;Port=secret-1", "cannot be parsed: the value of 'port' is not valid")]
+    [InlineData("Host=db Password=pw-secret-1", "cannot be used: its Host holds a space or '='")]
+    [InlineData("Username=app;Password=pw-secret-1", "cannot be used: it names no Host")]
+    [InlineData("Host=db;Password=pw-secret-1;Target Session Attributes=primary", "a single Host")]
+    public async Task The_client_apis_refuse_a_bad_connection_string_by_keyword_without_an_inner_exception(string connectionString, string expected)
+    {
+        var refusals = new List<ArgumentException>
+        {
+            Assert.ThrowsAny<ArgumentException>(() => new global::HighlanderPG.Operations.ClusterControl(connectionString)),
+            Assert.ThrowsAny<ArgumentException>(() => new global::HighlanderPG.Messaging.SingletonClient(new global::HighlanderPG.Messaging.SingletonClientOptions { ConnectionString = connectionString })),
+            await Assert.ThrowsAnyAsync<ArgumentException>(() => global::HighlanderPG.Discovery.LeaderDiscovery.ListAsync(connectionString)),
+        };
+
+        Assert.All(refusals, refused =>
+        {
+            Assert.Contains(expected, refused.Message, StringComparison.Ordinal);
+            Assert.Null(refused.InnerException);
+            Assert.DoesNotContain("secret-1", refused.ToString(), StringComparison.Ordinal);
+        });
+    }
+
+    [Fact]
+    public void A_client_connection_string_with_several_hosts_is_aimed_at_the_primary()
+    {
+#pragma warning disable CS0618 // The keyword is how users give it.
+        Assert.Equal("primary", ConnectionSettings.ForClient("Host=a,b;Username=app", "c").TargetSessionAttributes);
+        Assert.Equal("primary", ConnectionSettings.ForClient("Host=a,b;Username=app;Target Session Attributes=prefer-standby", "c").TargetSessionAttributes);
+        Assert.Equal("read-write", ConnectionSettings.ForClient("Host=a,b;Username=app;Target Session Attributes=read-write", "c").TargetSessionAttributes);
+#pragma warning restore CS0618
+    }
+
     [Theory]
     [InlineData("Host=/var/run/postgresql;Username=app")]
     [InlineData("Host=/tmp/a dir with spaces;Username=app")]

@@ -32,6 +32,21 @@ public sealed class OptionsValidationTests
         { "endpoint without fencing", "Endpoint needs Fencing = true" },
         { "port out of range", "the value of 'port' is out of range (1-65535)" },
         { "a missing ';' before the password", "its Host holds a space or '='" },
+        { "stop timeout of for ever", "StopTimeout is 10675199.02:48:05.4775807; it must be at most 1 day" },
+        { "heartbeat of for ever", "HeartbeatInterval is 10675199.02:48:05.4775807; it must be at most 1 day" },
+        { "safety margin of for ever", "SafetyMargin is 10675199.02:48:05.4775807; it must be at most 1 day" },
+        { "lock delay of for ever", "LockDelayAfterServerStart is 10675199.02:48:05.4775807; it must be at most 7 days" },
+        { "reconnect delay of 60 days", "ReconnectMaxDelay is 60.00:00:00; it must be at most 1 day" },
+        { "restart delay of 60 days", "RestartDelay must be between 0 and 1 day" },
+        { "restart window of a year", "RestartWindow must be positive and at most 30 days" },
+        { "restart policy out of the enum", "RestartPolicy 3 is not a restart policy" },
+        { "crash-loop behaviour out of the enum", "CrashLoopBehavior 9 is not a crash-loop behaviour" },
+        { "namespace with a trailing space", "starts or ends with a space" },
+        { "namespace not composed", "is not in Unicode's composed form (NFC)" },
+        { "fencing schema too long for its channels", "at most 54 characters" },
+        { "fencing schema of the system", "not starting with pg_" },
+        { "fencing schema a reserved word", "not a reserved SQL word" },
+        { "single host with Target Session Attributes", "a single Host" },
     };
 
     private static void Apply(string @case, HighlanderOptions o)
@@ -59,6 +74,21 @@ public sealed class OptionsValidationTests
             case "endpoint without fencing": o.Endpoint = "http://10.0.0.7:8080"; break;
             case "port out of range": o.ConnectionString = "Host=127.0.0.1;Port=70000;Username=u;Password=s3cret-pw"; break;
             case "a missing ';' before the password": o.ConnectionString = "Host=127.0.0.1 Password=s3cret-pw;Username=u"; break;
+            case "stop timeout of for ever": o.StopTimeout = TimeSpan.MaxValue; break;
+            case "heartbeat of for ever": o.HeartbeatInterval = TimeSpan.MaxValue; break;
+            case "safety margin of for ever": o.SafetyMargin = TimeSpan.MaxValue; break;
+            case "lock delay of for ever": o.LockDelayAfterServerStart = TimeSpan.MaxValue; break;
+            case "reconnect delay of 60 days": o.ReconnectMaxDelay = TimeSpan.FromDays(60); break;
+            case "restart delay of 60 days": o.SingletonDefaults.RestartDelay = TimeSpan.FromDays(60); break;
+            case "restart window of a year": o.SingletonDefaults.RestartWindow = TimeSpan.FromDays(365); break;
+            case "restart policy out of the enum": o.SingletonDefaults.RestartPolicy = (RestartPolicy)3; break;
+            case "crash-loop behaviour out of the enum": o.SingletonDefaults.CrashLoopBehavior = (CrashLoopBehavior)9; break;
+            case "namespace with a trailing space": o.Namespace = "team "; break;
+            case "namespace not composed": o.Namespace = "cafe\u0301"; break;
+            case "fencing schema too long for its channels": o.FencingSchema = new string('s', 55); break;
+            case "fencing schema of the system": o.FencingSchema = "pg_highlander"; break;
+            case "fencing schema a reserved word": o.FencingSchema = "user"; break;
+            case "single host with Target Session Attributes": o.ConnectionString = Valid + ";Target Session Attributes=primary"; break;
             default: throw new ArgumentOutOfRangeException(nameof(@case));
         }
     }
@@ -112,6 +142,26 @@ public sealed class OptionsValidationTests
             services.AddClusterSingleton<RecordingService>(name);
         });
         Assert.Contains("must be 1 to 200 characters", error.Message);
+    }
+
+    /// <summary>
+    /// A name another node could write differently and still read the same: each would derive another lock key, and the
+    /// work would run twice. Refused, saying why.
+    /// </summary>
+    [Theory]
+    [InlineData("report ", "starts or ends with a space")]
+    [InlineData(" report", "starts or ends with a space")]
+    [InlineData("cafe\u0301", "is not in Unicode's composed form (NFC)")]
+    [InlineData("half-SURROGATE-pair", "half of a surrogate pair")] // the half is put in below: a test's name must be valid text
+    public async Task Names_that_another_node_could_write_differently_are_refused(string name, string expected)
+    {
+        name = name.Replace("-SURROGATE-", "\ud800", StringComparison.Ordinal);
+        var error = await StartAndFailAsync(services =>
+        {
+            services.AddHighlander(o => o.ConnectionString = Valid);
+            services.AddClusterSingleton<RecordingService>(name);
+        });
+        Assert.Contains(expected, error.Message);
     }
 
     [Fact]

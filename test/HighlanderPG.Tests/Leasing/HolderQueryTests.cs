@@ -17,26 +17,54 @@ public sealed class HolderQueryTests(PostgresFixture pg)
     [Fact]
     public async Task A_prepared_generic_holder_query_finds_exactly_the_held_keys_and_hashes_them_instead_of_a_nested_loop()
     {
-        // Keys of this test only (the server is shared): 300 held exclusively by one session, 2 held in shared mode only
-        // (not a holder), and 100 asked about that nobody holds.
+        // Keys of this test only (the server is shared): 300 held exclusively by one session (and one of them also asked
+        // for by another session, which waits), 2 held in shared mode only (not a holder), 1 held as a pair of int4 keys
+        // whose halves are a bigint key's (not that key), and 100 asked about that nobody holds. Unpooled sessions: their
+        // locks end with them.
         var seed = Random.Shared.NextInt64(1L << 40, 1L << 50);
         var held = Enumerable.Range(0, 300).Select(i => seed + i).ToArray();
         var sharedOnly = new[] { seed + 1000, seed + 1001 };
+        var pairOnly = seed + 1002;
         var free = Enumerable.Range(2000, 100).Select(i => seed + i).ToArray();
+        var unpooled = new NpgsqlConnectionStringBuilder(pg.ConnectionString) { Pooling = false }.ConnectionString;
 
-        await using var holder = new NpgsqlConnection(pg.ConnectionString);
+        await using var holder = new NpgsqlConnection(unpooled);
         await holder.OpenAsync();
         await Execute(holder, "SELECT count(pg_advisory_lock(k)) FROM unnest($1::bigint[]) AS t(k)", held);
         var holderPid = holder.ProcessID;
-        await using var sharer = new NpgsqlConnection(pg.ConnectionString);
+        await using var sharer = new NpgsqlConnection(unpooled);
         await sharer.OpenAsync();
         await Execute(sharer, "SELECT count(pg_advisory_lock_shared(k)) FROM unnest($1::bigint[]) AS t(k)", sharedOnly);
+        await Execute(sharer, "SELECT pg_advisory_lock((k >> 32)::int, (k & 4294967295)::bit(32)::int) FROM unnest($1::bigint[]) AS t(k)", [pairOnly]);
 
-        await using var asker = new NpgsqlConnection(pg.ConnectionString);
+        // A session waiting for a held key: its request is in pg_locks, not granted.
+        await using var waiter = new NpgsqlConnection(unpooled);
+        await waiter.OpenAsync();
+        var waiterPid = waiter.ProcessID;
+        var waiting = Execute(waiter, "SELECT count(pg_advisory_lock(k)) FROM unnest($1::bigint[]) AS t(k)", [held[7]]);
+        await using (var look = new NpgsqlConnection(unpooled))
+        {
+            await look.OpenAsync();
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (true)
+            {
+                await using var cmd = new NpgsqlCommand("SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted", look);
+                cmd.Parameters.Add(new NpgsqlParameter<int> { TypedValue = waiterPid });
+                if ((long)(await cmd.ExecuteScalarAsync())! == 1)
+                {
+                    break;
+                }
+
+                Assert.True(DateTime.UtcNow < deadline, "the waiting session's request never showed in pg_locks");
+                await Task.Delay(20);
+            }
+        }
+
+        await using var asker = new NpgsqlConnection(unpooled);
         await asker.OpenAsync();
         await Execute(asker, "SET plan_cache_mode = force_generic_plan");
         await Execute(asker, $"PREPARE holders(bigint[]) AS {HolderQuery.Sql}");
-        var asked = held.Concat(sharedOnly).Concat(free).ToArray();
+        var asked = held.Concat(sharedOnly).Append(pairOnly).Concat(free).ToArray();
         var literal = "'{" + string.Join(',', asked.Select(k => k.ToString(CultureInfo.InvariantCulture))) + "}'";
 
         var found = new Dictionary<long, int>();
@@ -68,6 +96,10 @@ public sealed class HolderQueryTests(PostgresFixture pg)
 
         Assert.Contains("Hash Join", plan, StringComparison.Ordinal);
         Assert.DoesNotContain("Nested Loop", plan, StringComparison.Ordinal);
+
+        // The holder goes: the waiter gets its key and is done.
+        await holder.CloseAsync();
+        await waiting.WaitAsync(TimeSpan.FromSeconds(30));
     }
 
     private static async Task Execute(NpgsqlConnection connection, string sql, long[]? keys = null)
