@@ -92,7 +92,6 @@ internal sealed class HighlanderOptionsValidator(IEnumerable<SingletonRegistrati
             Add($"{nameof(HighlanderOptions.StepDownHoldOff)} must not be negative.", nameof(HighlanderOptions.StepDownHoldOff));
         }
 
-        AtMost(options.StepDownHoldOff, KeyLedger.MaxHoldOff, "10 years", nameof(HighlanderOptions.StepDownHoldOff));
 
         if (options.ReconnectMaxDelay < options.ReconnectMinDelay)
         {
