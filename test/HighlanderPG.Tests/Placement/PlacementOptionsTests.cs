@@ -54,7 +54,7 @@ public sealed class PlacementOptionsTests
     public async Task A_negative_settle_time_is_refused()
     {
         var error = await StartAndFailAsync(o => o.SpreadSettleTime = TimeSpan.FromSeconds(-1));
-        Assert.Contains("SpreadSettleTime must not be negative", error.Message);
+        Assert.Contains("SpreadSettleTime must be between 0 and 1 day", error.Message);
     }
 
     private static async Task<OptionsValidationException> StartAndFailAsync(Action<HighlanderOptions> configure, Action<ClusterSingletonOptions>? singleton = null)
